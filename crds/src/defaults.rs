@@ -1,0 +1,355 @@
+//! Every default of the TrainingJob API, in one place. The CRD carries no schema defaults, so what
+//! the API server stores is what the user wrote; the operator, the local runner and the trainer all
+//! read optional fields through these accessors. docs/api.md lists the same table.
+
+use crate::types::{
+    CheckpointSpec, CleanPodPolicy, DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode,
+    EarlyStoppingSpec, LrScheduleKind, LrScheduleSpec, ModeKind, ModelKind, ModelSpec,
+    OptimizerKind, OptimizerSpec, Precision, ResumePolicy, RunPolicy, TrainerSpec,
+};
+
+/// Hidden layer widths of an MLP without `hidden`.
+pub const MLP_HIDDEN: [i32; 2] = [256, 128];
+/// Training seed.
+pub const SEED: i64 = 42;
+/// Fraction held out for validation when a dataset has no test set.
+pub const VALIDATION_SPLIT: f64 = 0.1;
+/// CSV label column.
+pub const CSV_LABEL_COLUMN: i32 = 0;
+/// Adam/AdamW learning rate.
+pub const ADAM_LR: f64 = 1e-3;
+/// SGD learning rate.
+pub const SGD_LR: f64 = 1e-2;
+/// Adam β1, β2.
+pub const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
+/// Adam ε.
+pub const ADAM_EPS: f64 = 1e-8;
+/// AdamW decoupled weight decay.
+pub const ADAMW_WEIGHT_DECAY: f64 = 0.01;
+/// Step schedule decay factor.
+pub const STEP_GAMMA: f64 = 0.1;
+/// Async mode staleness bound.
+pub const MAX_STALENESS: i32 = 4;
+/// Early-stopping patience, in evaluations.
+pub const PATIENCE: i32 = 3;
+/// Checkpoints kept.
+pub const CHECKPOINT_KEEP: i32 = 3;
+/// S3 region.
+pub const S3_REGION: &str = "us-east-1";
+/// Secret key holding the access key id.
+pub const ACCESS_KEY_ID_KEY: &str = "AWS_ACCESS_KEY_ID";
+/// Secret key holding the secret access key.
+pub const SECRET_ACCESS_KEY_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// Infrastructure restart budget.
+pub const MAX_INFRA_RESTARTS: i32 = 10;
+/// Application restart budget.
+pub const MAX_APP_RESTARTS: i32 = 3;
+/// Gang schedule timeout in seconds.
+pub const GANG_SCHEDULE_TIMEOUT_SECONDS: i64 = 300;
+
+impl ModelSpec {
+    /// MLP hidden widths (empty for other models).
+    pub fn hidden_or_default(&self) -> Vec<i32> {
+        match self.kind {
+            ModelKind::Mlp => self.hidden.clone().unwrap_or_else(|| MLP_HIDDEN.to_vec()),
+            ModelKind::Logistic | ModelKind::Lenet => Vec::new(),
+        }
+    }
+
+    /// Dropout probability.
+    pub fn dropout_or_default(&self) -> f64 {
+        self.dropout.unwrap_or(0.0)
+    }
+}
+
+impl DatasetSpec {
+    /// CSV label column.
+    pub fn label_column_or_default(&self) -> usize {
+        usize::try_from(self.label_column.unwrap_or(CSV_LABEL_COLUMN)).unwrap_or(0)
+    }
+
+    /// Whether the CSV has a header row.
+    pub fn header_or_default(&self) -> bool {
+        self.header.unwrap_or(false)
+    }
+
+    /// Validation fraction when there is no separate test set.
+    pub fn validation_split_or_default(&self) -> f64 {
+        self.validation_split.unwrap_or(VALIDATION_SPLIT)
+    }
+}
+
+impl TrainerSpec {
+    /// The optimiser, Adam when unset.
+    pub fn optimizer_or_default(&self) -> OptimizerSpec {
+        self.optimizer.clone().unwrap_or(OptimizerSpec {
+            kind: OptimizerKind::Adam,
+            lr: None,
+            momentum: None,
+            nesterov: None,
+            betas: None,
+            eps: None,
+            weight_decay: None,
+        })
+    }
+
+    /// The lr schedule, constant when unset.
+    pub fn lr_schedule_or_default(&self) -> LrScheduleSpec {
+        self.lr_schedule.clone().unwrap_or(LrScheduleSpec {
+            kind: LrScheduleKind::Constant,
+            every_steps: None,
+            gamma: None,
+            warmup_steps: None,
+            min_lr: None,
+        })
+    }
+
+    /// Precision, fp32 when unset.
+    pub fn precision_or_default(&self) -> Precision {
+        self.precision.unwrap_or(Precision::Fp32)
+    }
+
+    /// Data-parallel mode, sync when unset.
+    pub fn mode_or_default(&self) -> ModeKind {
+        self.mode.as_ref().map_or(ModeKind::Sync, |m| m.kind)
+    }
+
+    /// Async staleness bound.
+    pub fn max_staleness_or_default(&self) -> i32 {
+        self.mode
+            .as_ref()
+            .and_then(|m| m.max_staleness)
+            .unwrap_or(MAX_STALENESS)
+    }
+
+    /// Seed.
+    pub fn seed_or_default(&self) -> u64 {
+        u64::try_from(self.seed.unwrap_or(SEED)).unwrap_or(0)
+    }
+
+    /// Device selection, auto when unset.
+    pub fn device_or_default(&self) -> Device {
+        self.device.unwrap_or(Device::Auto)
+    }
+}
+
+impl OptimizerSpec {
+    /// Learning rate.
+    pub fn lr_or_default(&self) -> f64 {
+        self.lr.unwrap_or(match self.kind {
+            OptimizerKind::Sgd => SGD_LR,
+            OptimizerKind::Adam | OptimizerKind::Adamw => ADAM_LR,
+        })
+    }
+
+    /// SGD momentum.
+    pub fn momentum_or_default(&self) -> f64 {
+        self.momentum.unwrap_or(0.0)
+    }
+
+    /// Nesterov momentum.
+    pub fn nesterov_or_default(&self) -> bool {
+        self.nesterov.unwrap_or(false)
+    }
+
+    /// Adam betas.
+    pub fn betas_or_default(&self) -> (f64, f64) {
+        match self.betas.as_deref() {
+            Some([b1, b2]) => (*b1, *b2),
+            _ => ADAM_BETAS,
+        }
+    }
+
+    /// Adam ε.
+    pub fn eps_or_default(&self) -> f64 {
+        self.eps.unwrap_or(ADAM_EPS)
+    }
+
+    /// Weight decay.
+    pub fn weight_decay_or_default(&self) -> f64 {
+        self.weight_decay.unwrap_or(match self.kind {
+            OptimizerKind::Adamw => ADAMW_WEIGHT_DECAY,
+            OptimizerKind::Sgd | OptimizerKind::Adam => 0.0,
+        })
+    }
+}
+
+impl LrScheduleSpec {
+    /// Step decay factor.
+    pub fn gamma_or_default(&self) -> f64 {
+        self.gamma.unwrap_or(STEP_GAMMA)
+    }
+
+    /// Cosine warmup steps.
+    pub fn warmup_steps_or_default(&self) -> i64 {
+        self.warmup_steps.unwrap_or(0)
+    }
+
+    /// Cosine final learning rate.
+    pub fn min_lr_or_default(&self) -> f64 {
+        self.min_lr.unwrap_or(0.0)
+    }
+}
+
+impl EarlyStoppingSpec {
+    /// Direction of improvement: the metric's natural one when unset.
+    pub fn mode_or_default(&self) -> EarlyStoppingMode {
+        self.mode.unwrap_or(match self.metric {
+            EarlyStoppingMetric::ValLoss => EarlyStoppingMode::Min,
+            EarlyStoppingMetric::ValAccuracy => EarlyStoppingMode::Max,
+        })
+    }
+
+    /// Patience in evaluations.
+    pub fn patience_or_default(&self) -> i32 {
+        self.patience.unwrap_or(PATIENCE)
+    }
+
+    /// Smallest improvement.
+    pub fn min_delta_or_default(&self) -> f64 {
+        self.min_delta.unwrap_or(0.0)
+    }
+}
+
+impl CheckpointSpec {
+    /// Checkpoints kept.
+    pub fn keep_or_default(&self) -> usize {
+        usize::try_from(self.keep.unwrap_or(CHECKPOINT_KEEP)).unwrap_or(1)
+    }
+
+    /// S3 region.
+    pub fn region_or_default(&self) -> &str {
+        self.region.as_deref().unwrap_or(S3_REGION)
+    }
+
+    /// Resume policy.
+    pub fn resume_or_default(&self) -> ResumePolicy {
+        self.resume.unwrap_or(ResumePolicy::Auto)
+    }
+}
+
+impl RunPolicy {
+    /// Whether the job is suspended.
+    pub fn suspend_or_default(&self) -> bool {
+        self.suspend.unwrap_or(false)
+    }
+
+    /// Which pods to delete at the end.
+    pub fn clean_pod_policy_or_default(&self) -> CleanPodPolicy {
+        self.clean_pod_policy.unwrap_or(CleanPodPolicy::Running)
+    }
+
+    /// Infrastructure restart budget.
+    pub fn max_infra_restarts_or_default(&self) -> i32 {
+        self.max_infra_restarts.unwrap_or(MAX_INFRA_RESTARTS)
+    }
+
+    /// Application restart budget.
+    pub fn max_app_restarts_or_default(&self) -> i32 {
+        self.max_app_restarts.unwrap_or(MAX_APP_RESTARTS)
+    }
+
+    /// Gang schedule timeout in seconds.
+    pub fn schedule_timeout_seconds_or_default(&self) -> i64 {
+        self.gang
+            .as_ref()
+            .and_then(|g| g.schedule_timeout_seconds)
+            .unwrap_or(GANG_SCHEDULE_TIMEOUT_SECONDS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{DatasetKind, ModeSpec};
+
+    fn trainer() -> TrainerSpec {
+        TrainerSpec {
+            model: ModelSpec {
+                kind: ModelKind::Mlp,
+                hidden: None,
+                dropout: None,
+            },
+            dataset: DatasetSpec {
+                kind: DatasetKind::Mnist,
+                images: None,
+                labels: None,
+                test_images: None,
+                test_labels: None,
+                uri: None,
+                test_uri: None,
+                label_column: None,
+                header: None,
+                validation_split: None,
+            },
+            batch_size: 64,
+            epochs: Some(1),
+            max_steps: None,
+            optimizer: None,
+            lr_schedule: None,
+            grad_clip_norm: None,
+            precision: None,
+            mode: None,
+            early_stopping: None,
+            eval_every_steps: None,
+            seed: None,
+            device: None,
+        }
+    }
+
+    #[test]
+    fn unset_fields_take_documented_defaults() {
+        let t = trainer();
+        assert_eq!(t.model.hidden_or_default(), vec![256, 128]);
+        let opt = t.optimizer_or_default();
+        assert_eq!(opt.kind, OptimizerKind::Adam);
+        assert_eq!(opt.lr_or_default(), 1e-3);
+        assert_eq!(opt.betas_or_default(), (0.9, 0.999));
+        assert_eq!(t.lr_schedule_or_default().kind, LrScheduleKind::Constant);
+        assert_eq!(t.mode_or_default(), ModeKind::Sync);
+        assert_eq!(t.seed_or_default(), 42);
+        assert_eq!(t.precision_or_default(), Precision::Fp32);
+        let policy = RunPolicy::default();
+        assert_eq!(policy.max_app_restarts_or_default(), 3);
+        assert_eq!(policy.max_infra_restarts_or_default(), 10);
+        assert_eq!(
+            policy.clean_pod_policy_or_default(),
+            CleanPodPolicy::Running
+        );
+        assert_eq!(policy.schedule_timeout_seconds_or_default(), 300);
+    }
+
+    #[test]
+    fn defaults_depend_on_the_chosen_type() {
+        let sgd = OptimizerSpec {
+            kind: OptimizerKind::Sgd,
+            lr: None,
+            momentum: None,
+            nesterov: None,
+            betas: None,
+            eps: None,
+            weight_decay: None,
+        };
+        assert_eq!(sgd.lr_or_default(), 0.01);
+        let adamw = OptimizerSpec {
+            kind: OptimizerKind::Adamw,
+            ..sgd
+        };
+        assert_eq!(adamw.weight_decay_or_default(), 0.01);
+        let mut t = trainer();
+        t.model.kind = ModelKind::Lenet;
+        assert!(t.model.hidden_or_default().is_empty());
+        t.mode = Some(ModeSpec {
+            kind: ModeKind::Async,
+            max_staleness: None,
+        });
+        assert_eq!(t.max_staleness_or_default(), 4);
+        let acc = EarlyStoppingSpec {
+            metric: EarlyStoppingMetric::ValAccuracy,
+            mode: None,
+            patience: None,
+            min_delta: None,
+        };
+        assert_eq!(acc.mode_or_default(), EarlyStoppingMode::Max);
+    }
+}

@@ -1,0 +1,14 @@
+//! The Ferrotrain API: the `TrainingJob` custom resource (`ferrotrain.io/v1alpha1`), its defaults,
+//! its semantic validation and the env contract between the operator and the trainer.
+//!
+//! This crate has no Kubernetes client and no async runtime: the operator, the local runner and the
+//! trainer all depend on it.
+
+pub mod crd;
+pub mod defaults;
+pub mod env;
+pub mod types;
+pub mod validate;
+
+pub use types::*;
+pub use validate::{FieldError, validate};

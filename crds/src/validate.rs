@@ -1,0 +1,641 @@
+//! Semantic validation: the rules the OpenAPI schema and CEL cannot express (URI schemes, quantity
+//! arithmetic, names that must fit a pod hostname, reserved names of the env contract). The
+//! operator and the local runner call [`validate`] before acting on a job.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::env;
+use crate::types::{
+    CheckpointSpec, DatasetKind, DatasetSpec, EarlyStoppingMetric, EarlyStoppingMode,
+    LrScheduleKind, ModelKind, PodOverlay, TrainerSpec, TrainingJob, WorkersSpec,
+};
+
+/// Label and annotation prefix owned by the operator.
+pub const RESERVED_LABEL_PREFIX: &str = "ferrotrain.io/";
+/// Volume name of the operator's scratch emptyDir.
+pub const SCRATCH_VOLUME: &str = "scratch";
+/// Extended resource name of NVIDIA GPUs.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Longest pod hostname (a DNS label).
+const MAX_DNS_LABEL: usize = 63;
+
+/// One problem with a manifest: the full field path and how to fix it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path from the object root, for example `spec.workers.replicas`.
+    pub field: String,
+    /// What is wrong and what to do instead.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A new error at `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Checks everything about a job that the schema and CEL rules cannot; returns every problem.
+pub fn validate(job: &TrainingJob) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    validate_name(job, &mut errors);
+    validate_workers(&job.spec.workers, &mut errors);
+    validate_trainer(&job.spec.trainer, &mut errors);
+    if let Some(checkpoint) = &job.spec.checkpoint {
+        validate_checkpoint(checkpoint, &mut errors);
+    }
+    if let Some(policy) = &job.spec.run_policy {
+        let overlay_class = job
+            .spec
+            .workers
+            .template
+            .as_ref()
+            .and_then(|t| t.priority_class_name.as_ref());
+        if let (Some(a), Some(b)) = (&policy.priority_class_name, overlay_class)
+            && a != b
+        {
+            errors.push(FieldError::new(
+                "spec.workers.template.priorityClassName",
+                format!(
+                    "conflicts with spec.runPolicy.priorityClassName {a:?}; set only one of them"
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn validate_name(job: &TrainingJob, errors: &mut Vec<FieldError>) {
+    let Some(name) = job.metadata.name.as_deref() else {
+        errors.push(FieldError::new("metadata.name", "is required"));
+        return;
+    };
+    if !is_dns1035_label(name) {
+        errors.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "{name:?} must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, ending with a letter or digit): it names the workers' headless Service"
+            ),
+        ));
+        return;
+    }
+    let last_rank = job.spec.workers.replicas.max(1) - 1;
+    let longest_pod = format!("{name}-worker-{last_rank}");
+    if longest_pod.len() > MAX_DNS_LABEL {
+        errors.push(FieldError::new(
+            "metadata.name",
+            format!(
+                "is too long: worker pod {longest_pod:?} would exceed the 63-character hostname limit; use at most {} characters",
+                MAX_DNS_LABEL - (longest_pod.len() - name.len())
+            ),
+        ));
+    }
+}
+
+fn validate_workers(workers: &WorkersSpec, errors: &mut Vec<FieldError>) {
+    if let Some(min) = workers.min_replicas
+        && min > workers.replicas
+    {
+        errors.push(FieldError::new(
+            "spec.workers.minReplicas",
+            format!(
+                "{min} exceeds replicas {}; lower it or raise replicas",
+                workers.replicas
+            ),
+        ));
+    }
+    if let Some(image) = &workers.image
+        && (image.trim() != image || image.contains(char::is_whitespace) || image.starts_with('-'))
+    {
+        errors.push(FieldError::new(
+            "spec.workers.image",
+            format!("{image:?} is not an image reference; use e.g. ghcr.io/org/trainer:1.0"),
+        ));
+    }
+    if let Some(resources) = &workers.resources {
+        validate_resources(resources, errors);
+    }
+    if let Some(overlay) = &workers.template {
+        validate_overlay(overlay, errors);
+    }
+}
+
+fn validate_resources(
+    resources: &k8s_openapi::api::core::v1::ResourceRequirements,
+    errors: &mut Vec<FieldError>,
+) {
+    let lists = [
+        ("requests", &resources.requests),
+        ("limits", &resources.limits),
+    ];
+    for (list, map) in lists {
+        for (name, quantity) in map.iter().flatten() {
+            let field = format!("spec.workers.resources.{list}.{name}");
+            match parse_quantity(quantity) {
+                None => errors.push(FieldError::new(
+                    field,
+                    format!("{:?} is not a quantity; use e.g. 500m, 2, 4Gi", quantity.0),
+                )),
+                Some(v) if v < 0.0 => {
+                    errors.push(FieldError::new(field, "must not be negative"));
+                }
+                Some(v) if name == GPU_RESOURCE && v.fract() != 0.0 => {
+                    errors.push(FieldError::new(
+                        field,
+                        format!("GPUs are whole devices; {v} is not a whole number"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let get = |map: &Option<std::collections::BTreeMap<String, Quantity>>, key: &str| {
+        map.as_ref()
+            .and_then(|m| m.get(key))
+            .and_then(parse_quantity)
+    };
+    for name in ["cpu", "memory", GPU_RESOURCE] {
+        if let (Some(req), Some(lim)) =
+            (get(&resources.requests, name), get(&resources.limits, name))
+        {
+            if req > lim {
+                errors.push(FieldError::new(
+                    format!("spec.workers.resources.requests.{name}"),
+                    format!("request exceeds the limit ({req} > {lim}); raise the limit or lower the request"),
+                ));
+            } else if name == GPU_RESOURCE && req != lim {
+                errors.push(FieldError::new(
+                    format!("spec.workers.resources.requests.{name}"),
+                    "GPU requests must equal limits; set both to the same number",
+                ));
+            }
+        }
+    }
+}
+
+fn validate_overlay(overlay: &PodOverlay, errors: &mut Vec<FieldError>) {
+    let base = "spec.workers.template";
+    for (kind, map) in [
+        ("labels", &overlay.labels),
+        ("annotations", &overlay.annotations),
+    ] {
+        for (key, value) in map {
+            if key.starts_with(RESERVED_LABEL_PREFIX) {
+                errors.push(FieldError::new(
+                    format!("{base}.{kind}[{key}]"),
+                    format!("keys under {RESERVED_LABEL_PREFIX} are set by the operator; choose another prefix"),
+                ));
+            } else if !is_qualified_name(key) {
+                errors.push(FieldError::new(
+                    format!("{base}.{kind}[{key}]"),
+                    "is not a valid key: use an optional DNS prefix and '/', then up to 63 alphanumerics, '-', '_' or '.'",
+                ));
+            } else if kind == "labels" && !is_label_value(value) {
+                errors.push(FieldError::new(
+                    format!("{base}.labels[{key}]"),
+                    format!("{value:?} is not a valid label value: at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric"),
+                ));
+            }
+        }
+    }
+    for (i, var) in overlay.env.iter().enumerate() {
+        if env::is_reserved(&var.name) {
+            errors.push(FieldError::new(
+                format!("{base}.env[{i}].name"),
+                format!(
+                    "{:?} is set by the operator (names starting with {} and the checkpoint credentials are reserved); rename it",
+                    var.name,
+                    env::RESERVED_PREFIX
+                ),
+            ));
+        }
+    }
+    let mut volumes = BTreeSet::new();
+    for (i, volume) in overlay.volumes.iter().enumerate() {
+        if volume.name == SCRATCH_VOLUME {
+            errors.push(FieldError::new(
+                format!("{base}.volumes[{i}].name"),
+                "\"scratch\" is the operator's scratch volume; choose another name",
+            ));
+        }
+        if !volumes.insert(volume.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{base}.volumes[{i}].name"),
+                format!(
+                    "{:?} is declared twice; volume names must be unique",
+                    volume.name
+                ),
+            ));
+        }
+    }
+    let mut paths = BTreeSet::new();
+    for (i, mount) in overlay.volume_mounts.iter().enumerate() {
+        if !volumes.contains(mount.name.as_str()) {
+            errors.push(FieldError::new(
+                format!("{base}.volumeMounts[{i}].name"),
+                format!(
+                    "{:?} is not declared in {base}.volumes; add the volume or fix the name",
+                    mount.name
+                ),
+            ));
+        }
+        if !paths.insert(mount.mount_path.as_str()) {
+            errors.push(FieldError::new(
+                format!("{base}.volumeMounts[{i}].mountPath"),
+                format!(
+                    "{:?} is mounted twice; each mountPath must be unique",
+                    mount.mount_path
+                ),
+            ));
+        }
+    }
+}
+
+/// Checks a trainer configuration on its own (the trainer's `--config` file); paths start at
+/// `spec.trainer` as in a TrainingJob.
+pub fn validate_trainer_spec(trainer: &TrainerSpec) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    validate_trainer(trainer, &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldError>) {
+    let base = "spec.trainer";
+    validate_dataset(&trainer.dataset, errors);
+    if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
+        errors.push(FieldError::new(
+            format!("{base}.model.type"),
+            "lenet needs 28×28 single-channel images; use dataset type mnist or idx, or model mlp for CSV features",
+        ));
+    }
+    let optimizer = trainer.optimizer_or_default();
+    let lr = optimizer.lr_or_default();
+    if lr <= 0.0 {
+        errors.push(FieldError::new(
+            format!("{base}.optimizer.lr"),
+            "must be greater than 0; typical values are 0.001 (adam) and 0.01 (sgd)",
+        ));
+    }
+    if let Some(schedule) = &trainer.lr_schedule
+        && schedule.kind == LrScheduleKind::Cosine
+    {
+        if schedule.min_lr_or_default() >= lr {
+            errors.push(FieldError::new(
+                format!("{base}.lrSchedule.minLr"),
+                format!("must be below the learning rate {lr}; cosine decays from lr to minLr"),
+            ));
+        }
+        if let Some(max_steps) = trainer.max_steps
+            && schedule.warmup_steps_or_default() >= max_steps
+        {
+            errors.push(FieldError::new(
+                format!("{base}.lrSchedule.warmupSteps"),
+                format!("must be below maxSteps ({max_steps}) or the schedule never decays"),
+            ));
+        }
+    }
+    if let Some(early) = &trainer.early_stopping {
+        let natural = match early.metric {
+            EarlyStoppingMetric::ValLoss => EarlyStoppingMode::Min,
+            EarlyStoppingMetric::ValAccuracy => EarlyStoppingMode::Max,
+        };
+        if early.mode_or_default() != natural {
+            let (metric, wanted, given) = match early.metric {
+                EarlyStoppingMetric::ValLoss => ("valLoss", "min", "max"),
+                EarlyStoppingMetric::ValAccuracy => ("valAccuracy", "max", "min"),
+            };
+            errors.push(FieldError::new(
+                format!("{base}.earlyStopping.mode"),
+                format!(
+                    "{given} would stop when {metric} improves; use {wanted} or leave mode unset"
+                ),
+            ));
+        }
+    }
+    if let (Some(eval), Some(max_steps)) = (trainer.eval_every_steps, trainer.max_steps)
+        && eval > max_steps
+    {
+        errors.push(FieldError::new(
+            format!("{base}.evalEverySteps"),
+            format!(
+                "{eval} exceeds maxSteps {max_steps}, so the job would never evaluate; lower it"
+            ),
+        ));
+    }
+}
+
+fn validate_dataset(dataset: &DatasetSpec, errors: &mut Vec<FieldError>) {
+    let base = "spec.trainer.dataset";
+    let uris = [
+        ("images", &dataset.images),
+        ("labels", &dataset.labels),
+        ("testImages", &dataset.test_images),
+        ("testLabels", &dataset.test_labels),
+        ("uri", &dataset.uri),
+        ("testUri", &dataset.test_uri),
+    ];
+    for (field, uri) in uris {
+        if let Some(uri) = uri
+            && let Err(message) = check_data_uri(uri)
+        {
+            errors.push(FieldError::new(format!("{base}.{field}"), message));
+        }
+    }
+}
+
+fn validate_checkpoint(checkpoint: &CheckpointSpec, errors: &mut Vec<FieldError>) {
+    let base = "spec.checkpoint";
+    let scheme = match parse_storage_uri(&checkpoint.uri) {
+        Ok(uri) => Some(uri.scheme),
+        Err(message) => {
+            errors.push(FieldError::new(format!("{base}.uri"), message));
+            None
+        }
+    };
+    if scheme == Some(Scheme::File) {
+        let s3_only = [
+            ("endpoint", checkpoint.endpoint.is_some()),
+            ("region", checkpoint.region.is_some()),
+            ("secretRef", checkpoint.secret_ref.is_some()),
+        ];
+        for (field, set) in s3_only {
+            if set {
+                errors.push(FieldError::new(
+                    format!("{base}.{field}"),
+                    "applies only to s3:// checkpoint URIs; remove it or use an s3:// uri",
+                ));
+            }
+        }
+    }
+}
+
+/// Storage back-ends the trainer reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// S3 or an S3-compatible server.
+    S3,
+    /// A local or mounted file system.
+    File,
+}
+
+/// A parsed `s3://bucket/prefix` or `file://path` URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageUri {
+    /// The back-end.
+    pub scheme: Scheme,
+    /// Bucket name (empty for `file://`).
+    pub bucket: String,
+    /// Key prefix within the bucket, or the file-system path.
+    pub path: String,
+}
+
+/// Parses a storage URI, explaining what is wrong in the error.
+pub fn parse_storage_uri(uri: &str) -> Result<StorageUri, String> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!(
+            "{uri:?} has no scheme; use s3://bucket/prefix or file:///path"
+        ));
+    };
+    match scheme {
+        "s3" => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !is_bucket_name(bucket) {
+                return Err(format!(
+                    "bucket {bucket:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.' and '-')"
+                ));
+            }
+            Ok(StorageUri {
+                scheme: Scheme::S3,
+                bucket: bucket.to_string(),
+                path: prefix.trim_end_matches('/').to_string(),
+            })
+        }
+        "file" => {
+            if rest.is_empty() {
+                return Err("file:// needs a path, e.g. file:///data/checkpoints".into());
+            }
+            Ok(StorageUri {
+                scheme: Scheme::File,
+                bucket: String::new(),
+                path: rest.to_string(),
+            })
+        }
+        other => Err(format!(
+            "scheme {other:?} is not supported; use s3:// or file://"
+        )),
+    }
+}
+
+fn check_data_uri(uri: &str) -> Result<(), String> {
+    let parsed = parse_storage_uri(uri)?;
+    if parsed.scheme == Scheme::S3 && parsed.path.is_empty() {
+        return Err(format!(
+            "{uri:?} names a bucket but no object; use s3://bucket/key"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a Kubernetes quantity (`500m`, `2`, `1.5Gi`, `1e3`) into its numeric value.
+pub fn parse_quantity(quantity: &Quantity) -> Option<f64> {
+    let s = quantity.0.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    if number.is_empty() || number == "." {
+        return None;
+    }
+    let base: f64 = number.parse().ok()?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0_f64.powi(2),
+        "Gi" => 1024.0_f64.powi(3),
+        "Ti" => 1024.0_f64.powi(4),
+        "Pi" => 1024.0_f64.powi(5),
+        "Ei" => 1024.0_f64.powi(6),
+        exp if exp.starts_with(['e', 'E']) => 10f64.powi(exp[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(base * multiplier)
+}
+
+fn is_dns1035_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_DNS_LABEL
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= MAX_DNS_LABEL
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+}
+
+fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    prefix_ok && !name.is_empty() && is_label_value(name)
+}
+
+fn is_bucket_name(s: &str) -> bool {
+    (3..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(yaml: &str) -> TrainingJob {
+        serde_yaml::from_str(yaml).expect("test manifest parses")
+    }
+
+    const BASE: &str = r#"
+apiVersion: ferrotrain.io/v1alpha1
+kind: TrainingJob
+metadata: {name: mnist}
+spec:
+  workers: {replicas: 2}
+  trainer:
+    model: {type: mlp}
+    dataset: {type: mnist}
+    batchSize: 64
+    epochs: 1
+  checkpoint: {uri: "s3://ckpt/mnist", everySteps: 100}
+"#;
+
+    fn fields(result: Result<(), Vec<FieldError>>) -> Vec<String> {
+        result
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_job_is_valid() {
+        assert_eq!(validate(&job(BASE)), Ok(()));
+    }
+
+    #[test]
+    fn checkpoint_scheme_error_names_the_field_and_the_fix() {
+        let mut j = job(BASE);
+        j.spec.checkpoint.as_mut().expect("set").uri = "ftp://host/x".into();
+        let errors = validate(&j).expect_err("ftp is rejected");
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.checkpoint.uri: scheme \"ftp\" is not supported; use s3:// or file://"
+        );
+    }
+
+    #[test]
+    fn long_names_are_measured_against_the_last_pod_hostname() {
+        let mut j = job(BASE);
+        j.metadata.name = Some("a".repeat(55));
+        assert_eq!(fields(validate(&j)), vec!["metadata.name"]);
+        j.metadata.name = Some("a".repeat(54));
+        assert_eq!(validate(&j), Ok(()));
+        j.spec.workers.replicas = 11;
+        assert_eq!(fields(validate(&j)), vec!["metadata.name"]);
+    }
+
+    #[test]
+    fn quantities_parse_like_kubernetes() {
+        let q = |s: &str| parse_quantity(&Quantity(s.into()));
+        assert_eq!(q("500m"), Some(0.5));
+        assert_eq!(q("2"), Some(2.0));
+        assert_eq!(q("1Gi"), Some(1073741824.0));
+        assert_eq!(q("1e3"), Some(1000.0));
+        assert_eq!(q("1.5k"), Some(1500.0));
+        assert_eq!(q("lots"), None);
+        assert_eq!(q("2X"), None);
+    }
+
+    #[test]
+    fn storage_uris() {
+        assert_eq!(
+            parse_storage_uri("s3://bucket/a/b/"),
+            Ok(StorageUri {
+                scheme: Scheme::S3,
+                bucket: "bucket".into(),
+                path: "a/b".into()
+            })
+        );
+        assert_eq!(
+            parse_storage_uri("file://./ckpt").map(|u| u.path),
+            Ok("./ckpt".into())
+        );
+        assert!(parse_storage_uri("s3://Bad_Bucket/x").is_err());
+        assert!(parse_storage_uri("/no/scheme").is_err());
+        assert!(parse_storage_uri("file://").is_err());
+    }
+
+    #[test]
+    fn names_and_keys() {
+        assert!(is_dns1035_label("mnist-2"));
+        assert!(!is_dns1035_label("2mnist"));
+        assert!(!is_dns1035_label("mnist-"));
+        assert!(is_qualified_name("team.example.com/owner"));
+        assert!(!is_qualified_name("Team.example.com/owner"));
+        assert!(!is_qualified_name("/owner"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("-x"));
+    }
+}

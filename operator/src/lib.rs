@@ -1,0 +1,7 @@
+//! Ferrotrain's operator and command-line interface.
+//!
+//! Today this crate admits TrainingJob manifests offline ([`manifest`]) and powers
+//! `ferrotrain validate` and `ferrotrain crd` ([`cli`]).
+
+pub mod cli;
+pub mod manifest;

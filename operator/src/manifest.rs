@@ -1,0 +1,396 @@
+//! Admission of TrainingJob manifests offline, in the order an API server would apply them, then
+//! Ferrotrain's own checks: (1) the generated OpenAPI schema, with unknown fields rejected as
+//! `kubectl apply`'s strict field validation does; (2) the CEL rules of the CRD; (3)
+//! [`ferrotrain_crds::validate`]. `ferrotrain validate`, `ferrotrain run` and the tests share it.
+
+use std::fmt;
+
+use ferrotrain_crds::{TrainingJob, crd};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The layer that rejected a manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    /// Not a TrainingJob document at all (YAML syntax, kind, apiVersion).
+    Document,
+    /// The CRD's OpenAPI v3 schema.
+    Schema,
+    /// The CRD's `x-kubernetes-validations` CEL rules.
+    Cel,
+    /// `ferrotrain_crds::validate`.
+    Semantic,
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layer::Document => "document",
+            Layer::Schema => "schema",
+            Layer::Cel => "cel",
+            Layer::Semantic => "validate",
+        })
+    }
+}
+
+/// One problem found in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The layer that found it.
+    pub layer: Layer,
+    /// Full field path, for example `spec.workers.replicas`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ManifestError {
+    fn new(layer: Layer, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            layer,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// The checker could not be built from the generated CRD (a bug in the CRD, not user input).
+#[derive(Debug, thiserror::Error)]
+#[error("the generated CRD schema is not a valid JSON schema: {0}")]
+pub struct SchemaCompileError(String);
+
+/// Validates TrainingJob documents against the generated CRD.
+pub struct Admission {
+    schema: Value,
+    schema_validator: jsonschema::Validator,
+    cel: kube_cel::Validator,
+}
+
+impl Admission {
+    /// Compiles the generated CRD's schema.
+    pub fn new() -> Result<Self, SchemaCompileError> {
+        let schema = crd::schema_json();
+        let schema_validator =
+            jsonschema::draft4::new(&schema).map_err(|e| SchemaCompileError(e.to_string()))?;
+        Ok(Self {
+            schema,
+            schema_validator,
+            cel: kube_cel::Validator::new(),
+        })
+    }
+
+    /// Admits a new object; on success returns the typed job.
+    pub fn admit(&self, object: &Value) -> Result<TrainingJob, Vec<ManifestError>> {
+        self.admit_update(object, None)
+    }
+
+    /// Admits an object, evaluating transition rules against `old` when it replaces one.
+    pub fn admit_update(
+        &self,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> Result<TrainingJob, Vec<ManifestError>> {
+        check_type_meta(object)?;
+        let mut errors = Vec::new();
+        let object = strip_nulls_and_find_unknown(object, &self.schema, "", &mut errors);
+        errors.extend(self.schema_validator.iter_errors(&object).map(|e| {
+            let mut field = pointer_to_field(e.instance_path().as_str());
+            if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
+                let name = property.as_str().unwrap_or_default();
+                field = join(&field, name);
+                return ManifestError::new(Layer::Schema, field, "Required value");
+            }
+            ManifestError::new(Layer::Schema, field, e.to_string())
+        }));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if let Err(cel_errors) = self.cel.validate(&self.schema, &object, old) {
+            return Err(cel_errors
+                .into_vec()
+                .into_iter()
+                .map(|e| ManifestError::new(Layer::Cel, e.field_path.clone(), e.message.clone()))
+                .collect());
+        }
+        let job: TrainingJob = serde_json::from_value(object).map_err(|e| {
+            vec![ManifestError::new(
+                Layer::Schema,
+                "",
+                format!("does not decode: {e}"),
+            )]
+        })?;
+        ferrotrain_crds::validate(&job).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| ManifestError::new(Layer::Semantic, e.field, e.message))
+                .collect::<Vec<_>>()
+        })?;
+        Ok(job)
+    }
+}
+
+/// One YAML document of a file: its 0-based index and content, or why it does not parse.
+pub type Document = (usize, Result<Value, ManifestError>);
+
+/// Splits a (multi-document) YAML text. Empty documents are skipped.
+pub fn parse_documents(text: &str) -> Vec<Document> {
+    let mut documents = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        match Value::deserialize(document) {
+            Ok(Value::Null) => {}
+            Ok(value) => documents.push((index, Ok(value))),
+            Err(e) => {
+                documents.push((
+                    index,
+                    Err(ManifestError::new(
+                        Layer::Document,
+                        "",
+                        format!("invalid YAML: {e}"),
+                    )),
+                ));
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        }
+    }
+    documents
+}
+
+fn check_type_meta(object: &Value) -> Result<(), Vec<ManifestError>> {
+    let Some(map) = object.as_object() else {
+        return Err(vec![ManifestError::new(
+            Layer::Document,
+            "",
+            "a manifest must be a mapping with apiVersion, kind, metadata and spec",
+        )]);
+    };
+    let api_version = map.get("apiVersion").and_then(Value::as_str);
+    let kind = map.get("kind").and_then(Value::as_str);
+    let mut errors = Vec::new();
+    if kind != Some("TrainingJob") {
+        errors.push(ManifestError::new(
+            Layer::Document,
+            "kind",
+            format!(
+                "{} is not a TrainingJob; ferrotrain only handles kind: TrainingJob",
+                describe(kind)
+            ),
+        ));
+    }
+    if api_version != Some("ferrotrain.io/v1alpha1") {
+        errors.push(ManifestError::new(
+            Layer::Document,
+            "apiVersion",
+            format!(
+                "{} is not served; use apiVersion: ferrotrain.io/v1alpha1",
+                describe(api_version)
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+fn describe(value: Option<&str>) -> String {
+    value.map_or_else(|| "(missing)".to_string(), |v| format!("{v:?}"))
+}
+
+const ROOT_FIELDS: [&str; 3] = ["apiVersion", "kind", "metadata"];
+
+/// Drops nulls the schema allows (`nullable`), and reports fields the schema does not know, as
+/// strict field validation would. Returns the cleaned object.
+fn strip_nulls_and_find_unknown(
+    value: &Value,
+    schema: &Value,
+    path: &str,
+    errors: &mut Vec<ManifestError>,
+) -> Value {
+    if schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return value.clone();
+    }
+    match value {
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let mut cleaned = Map::new();
+            for (key, item) in map {
+                let field = join(path, key);
+                // Every object has these; the API server checks them itself, outside the CRD schema.
+                if path.is_empty() && ROOT_FIELDS.contains(&key.as_str()) {
+                    cleaned.insert(key.clone(), item.clone());
+                    continue;
+                }
+                let item_schema = properties.and_then(|p| p.get(key)).or(additional);
+                match item_schema {
+                    Some(item_schema) => {
+                        let nullable = item_schema.get("nullable").and_then(Value::as_bool) == Some(true);
+                        if item.is_null() && nullable {
+                            continue;
+                        }
+                        cleaned.insert(key.clone(), strip_nulls_and_find_unknown(item, item_schema, &field, errors));
+                    }
+                    None if properties.is_some() => errors.push(ManifestError::new(
+                        Layer::Schema,
+                        field,
+                        format!("unknown field {key:?}; check the spelling against `kubectl explain trainingjob.{}`", path_for_explain(path)),
+                    )),
+                    None => {
+                        cleaned.insert(key.clone(), item.clone());
+                    }
+                }
+            }
+            Value::Object(cleaned)
+        }
+        Value::Array(items) => match schema.get("items") {
+            Some(item_schema) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        strip_nulls_and_find_unknown(
+                            item,
+                            item_schema,
+                            &format!("{path}[{i}]"),
+                            errors,
+                        )
+                    })
+                    .collect(),
+            ),
+            None => value.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+fn path_for_explain(path: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in path.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// `/spec/workers/0/name` → `spec.workers[0].name`.
+fn pointer_to_field(pointer: &str) -> String {
+    let mut field = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.parse::<usize>().is_ok() {
+            field.push_str(&format!("[{segment}]"));
+        } else {
+            field = join(&field, &segment);
+        }
+    }
+    field
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Value {
+        serde_yaml::from_str(text).expect("test yaml")
+    }
+
+    const JOB: &str = r#"
+apiVersion: ferrotrain.io/v1alpha1
+kind: TrainingJob
+metadata: {name: mnist}
+spec:
+  workers: {replicas: 2}
+  trainer:
+    model: {type: mlp, hidden: [128]}
+    dataset: {type: mnist}
+    batchSize: 64
+    epochs: 1
+"#;
+
+    #[test]
+    fn a_valid_job_passes_every_layer() {
+        let admission = Admission::new().expect("schema compiles");
+        let job = admission.admit(&yaml(JOB)).expect("valid");
+        assert_eq!(job.spec.workers.replicas, 2);
+    }
+
+    #[test]
+    fn model_and_dataset_are_immutable_on_update() {
+        let admission = Admission::new().expect("schema compiles");
+        let old = yaml(JOB);
+        let mut changed = old.clone();
+        changed["spec"]["trainer"]["model"]["hidden"] = serde_json::json!([64]);
+        let errors = admission
+            .admit_update(&changed, Some(&old))
+            .expect_err("model changed");
+        assert_eq!(errors[0].layer, Layer::Cel);
+        assert_eq!(errors[0].field, "spec.trainer.model");
+        let mut changed = old.clone();
+        changed["spec"]["trainer"]["dataset"] =
+            serde_json::json!({"type": "csv", "uri": "file:///d.csv"});
+        let errors = admission
+            .admit_update(&changed, Some(&old))
+            .expect_err("dataset changed");
+        assert_eq!(errors[0].field, "spec.trainer.dataset");
+        // Mutable fields may change, and creation has no old object to compare with.
+        let mut changed = old.clone();
+        changed["spec"]["trainer"]["batchSize"] = serde_json::json!(128);
+        assert!(admission.admit_update(&changed, Some(&old)).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_nullable_nulls() {
+        let admission = Admission::new().expect("schema compiles");
+        let mut job = yaml(JOB);
+        job["spec"]["workers"]["minReplicas"] = Value::Null;
+        assert!(
+            admission.admit(&job).is_ok(),
+            "null for an optional field is absent"
+        );
+        job["spec"]["workers"]["replica"] = serde_json::json!(3);
+        let errors = admission.admit(&job).expect_err("typo");
+        assert_eq!(errors[0].field, "spec.workers.replica");
+        assert_eq!(errors[0].layer, Layer::Schema);
+    }
+
+    #[test]
+    fn documents_and_paths() {
+        let docs = parse_documents("---\na: 1\n---\n---\nb: [1\n");
+        assert_eq!(docs.len(), 2);
+        assert!(docs[0].1.is_ok());
+        assert!(docs[1].1.is_err());
+        assert_eq!(
+            pointer_to_field("/spec/workers/template/env/0/name"),
+            "spec.workers.template.env[0].name"
+        );
+        assert_eq!(
+            path_for_explain("spec.workers.template.env[0]"),
+            "spec.workers.template.env"
+        );
+    }
+}

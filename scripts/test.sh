@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Ferrotrain's test command: formatting, lints, then every unit and integration test.
+# Installs what it needs (idempotent) and prints the elapsed time. No cluster is needed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
+
+step "toolchain"
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+cargo --version
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "ferrotrain validate examples/*.yaml"
+cargo run --quiet --locked -p ferrotrain -- validate examples/*.yaml
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "done"
+echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"

@@ -1,0 +1,19 @@
+//! Helpers for Ferrotrain's cross-crate integration tests: locating workspace files and checking
+//! a CRD schema against the API server's structural-schema rules.
+
+pub mod structural;
+
+use std::path::PathBuf;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Path of the committed CRD in the Helm chart.
+pub fn chart_crd_path() -> PathBuf {
+    workspace_root().join("charts/ferrotrain/crds/trainingjobs.ferrotrain.io.yaml")
+}

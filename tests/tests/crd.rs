@@ -1,0 +1,97 @@
+//! The committed CRD matches the generated one, is structural, and documents every field.
+
+use ferrotrain_crds::crd;
+use ferrotrain_tests::{chart_crd_path, structural, workspace_root};
+use serde_json::Value;
+
+#[test]
+fn committed_crd_matches_the_generated_one() {
+    let generated = crd::crd_yaml().expect("renders");
+    let committed = std::fs::read_to_string(chart_crd_path()).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is stale; regenerate it with `cargo run -p ferrotrain-crds --bin crdgen > {}`",
+        chart_crd_path().display(),
+        chart_crd_path()
+            .strip_prefix(workspace_root())
+            .unwrap_or(&chart_crd_path())
+            .display()
+    );
+}
+
+#[test]
+fn crd_schema_is_structural() {
+    let violations = structural::violations(&crd::schema_json());
+    assert!(
+        violations.is_empty(),
+        "structural schema violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn crd_names_subresources_and_columns() {
+    let crd = crd::crd();
+    assert_eq!(crd.spec.group, "ferrotrain.io");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.kind, "TrainingJob");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["tj".to_string()]));
+    assert_eq!(
+        crd.spec.names.categories,
+        Some(vec!["ferrotrain".to_string()])
+    );
+    let version = &crd.spec.versions[0];
+    assert_eq!(version.name, "v1alpha1");
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
+    let columns: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Phase", "Ready", "Progress", "Step", "Loss", "ETA", "Age"]
+    );
+}
+
+/// Every property of spec and status has a description: it is what `kubectl explain` shows.
+#[test]
+fn every_field_is_documented() {
+    fn walk(node: &Value, path: &str, missing: &mut Vec<String>) {
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            for (name, child) in props {
+                let child_path = format!("{path}.{name}");
+                if child
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    missing.push(child_path.clone());
+                }
+                walk(child, &child_path, missing);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(child) = node.get(key).filter(|c| c.is_object()) {
+                walk(child, path, missing);
+            }
+        }
+    }
+    let schema = crd::schema_json();
+    let mut missing = Vec::new();
+    for root in ["spec", "status"] {
+        walk(&schema["properties"][root], root, &mut missing);
+    }
+    assert!(
+        missing.is_empty(),
+        "fields without a description:\n{}",
+        missing.join("\n")
+    );
+}

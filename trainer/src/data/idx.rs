@@ -1,0 +1,193 @@
+//! The IDX format of MNIST (big-endian magic, dimension sizes, then raw values), optionally
+//! gzipped. Truncated or malformed files are reported with the file name and byte offset.
+
+use std::io::Read;
+
+use flate2::read::GzDecoder;
+
+use super::DataError;
+
+/// An unsigned-byte IDX array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdxArray {
+    /// Dimension sizes, outermost first (for example `[60000, 28, 28]`).
+    pub dims: Vec<usize>,
+    /// Values in row-major order.
+    pub data: Vec<u8>,
+}
+
+impl IdxArray {
+    /// Number of items along the first dimension.
+    pub fn len(&self) -> usize {
+        self.dims.first().copied().unwrap_or(0)
+    }
+
+    /// Whether the array holds no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values per item (product of the inner dimensions).
+    pub fn item_size(&self) -> usize {
+        self.dims.iter().skip(1).product()
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const UNSIGNED_BYTE: u8 = 0x08;
+
+/// Decodes IDX bytes (gzipped or plain) read from `file`.
+pub fn parse(file: &str, bytes: &[u8]) -> Result<IdxArray, DataError> {
+    let raw;
+    let bytes = if bytes.starts_with(&GZIP_MAGIC) {
+        let mut out = Vec::with_capacity(bytes.len() * 4);
+        GzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| {
+            DataError::at(file, 0, format!("gzip stream is corrupt or truncated: {e}"))
+        })?;
+        raw = out;
+        &raw[..]
+    } else {
+        bytes
+    };
+    if bytes.len() < 4 {
+        return Err(DataError::at(
+            file,
+            bytes.len(),
+            "truncated: the 4-byte IDX magic number is incomplete",
+        ));
+    }
+    if bytes[0] != 0 || bytes[1] != 0 {
+        return Err(DataError::at(
+            file,
+            0,
+            "not an IDX file: the magic number must start with two zero bytes",
+        ));
+    }
+    if bytes[2] != UNSIGNED_BYTE {
+        return Err(DataError::at(
+            file,
+            2,
+            format!(
+                "IDX element type 0x{:02x} is not supported; only unsigned bytes (0x08)",
+                bytes[2]
+            ),
+        ));
+    }
+    let rank = usize::from(bytes[3]);
+    if rank == 0 {
+        return Err(DataError::at(
+            file,
+            3,
+            "IDX arrays need at least one dimension",
+        ));
+    }
+    let header = 4 + 4 * rank;
+    if bytes.len() < header {
+        return Err(DataError::at(
+            file,
+            bytes.len(),
+            format!("truncated: header of {rank} dimensions needs {header} bytes"),
+        ));
+    }
+    let dims: Vec<usize> = bytes[4..header]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+        .ok_or_else(|| DataError::at(file, 4, "dimension sizes overflow"))?;
+    let body = &bytes[header..];
+    if body.len() < expected {
+        return Err(DataError::at(
+            file,
+            bytes.len(),
+            format!(
+                "truncated: dimensions {dims:?} need {expected} data bytes after the header, found {}",
+                body.len()
+            ),
+        ));
+    }
+    if body.len() > expected {
+        return Err(DataError::at(
+            file,
+            header + expected,
+            format!(
+                "{} unexpected bytes after the data of dimensions {dims:?}",
+                body.len() - expected
+            ),
+        ));
+    }
+    Ok(IdxArray {
+        dims,
+        data: body.to_vec(),
+    })
+}
+
+/// Encodes an array as plain IDX (used by tests and tools that write datasets).
+pub fn encode(array: &IdxArray) -> Vec<u8> {
+    let mut out = vec![0, 0, UNSIGNED_BYTE, array.dims.len() as u8];
+    for d in &array.dims {
+        out.extend_from_slice(&(*d as u32).to_be_bytes());
+    }
+    out.extend_from_slice(&array.data);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    use super::*;
+
+    fn sample() -> IdxArray {
+        IdxArray {
+            dims: vec![2, 2, 3],
+            data: (0..12).collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_plain_and_gzipped() {
+        let plain = encode(&sample());
+        assert_eq!(parse("a.idx", &plain), Ok(sample()));
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(&plain).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let parsed = parse("a.idx.gz", &gz).expect("gzipped parses");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed.item_size(), 6);
+    }
+
+    #[test]
+    fn truncation_and_bad_headers_name_file_and_offset() {
+        let plain = encode(&sample());
+        let err = parse("imgs.idx", &plain[..plain.len() - 1]).expect_err("truncated");
+        assert_eq!(err.file, "imgs.idx");
+        assert_eq!(err.offset, Some(plain.len() - 1));
+        assert!(err.cause.contains("truncated"), "{err}");
+        let err = parse("imgs.idx", &plain[..6]).expect_err("short header");
+        assert!(err.cause.contains("header"), "{err}");
+        let mut wrong_type = plain.clone();
+        wrong_type[2] = 0x0d;
+        assert_eq!(parse("f", &wrong_type).expect_err("float").offset, Some(2));
+        let mut extra = plain.clone();
+        extra.push(7);
+        assert!(
+            parse("f", &extra)
+                .expect_err("trailing")
+                .cause
+                .contains("unexpected")
+        );
+        assert!(parse("f", b"PK\x03\x04").is_err());
+        assert!(
+            parse("f", &[0x1f, 0x8b, 0, 1])
+                .expect_err("bad gzip")
+                .cause
+                .contains("gzip")
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Training data: decoding, normalisation and the errors that name the bad file and place.
+
+pub mod idx;
+
+use std::fmt;
+
+/// Bad or unreadable training data, with the file and where in it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct DataError {
+    /// File (or URI) the data came from.
+    pub file: String,
+    /// Byte offset, when the problem has one.
+    pub offset: Option<usize>,
+    /// 1-based row, for text formats.
+    pub row: Option<usize>,
+    /// What is wrong.
+    pub cause: String,
+}
+
+impl DataError {
+    /// An error at a byte offset.
+    pub fn at(file: &str, offset: usize, cause: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            offset: Some(offset),
+            row: None,
+            cause: cause.into(),
+        }
+    }
+
+    /// An error about a whole file.
+    pub fn file(file: &str, cause: impl Into<String>) -> Self {
+        Self {
+            file: file.to_string(),
+            offset: None,
+            row: None,
+            cause: cause.into(),
+        }
+    }
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(row) = self.row {
+            write!(f, ": row {row}")?;
+        }
+        if let Some(offset) = self.offset {
+            write!(f, ": byte {offset}")?;
+        }
+        write!(f, ": {}", self.cause)
+    }
+}
+
+/// A classification dataset held in memory: features as f32 rows, labels as class indices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// Row-major features, `len() * dim` values.
+    pub features: Vec<f32>,
+    /// One class index per row.
+    pub labels: Vec<u8>,
+    /// Features per row.
+    pub dim: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Builds a dataset from an IDX image array and an IDX label array, scaling pixels to [0, 1].
+    pub fn from_idx(
+        images_file: &str,
+        images: &idx::IdxArray,
+        labels_file: &str,
+        labels: &idx::IdxArray,
+    ) -> Result<Self, DataError> {
+        if labels.dims.len() != 1 {
+            return Err(DataError::file(
+                labels_file,
+                format!(
+                    "labels must be one-dimensional, found dimensions {:?}",
+                    labels.dims
+                ),
+            ));
+        }
+        if images.len() != labels.len() {
+            return Err(DataError::file(
+                labels_file,
+                format!(
+                    "{} labels for {} images in {images_file}",
+                    labels.len(),
+                    images.len()
+                ),
+            ));
+        }
+        let classes = usize::from(labels.data.iter().copied().max().unwrap_or(0)) + 1;
+        Ok(Self {
+            features: images.data.iter().map(|&p| f32::from(p) / 255.0).collect(),
+            labels: labels.data.clone(),
+            dim: images.item_size(),
+            classes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idx_pair_becomes_a_scaled_dataset() {
+        let images = idx::IdxArray {
+            dims: vec![2, 2],
+            data: vec![0, 255, 51, 102],
+        };
+        let labels = idx::IdxArray {
+            dims: vec![2],
+            data: vec![3, 1],
+        };
+        let ds = Dataset::from_idx("i", &images, "l", &labels).expect("pairs");
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.dim, 2);
+        assert_eq!(ds.classes, 4);
+        assert_eq!(ds.features, vec![0.0, 1.0, 0.2, 0.4]);
+        let short = idx::IdxArray {
+            dims: vec![1],
+            data: vec![3],
+        };
+        let err = Dataset::from_idx("i", &images, "l", &short).expect_err("count mismatch");
+        assert_eq!(err.to_string(), "l: 1 labels for 2 images in i");
+    }
+}

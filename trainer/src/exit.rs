@@ -1,0 +1,18 @@
+//! Process exit codes of `ferrotrain-trainer`. The operator classifies failures by them: 75 is an
+//! infrastructure event (charged to maxInfraRestarts), other non-zero codes are application
+//! failures (charged to maxAppRestarts).
+
+/// Training finished.
+pub const SUCCESS: u8 = 0;
+/// An unexpected internal error.
+pub const INTERNAL: u8 = 1;
+/// The configuration or env contract is invalid; retrying cannot help.
+pub const BAD_CONFIG: u8 = 2;
+/// The training data is missing or malformed.
+pub const DATA_ERROR: u8 = 3;
+/// A peer rank died or stopped answering within the timeout.
+pub const PEER_LOST: u8 = 4;
+/// Checkpoint storage failed (unreachable, denied, or no compatible checkpoint).
+pub const CHECKPOINT_ERROR: u8 = 5;
+/// SIGTERM received; an emergency checkpoint was committed before exiting (EX_TEMPFAIL).
+pub const PREEMPTED_AFTER_CHECKPOINT: u8 = 75;
