@@ -7,6 +7,7 @@
 pub mod crd;
 pub mod defaults;
 pub mod env;
+pub mod progress;
 pub mod types;
 pub mod validate;
 

@@ -1,5 +1,19 @@
 //! `ferrotrain-trainer`: the training runtime that runs in every worker.
+//!
+//! One process per rank: it loads its data shard, forms a ring with the other ranks, trains with
+//! synchronous data parallelism (gradients all-reduced every step), checkpoints to object storage
+//! and reports progress. Models are computed by Ferrotrain's own CPU kernels over flat parameter
+//! vectors (see `model`).
 
+pub mod checkpoint;
+pub mod comm;
 pub mod config;
 pub mod data;
 pub mod exit;
+pub mod model;
+pub mod optim;
+pub mod progress;
+pub mod rng;
+pub mod run;
+pub mod storage;
+pub mod train;

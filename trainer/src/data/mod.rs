@@ -1,6 +1,8 @@
 //! Training data: decoding, normalisation and the errors that name the bad file and place.
 
+pub mod csv;
 pub mod idx;
+pub mod load;
 
 use std::fmt;
 
@@ -74,6 +76,30 @@ impl Dataset {
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        let mut features = Vec::with_capacity(indices.len() * self.dim);
+        for &i in indices {
+            features.extend_from_slice(&self.features[i * self.dim..(i + 1) * self.dim]);
+        }
+        Self {
+            features,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            dim: self.dim,
+            classes: self.classes,
+        }
+    }
+
+    /// Copies the rows at `indices` into `features` and `labels` (reusing their allocations).
+    pub fn gather(&self, indices: &[usize], features: &mut Vec<f32>, labels: &mut Vec<u8>) {
+        features.clear();
+        labels.clear();
+        for &i in indices {
+            features.extend_from_slice(&self.features[i * self.dim..(i + 1) * self.dim]);
+            labels.push(self.labels[i]);
+        }
     }
 
     /// Builds a dataset from an IDX image array and an IDX label array, scaling pixels to [0, 1].

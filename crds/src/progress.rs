@@ -1,0 +1,52 @@
+//! The progress report rank 0 POSTs to the operator (or the local runner): one JSON object per
+//! report, with the job's bearer token. The operator validates it against this type.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest report body the operator accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// One progress report.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProgressReport {
+    /// Gang attempt that sent it; reports of older attempts are ignored.
+    pub attempt: u32,
+    /// World size of that attempt.
+    pub world_size: u32,
+    /// Global optimiser step.
+    pub step: u64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Latest training loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Latest evaluation metrics (valLoss, valAccuracy).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Training throughput the trainer measured (the operator computes its own as well).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_per_second: Option<f64>,
+    /// Latest committed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointReport>,
+    /// Whether training has finished (the last report of a successful run).
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// A committed checkpoint, as reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointReport {
+    /// Step it captures.
+    pub step: u64,
+    /// Manifest URI.
+    pub uri: String,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}

@@ -1,0 +1,583 @@
+//! Checkpoints in object storage. A checkpoint is data objects at unique keys plus a manifest
+//! (sizes, SHA-256, step, world size, config hash) written last with a conditional create: a
+//! checkpoint without a valid manifest does not exist. Resume takes the newest manifest whose
+//! data verifies and falls back to older ones; a manifest of another configuration is refused.
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::Location;
+
+const FORMAT: u32 = 1;
+const MANIFESTS: &str = "manifests";
+const DATA: &str = "data";
+
+/// Scalars of the training loop that a resume restores.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingState {
+    /// Optimiser steps done (the global step).
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Training samples of the current epoch already consumed (across all ranks).
+    pub samples_in_epoch: u64,
+    /// Updates the optimiser has applied.
+    pub optimizer_steps: u64,
+    /// Best early-stopping metric so far.
+    pub best_metric: Option<f64>,
+    /// Evaluations since the best one.
+    pub evals_without_improvement: u32,
+    /// Latest training loss.
+    pub loss: Option<f64>,
+    /// Latest evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// World size that wrote it.
+    pub world_size: u32,
+}
+
+/// Everything needed to resume: the state plus the parameters and optimiser moments.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Loop state.
+    pub state: TrainingState,
+    /// Model parameters.
+    pub params: Vec<f32>,
+    /// Optimiser first moment / momentum (may be empty).
+    pub moment1: Vec<f32>,
+    /// Optimiser second moment (may be empty).
+    pub moment2: Vec<f32>,
+}
+
+/// One data object of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectEntry {
+    /// Role: `params`, `moment1`, `moment2`.
+    pub name: String,
+    /// Key relative to the checkpoint location.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+/// The commit record of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Layout version.
+    pub format: u32,
+    /// Global step captured.
+    pub step: u64,
+    /// Hash of the configuration that shapes parameters and optimiser state.
+    pub config_hash: String,
+    /// Milliseconds since the Unix epoch at commit.
+    pub created_unix_ms: u64,
+    /// Loop state.
+    pub state: TrainingState,
+    /// Data objects.
+    pub objects: Vec<ObjectEntry>,
+}
+
+impl Manifest {
+    /// Total bytes of the data objects.
+    pub fn data_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+}
+
+/// A committed checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Committed {
+    /// Step captured.
+    pub step: u64,
+    /// URI of its manifest.
+    pub manifest_uri: String,
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+/// A checkpoint as listed, with the result of verifying its data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listed {
+    /// Step.
+    pub step: u64,
+    /// Manifest key.
+    pub manifest_key: String,
+    /// The manifest, when it parses.
+    pub manifest: Option<Manifest>,
+    /// Why it does not verify, if it does not.
+    pub problem: Option<String>,
+}
+
+/// Checkpoint storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The store failed.
+    #[error("checkpoint storage {what}: {source}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The object_store error.
+        source: object_store::Error,
+    },
+    /// A commit did not finish in time (the SIGTERM grace period).
+    #[error("checkpoint at step {step} did not commit within {seconds}s")]
+    Timeout {
+        /// Step being written.
+        step: u64,
+        /// The limit.
+        seconds: u64,
+    },
+    /// The upload task failed.
+    #[error("checkpoint upload task failed: {0}")]
+    Task(String),
+    /// The newest checkpoint belongs to another configuration.
+    #[error(
+        "checkpoint at step {step} in {uri} was written by a different configuration (model, dataset or optimizer changed); use a new checkpoint uri or set checkpoint.resume: never"
+    )]
+    Incompatible {
+        /// Its step.
+        step: u64,
+        /// Where.
+        uri: String,
+    },
+}
+
+/// Checkpoints of one job under one location.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    location: Location,
+    keep: usize,
+    config_hash: String,
+}
+
+fn store_error(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> CheckpointError {
+    let what = what.into();
+    move |source| CheckpointError::Store { what, source }
+}
+
+impl CheckpointStore {
+    /// Checkpoints under `location`, keeping the newest `keep`, for configuration `config_hash`.
+    pub fn new(location: Location, keep: usize, config_hash: impl Into<String>) -> Self {
+        Self {
+            location,
+            keep: keep.max(1),
+            config_hash: config_hash.into(),
+        }
+    }
+
+    /// Where the checkpoints live.
+    pub fn uri(&self) -> &str {
+        &self.location.uri
+    }
+
+    /// Uploads the data objects, then commits the manifest; then applies retention.
+    pub async fn commit(&self, snapshot: &Snapshot) -> Result<Committed, CheckpointError> {
+        let step = snapshot.state.step;
+        let nonce = unique_nonce();
+        let mut objects = Vec::new();
+        for (name, values) in [
+            ("params", &snapshot.params),
+            ("moment1", &snapshot.moment1),
+            ("moment2", &snapshot.moment2),
+        ] {
+            let bytes = encode_f32(values);
+            let key = format!("{DATA}/{step:012}-{nonce}/{name}.bin");
+            objects.push(ObjectEntry {
+                name: name.into(),
+                key: key.clone(),
+                size: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+            });
+            self.location
+                .store
+                .put(&self.location.key(&key), PutPayload::from(bytes))
+                .await
+                .map_err(store_error(format!("write of {key}")))?;
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            step,
+            config_hash: self.config_hash.clone(),
+            created_unix_ms: now_unix_ms(),
+            state: snapshot.state.clone(),
+            objects,
+        };
+        let manifest_key = manifest_key(step);
+        let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        let put = self
+            .location
+            .store
+            .put_opts(
+                &self.location.key(&manifest_key),
+                PutPayload::from(body),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Either our own create landed and was retried, or this step was already committed
+                // (an emergency checkpoint right after a scheduled one): both leave a valid commit.
+                let existing = self.read_manifest(&manifest_key).await?;
+                if existing.as_ref() != Some(&manifest) {
+                    self.delete_objects(&manifest).await;
+                }
+            }
+            Err(e) => return Err(store_error(format!("commit of {manifest_key}"))(e)),
+        }
+        self.retain().await?;
+        Ok(Committed {
+            step,
+            manifest_uri: format!("{}/{manifest_key}", self.location.uri.trim_end_matches('/')),
+            bytes: manifest.data_bytes(),
+            unix_ms: manifest.created_unix_ms,
+        })
+    }
+
+    /// Deletes all but the newest `keep` checkpoints: manifest first, so a half-deleted checkpoint
+    /// never looks valid.
+    pub async fn retain(&self) -> Result<(), CheckpointError> {
+        let manifests = self.manifest_keys().await?;
+        for (_, key) in manifests.iter().skip(self.keep) {
+            let manifest = self.read_manifest(key).await.ok().flatten();
+            self.location
+                .store
+                .delete(&self.location.key(key))
+                .await
+                .map_err(store_error(format!("delete of {key}")))?;
+            if let Some(manifest) = manifest {
+                self.delete_objects(&manifest).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_objects(&self, manifest: &Manifest) {
+        for object in &manifest.objects {
+            // A leftover data object is only garbage; it never affects correctness.
+            let _ = self
+                .location
+                .store
+                .delete(&self.location.key(&object.key))
+                .await;
+        }
+    }
+
+    /// Manifest keys, newest step first.
+    async fn manifest_keys(&self) -> Result<Vec<(u64, String)>, CheckpointError> {
+        let prefix = self.location.key(MANIFESTS);
+        let metas: Vec<_> = self
+            .location
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(store_error(format!("listing of {}", self.location.uri)))?;
+        let mut keys: Vec<(u64, String)> = metas
+            .iter()
+            .filter_map(|m| {
+                let file = m.location.filename()?;
+                let step = file.strip_suffix(".json")?.parse().ok()?;
+                Some((step, format!("{MANIFESTS}/{file}")))
+            })
+            .collect();
+        keys.sort_by_key(|k| std::cmp::Reverse(k.0));
+        Ok(keys)
+    }
+
+    async fn read_manifest(&self, key: &str) -> Result<Option<Manifest>, CheckpointError> {
+        match self.location.read(key).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_error(format!("read of {key}"))(e)),
+        }
+    }
+
+    /// Reads a checkpoint's data and checks sizes and hashes.
+    async fn verify(&self, manifest: &Manifest) -> Result<Snapshot, String> {
+        let mut snapshot = Snapshot {
+            state: manifest.state.clone(),
+            ..Snapshot::default()
+        };
+        for object in &manifest.objects {
+            let bytes = self
+                .location
+                .read(&object.key)
+                .await
+                .map_err(|e| format!("{}: {e}", object.key))?;
+            if bytes.len() as u64 != object.size {
+                return Err(format!(
+                    "{}: {} bytes, manifest says {}",
+                    object.key,
+                    bytes.len(),
+                    object.size
+                ));
+            }
+            if sha256_hex(&bytes) != object.sha256 {
+                return Err(format!(
+                    "{}: SHA-256 does not match the manifest",
+                    object.key
+                ));
+            }
+            let values = decode_f32(&bytes);
+            match object.name.as_str() {
+                "params" => snapshot.params = values,
+                "moment1" => snapshot.moment1 = values,
+                "moment2" => snapshot.moment2 = values,
+                other => return Err(format!("unknown object role {other:?}")),
+            }
+        }
+        if snapshot.params.is_empty() {
+            return Err("manifest lists no parameters".into());
+        }
+        Ok(snapshot)
+    }
+
+    /// The newest checkpoint that verifies, skipping corrupt ones with a warning each.
+    pub async fn load_latest(&self) -> Result<Option<(Snapshot, Manifest)>, CheckpointError> {
+        for (step, key) in self.manifest_keys().await? {
+            let Some(manifest) = self.read_manifest(&key).await? else {
+                tracing::warn!(checkpoint = %key, "manifest is unreadable; trying an older checkpoint");
+                continue;
+            };
+            if manifest.config_hash != self.config_hash {
+                return Err(CheckpointError::Incompatible {
+                    step,
+                    uri: self.location.uri.clone(),
+                });
+            }
+            match self.verify(&manifest).await {
+                Ok(snapshot) => return Ok(Some((snapshot, manifest))),
+                Err(problem) => {
+                    tracing::warn!(checkpoint = %key, %problem, "checkpoint does not verify; trying an older one");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every checkpoint, newest first, each verified.
+    pub async fn list(&self) -> Result<Vec<Listed>, CheckpointError> {
+        let mut out = Vec::new();
+        for (step, key) in self.manifest_keys().await? {
+            let manifest = self.read_manifest(&key).await?;
+            let problem = match &manifest {
+                None => Some("manifest is unreadable".to_string()),
+                Some(m) => self.verify(m).await.err(),
+            };
+            out.push(Listed {
+                step,
+                manifest_key: key,
+                manifest,
+                problem,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn manifest_key(step: u64) -> String {
+    format!("{MANIFESTS}/{step:012}.json")
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn encode_f32(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn decode_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unique_nonce() -> String {
+    let mut seed = [0u8; 8];
+    let random =
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_ok();
+    let value = if random {
+        u64::from_le_bytes(seed)
+    } else {
+        now_unix_ms() ^ u64::from(std::process::id())
+    };
+    format!("{value:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{S3Options, open};
+
+    fn temp_location(name: &str) -> (std::path::PathBuf, Location) {
+        let dir =
+            std::env::temp_dir().join(format!("ferrotrain-ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let loc = open(&format!("file://{}", dir.display()), &S3Options::default()).expect("opens");
+        (dir, loc)
+    }
+
+    fn snapshot(step: u64) -> Snapshot {
+        Snapshot {
+            state: TrainingState {
+                step,
+                epoch: 1,
+                world_size: 2,
+                ..TrainingState::default()
+            },
+            params: (0..100).map(|i| i as f32 * 0.5 + step as f32).collect(),
+            moment1: vec![0.25; 100],
+            moment2: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_then_resume_returns_the_newest() {
+        let (dir, loc) = temp_location("newest");
+        let store = CheckpointStore::new(loc, 3, "cfg");
+        assert_eq!(store.load_latest().await.expect("lists"), None);
+        for step in [10, 20, 30] {
+            store.commit(&snapshot(step)).await.expect("commits");
+        }
+        let (latest, manifest) = store.load_latest().await.expect("loads").expect("exists");
+        assert_eq!(latest, snapshot(30));
+        assert_eq!(manifest.step, 30);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn retention_keeps_the_newest_and_deletes_their_data() {
+        let (dir, loc) = temp_location("retain");
+        let store = CheckpointStore::new(loc, 2, "cfg");
+        for step in 1..=4 {
+            store.commit(&snapshot(step)).await.expect("commits");
+        }
+        let steps: Vec<u64> = store
+            .list()
+            .await
+            .expect("lists")
+            .iter()
+            .map(|l| l.step)
+            .collect();
+        assert_eq!(steps, vec![4, 3]);
+        let data_dirs = std::fs::read_dir(dir.join("data"))
+            .expect("data dir")
+            .count();
+        assert_eq!(data_dirs, 2, "data of deleted checkpoints is removed");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn corrupt_or_truncated_data_falls_back_to_the_previous_checkpoint() {
+        let (dir, loc) = temp_location("corrupt");
+        let store = CheckpointStore::new(loc, 5, "cfg");
+        store.commit(&snapshot(1)).await.expect("commits");
+        store.commit(&snapshot(2)).await.expect("commits");
+        store.commit(&snapshot(3)).await.expect("commits");
+        let listed = store.list().await.expect("lists");
+        let data_of = |step: u64| {
+            let m = listed
+                .iter()
+                .find(|l| l.step == step)
+                .and_then(|l| l.manifest.clone())
+                .expect("manifest");
+            dir.join(&m.objects[0].key)
+        };
+        // Truncate step 3's parameters, flip a byte of step 2's.
+        let p3 = data_of(3);
+        let bytes = std::fs::read(&p3).expect("read");
+        std::fs::write(&p3, &bytes[..bytes.len() / 2]).expect("truncate");
+        let p2 = data_of(2);
+        let mut bytes = std::fs::read(&p2).expect("read");
+        bytes[7] ^= 0x55;
+        std::fs::write(&p2, bytes).expect("alter");
+        let (latest, _) = store
+            .load_latest()
+            .await
+            .expect("loads")
+            .expect("falls back");
+        assert_eq!(latest.state.step, 1);
+        let problems: Vec<bool> = store
+            .list()
+            .await
+            .expect("lists")
+            .iter()
+            .map(|l| l.problem.is_some())
+            .collect();
+        assert_eq!(problems, vec![true, true, false]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_without_manifest_does_not_exist_and_other_configs_are_refused() {
+        let (dir, loc) = temp_location("config");
+        let store = CheckpointStore::new(loc.clone(), 3, "cfg-a");
+        store.commit(&snapshot(5)).await.expect("commits");
+        // Data written without a manifest (a crash mid-upload) is invisible.
+        std::fs::create_dir_all(dir.join("data/000000000009-dead")).expect("dir");
+        std::fs::write(dir.join("data/000000000009-dead/params.bin"), [0u8; 8]).expect("write");
+        assert_eq!(
+            store
+                .load_latest()
+                .await
+                .expect("loads")
+                .map(|(s, _)| s.state.step),
+            Some(5)
+        );
+        let other = CheckpointStore::new(loc, 3, "cfg-b");
+        assert!(matches!(
+            other.load_latest().await,
+            Err(CheckpointError::Incompatible { step: 5, .. })
+        ));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn committing_the_same_step_twice_keeps_one_valid_checkpoint() {
+        let (dir, loc) = temp_location("twice");
+        let store = CheckpointStore::new(loc, 3, "cfg");
+        store.commit(&snapshot(7)).await.expect("first");
+        let mut again = snapshot(7);
+        again.params[0] = -1.0;
+        store.commit(&again).await.expect("second is absorbed");
+        let (latest, _) = store.load_latest().await.expect("loads").expect("exists");
+        assert_eq!(latest, snapshot(7), "the first commit wins");
+        assert_eq!(
+            std::fs::read_dir(dir.join("data")).expect("data").count(),
+            1,
+            "the loser's data is deleted"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn sha256_of_known_input() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

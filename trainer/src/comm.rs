@@ -1,0 +1,556 @@
+//! Rendezvous through rank 0 and a ring all-reduce (reduce-scatter then all-gather) over plain
+//! TCP. Every message carries the gang attempt so that workers of an old attempt are refused, and
+//! every socket has a timeout so that a dead peer becomes a clean error instead of a hang.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+const MAGIC: u32 = 0x4654_524e; // "FTRN"
+const VERSION: u32 = 1;
+const HELLO: u32 = 1;
+const TABLE: u32 = 2;
+const REJECT: u32 = 3;
+const RING: u32 = 4;
+
+/// Why the gang could not form or a collective failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommError {
+    /// Rank 0 could not be reached or peers did not arrive in time.
+    #[error("rendezvous failed: {0}")]
+    Rendezvous(String),
+    /// Rank 0 refused this worker (wrong attempt, duplicate rank, different world size).
+    #[error("rank 0 refused this worker: {0}")]
+    Refused(String),
+    /// A peer closed its connection or stopped answering.
+    #[error("peer {peer} lost during {during}: {source}")]
+    PeerLost {
+        /// Rank of the peer.
+        peer: u32,
+        /// What was going on.
+        during: &'static str,
+        /// The socket error.
+        source: std::io::Error,
+    },
+}
+
+/// Where and how to meet the other ranks.
+#[derive(Clone, Debug)]
+pub struct RendezvousConfig {
+    /// This rank.
+    pub rank: u32,
+    /// World size.
+    pub world_size: u32,
+    /// Gang attempt; peers must match it.
+    pub attempt: u32,
+    /// Rank 0's host.
+    pub addr: String,
+    /// Rank 0's rendezvous port.
+    pub port: u16,
+    /// How long to wait for the gang to form.
+    pub rendezvous_timeout: Duration,
+    /// How long a collective may wait on a peer.
+    pub peer_timeout: Duration,
+}
+
+/// A formed ring: connections to the next and previous rank.
+pub struct Ring {
+    rank: u32,
+    world: u32,
+    next: Option<TcpStream>,
+    prev: Option<TcpStream>,
+    scratch: Vec<f32>,
+}
+
+impl Ring {
+    /// A ring of one: collectives are no-ops.
+    pub fn single() -> Self {
+        Self {
+            rank: 0,
+            world: 1,
+            next: None,
+            prev: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// World size.
+    pub fn world_size(&self) -> u32 {
+        self.world
+    }
+
+    /// Forms the ring: every rank registers with rank 0, learns the others' data addresses and
+    /// connects to its successor.
+    pub fn connect(cfg: &RendezvousConfig) -> Result<Self, CommError> {
+        if cfg.world_size <= 1 {
+            return Ok(Self::single());
+        }
+        let bind_ip = bind_address(&cfg.addr);
+        let data_listener = TcpListener::bind((bind_ip, 0)).map_err(|e| {
+            CommError::Rendezvous(format!("cannot open a data port on {bind_ip}: {e}"))
+        })?;
+        let data_port = data_listener
+            .local_addr()
+            .map_err(|e| CommError::Rendezvous(e.to_string()))?
+            .port();
+        let deadline = Instant::now() + cfg.rendezvous_timeout;
+        let table = if cfg.rank == 0 {
+            serve_rendezvous(cfg, bind_ip, data_port, deadline)?
+        } else {
+            join_rendezvous(cfg, data_port, deadline)?
+        };
+        let next_rank = (cfg.rank + 1) % cfg.world_size;
+        let prev_rank = (cfg.rank + cfg.world_size - 1) % cfg.world_size;
+        let next_addr = &table[next_rank as usize];
+        let mut next = connect_with_retry(next_addr, deadline).map_err(|e| {
+            CommError::Rendezvous(format!("cannot reach rank {next_rank} at {next_addr}: {e}"))
+        })?;
+        configure(&next, cfg.peer_timeout).map_err(|e| lost(next_rank, "ring setup", e))?;
+        write_words(&mut next, &[MAGIC, RING, cfg.attempt, cfg.rank])
+            .map_err(|e| lost(next_rank, "ring setup", e))?;
+        let prev = accept_ring_peer(&data_listener, cfg, prev_rank, deadline)?;
+        Ok(Self {
+            rank: cfg.rank,
+            world: cfg.world_size,
+            next: Some(next),
+            prev: Some(prev),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Replaces every rank's `bytes` with rank 0's, passed along the ring.
+    pub fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<(), CommError> {
+        let (Some(next), Some(prev)) = (&self.next, &self.prev) else {
+            return Ok(());
+        };
+        let prev_rank = (self.rank + self.world - 1) % self.world;
+        if self.rank != 0 {
+            let mut prev = prev;
+            let mut len = [0u8; 8];
+            prev.read_exact(&mut len)
+                .map_err(|e| lost(prev_rank, "broadcast", e))?;
+            bytes.resize(u64::from_le_bytes(len) as usize, 0);
+            prev.read_exact(bytes)
+                .map_err(|e| lost(prev_rank, "broadcast", e))?;
+        }
+        if self.rank + 1 != self.world {
+            let mut next = next;
+            let sent = next
+                .write_all(&(bytes.len() as u64).to_le_bytes())
+                .and_then(|_| next.write_all(bytes));
+            sent.map_err(|e| lost(self.rank + 1, "broadcast", e))?;
+        }
+        Ok(())
+    }
+
+    /// Sums `data` element-wise across all ranks; every rank ends with the same result.
+    pub fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        let (Some(next), Some(prev)) = (&self.next, &self.prev) else {
+            return Ok(());
+        };
+        let w = self.world as usize;
+        let r = self.rank as usize;
+        let len = data.len();
+        let bounds = move |i: usize| (len * i / w, len * (i + 1) / w);
+        let (prev_rank, next_rank) = (
+            (self.rank + self.world - 1) % self.world,
+            (self.rank + 1) % self.world,
+        );
+        let largest = (0..w).map(|i| bounds(i).1 - bounds(i).0).max().unwrap_or(0);
+        self.scratch.resize(largest, 0.0);
+        // Reduce-scatter: after w-1 steps rank r holds the full sum of chunk (r+1) mod w.
+        for s in 0..w - 1 {
+            let send = (r + w - s) % w;
+            let recv = (r + w - s - 1) % w;
+            let (ss, se) = bounds(send);
+            let (rs, re) = bounds(recv);
+            let incoming = &mut self.scratch[..re - rs];
+            exchange(next, &data[ss..se], prev, incoming, (next_rank, prev_rank))?;
+            for (d, x) in data[rs..re].iter_mut().zip(incoming.iter()) {
+                *d += x;
+            }
+        }
+        // All-gather: pass the finished chunks around the ring.
+        for s in 0..w - 1 {
+            let send = (r + 1 + w - s) % w;
+            let recv = (r + w - s) % w;
+            let (ss, se) = bounds(send);
+            let (rs, re) = bounds(recv);
+            let (outgoing, incoming) = disjoint(data, (ss, se), (rs, re));
+            exchange(next, outgoing, prev, incoming, (next_rank, prev_rank))?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `outgoing` to the next rank while receiving `incoming` from the previous one, so that
+/// neither side blocks on a full socket buffer.
+fn exchange(
+    next: &TcpStream,
+    outgoing: &[f32],
+    prev: &TcpStream,
+    incoming: &mut [f32],
+    (next_rank, prev_rank): (u32, u32),
+) -> Result<(), CommError> {
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(move || {
+            let mut next = next;
+            next.write_all(bytemuck::cast_slice(outgoing))
+        });
+        let mut prev = prev;
+        let received = prev.read_exact(bytemuck::cast_slice_mut(incoming));
+        let sent = sender
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("sender thread panicked")));
+        received.map_err(|e| lost(prev_rank, "all-reduce", e))?;
+        sent.map_err(|e| lost(next_rank, "all-reduce", e))
+    })
+}
+
+fn disjoint(
+    data: &mut [f32],
+    (ss, se): (usize, usize),
+    (rs, re): (usize, usize),
+) -> (&[f32], &mut [f32]) {
+    if ss < rs {
+        let (left, right) = data.split_at_mut(rs);
+        (&left[ss..se], &mut right[..re - rs])
+    } else {
+        let (left, right) = data.split_at_mut(ss);
+        (&right[..se - ss], &mut left[rs..re])
+    }
+}
+
+fn lost(peer: u32, during: &'static str, source: std::io::Error) -> CommError {
+    CommError::PeerLost {
+        peer,
+        during,
+        source,
+    }
+}
+
+/// Loopback rendezvous stays on loopback; anything else listens on all interfaces (pod IPs).
+fn bind_address(rendezvous_host: &str) -> IpAddr {
+    let loopback = rendezvous_host == "localhost"
+        || rendezvous_host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+fn configure(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))
+}
+
+fn connect_with_retry(addr: &str, deadline: Instant) -> std::io::Result<TcpStream> {
+    loop {
+        let attempt = addr.to_socket_addrs().and_then(|mut addrs| {
+            addrs
+                .next()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+                .and_then(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)))
+        });
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn write_words(stream: &mut TcpStream, words: &[u32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    stream.write_all(&bytes)
+}
+
+fn read_words<const N: usize>(stream: &mut TcpStream) -> std::io::Result<[u32; N]> {
+    let mut buf = [0u8; 4];
+    let mut out = [0u32; N];
+    for w in &mut out {
+        stream.read_exact(&mut buf)?;
+        *w = u32::from_le_bytes(buf);
+    }
+    Ok(out)
+}
+
+fn write_string(stream: &mut TcpStream, s: &str) -> std::io::Result<()> {
+    write_words(stream, &[s.len() as u32])?;
+    stream.write_all(s.as_bytes())
+}
+
+fn read_string(stream: &mut TcpStream) -> std::io::Result<String> {
+    let [len] = read_words::<1>(stream)?;
+    if len > 4096 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "string too long",
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    stream.read_exact(&mut buf)?;
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Rank 0: collect every other rank's hello, then send everyone the table of data addresses.
+fn serve_rendezvous(
+    cfg: &RendezvousConfig,
+    bind_ip: IpAddr,
+    data_port: u16,
+    deadline: Instant,
+) -> Result<Vec<String>, CommError> {
+    let listener = TcpListener::bind((bind_ip, cfg.port)).map_err(|e| {
+        CommError::Rendezvous(format!(
+            "rank 0 cannot listen on {bind_ip}:{}: {e}",
+            cfg.port
+        ))
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| CommError::Rendezvous(e.to_string()))?;
+    let world = cfg.world_size as usize;
+    let mut table: Vec<Option<String>> = vec![None; world];
+    table[0] = Some(format!("{}:{data_port}", cfg.addr));
+    let mut peers: Vec<TcpStream> = Vec::new();
+    while peers.len() < world - 1 {
+        match listener.accept() {
+            Ok((mut stream, from)) => {
+                let _ = stream.set_nonblocking(false);
+                let _ = configure(&stream, cfg.peer_timeout);
+                match read_words::<6>(&mut stream) {
+                    Ok([MAGIC, VERSION, HELLO, attempt, rank, port_and_world]) => {
+                        let (port, world_size) =
+                            ((port_and_world & 0xffff) as u16, port_and_world >> 16);
+                        let refusal = if attempt != cfg.attempt {
+                            Some(format!(
+                                "attempt {attempt} is not the current attempt {}",
+                                cfg.attempt
+                            ))
+                        } else if world_size != cfg.world_size {
+                            Some(format!(
+                                "world size {world_size} differs from rank 0's {}",
+                                cfg.world_size
+                            ))
+                        } else if rank == 0
+                            || rank as usize >= world
+                            || table[rank as usize].is_some()
+                        {
+                            Some(format!("rank {rank} is invalid or already registered"))
+                        } else {
+                            None
+                        };
+                        match refusal {
+                            Some(reason) => {
+                                let _ = write_words(&mut stream, &[MAGIC, REJECT])
+                                    .and_then(|_| write_string(&mut stream, &reason));
+                            }
+                            None => {
+                                table[rank as usize] =
+                                    Some(SocketAddr::new(from.ip(), port).to_string());
+                                peers.push(stream);
+                            }
+                        }
+                    }
+                    // Not one of ours (a probe, or a different protocol version): ignore it.
+                    _ => continue,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    let missing: Vec<usize> = (1..world).filter(|r| table[*r].is_none()).collect();
+                    return Err(CommError::Rendezvous(format!(
+                        "ranks {missing:?} did not arrive within {}s",
+                        cfg.rendezvous_timeout.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(CommError::Rendezvous(format!("accept failed: {e}"))),
+        }
+    }
+    let table: Vec<String> = table.into_iter().map(Option::unwrap_or_default).collect();
+    for mut peer in peers {
+        let sent = write_words(&mut peer, &[MAGIC, TABLE, table.len() as u32])
+            .and_then(|_| table.iter().try_for_each(|a| write_string(&mut peer, a)));
+        sent.map_err(|e| CommError::Rendezvous(format!("sending the table failed: {e}")))?;
+    }
+    Ok(table)
+}
+
+/// Rank k > 0: register with rank 0 and receive the table.
+fn join_rendezvous(
+    cfg: &RendezvousConfig,
+    data_port: u16,
+    deadline: Instant,
+) -> Result<Vec<String>, CommError> {
+    let target = format!("{}:{}", cfg.addr, cfg.port);
+    let mut stream = connect_with_retry(&target, deadline)
+        .map_err(|e| CommError::Rendezvous(format!("cannot reach rank 0 at {target}: {e}")))?;
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    configure(&stream, wait).map_err(|e| lost(0, "rendezvous", e))?;
+    let port_and_world = u32::from(data_port) | (cfg.world_size << 16);
+    write_words(
+        &mut stream,
+        &[MAGIC, VERSION, HELLO, cfg.attempt, cfg.rank, port_and_world],
+    )
+    .map_err(|e| lost(0, "rendezvous", e))?;
+    match read_words::<2>(&mut stream).map_err(|e| lost(0, "rendezvous", e))? {
+        [MAGIC, TABLE] => {
+            let [n] = read_words::<1>(&mut stream).map_err(|e| lost(0, "rendezvous", e))?;
+            (0..n)
+                .map(|_| read_string(&mut stream).map_err(|e| lost(0, "rendezvous", e)))
+                .collect()
+        }
+        [MAGIC, REJECT] => Err(CommError::Refused(
+            read_string(&mut stream).unwrap_or_default(),
+        )),
+        other => Err(CommError::Rendezvous(format!(
+            "unexpected reply {other:?} from rank 0"
+        ))),
+    }
+}
+
+fn accept_ring_peer(
+    listener: &TcpListener,
+    cfg: &RendezvousConfig,
+    expected: u32,
+    deadline: Instant,
+) -> Result<TcpStream, CommError> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| CommError::Rendezvous(e.to_string()))?;
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                let _ = stream.set_nonblocking(false);
+                configure(&stream, cfg.peer_timeout)
+                    .map_err(|e| lost(expected, "ring setup", e))?;
+                match read_words::<4>(&mut stream) {
+                    Ok([MAGIC, RING, attempt, rank])
+                        if attempt == cfg.attempt && rank == expected =>
+                    {
+                        return Ok(stream);
+                    }
+                    // A stale or foreign connection: drop it and keep waiting for the real peer.
+                    _ => continue,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(CommError::Rendezvous(format!(
+                        "rank {expected} never connected to this rank"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(CommError::Rendezvous(format!("accept failed: {e}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    fn config(rank: u32, world: u32, attempt: u32, port: u16) -> RendezvousConfig {
+        RendezvousConfig {
+            rank,
+            world_size: world,
+            attempt,
+            addr: "127.0.0.1".into(),
+            port,
+            rendezvous_timeout: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn run_ring(world: u32, len: usize) -> Vec<Vec<f32>> {
+        let port = free_port();
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let mut ring =
+                        Ring::connect(&config(rank, world, 1, port)).expect("ring forms");
+                    let mut data: Vec<f32> =
+                        (0..len).map(|i| (i as f32) * (rank as f32 + 1.0)).collect();
+                    ring.all_reduce_sum(&mut data).expect("all-reduce");
+                    let mut message = if rank == 0 {
+                        b"from rank 0".to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    ring.broadcast(&mut message).expect("broadcast");
+                    assert_eq!(message, b"from rank 0");
+                    data
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    }
+
+    #[test]
+    fn all_reduce_sums_across_ranks() {
+        for (world, len) in [(2, 10), (3, 7), (4, 1001), (3, 2)] {
+            let results = run_ring(world, len);
+            let factor: f32 = (1..=world).map(|r| r as f32).sum();
+            for data in &results {
+                let expected: Vec<f32> = (0..len).map(|i| i as f32 * factor).collect();
+                assert_eq!(data, &expected, "world {world} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_worker_of_another_attempt_is_refused() {
+        let port = free_port();
+        let rank0 = std::thread::spawn(move || {
+            let mut cfg = config(0, 2, 2, port);
+            cfg.rendezvous_timeout = Duration::from_secs(2);
+            Ring::connect(&cfg).err().map(|e| e.to_string())
+        });
+        let stale = Ring::connect(&config(1, 2, 1, port));
+        assert!(
+            matches!(stale, Err(CommError::Refused(ref m)) if m.contains("attempt 1")),
+            "{:?}",
+            stale.err()
+        );
+        let rank0 = rank0.join().expect("thread");
+        assert!(rank0.is_some_and(|e| e.contains("did not arrive")));
+    }
+
+    #[test]
+    fn a_dead_peer_is_an_error_not_a_hang() {
+        let port = free_port();
+        let peer = std::thread::spawn(move || {
+            let ring = Ring::connect(&config(1, 2, 1, port)).expect("ring forms");
+            drop(ring);
+        });
+        let mut ring = Ring::connect(&config(0, 2, 1, port)).expect("ring forms");
+        peer.join().expect("thread");
+        let mut data = vec![1.0f32; 1024];
+        let err = ring.all_reduce_sum(&mut data).expect_err("peer is gone");
+        assert!(matches!(err, CommError::PeerLost { peer: 1, .. }), "{err}");
+    }
+}

@@ -1,0 +1,259 @@
+//! Loads a `spec.trainer.dataset` into a training split and an evaluation split: MNIST from the
+//! data directory, IDX pairs and CSV files from `file://` or `s3://`.
+
+use std::path::Path;
+
+use ferrotrain_crds::{DatasetKind, DatasetSpec};
+
+use super::{DataError, Dataset, csv, idx};
+use crate::rng::{Rng, Stream};
+use crate::storage::{self, S3Options};
+
+/// Training and evaluation data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Splits {
+    /// Training rows.
+    pub train: Dataset,
+    /// Evaluation rows (the test set, or a held-out split of the training data).
+    pub eval: Dataset,
+}
+
+impl Splits {
+    /// Classes across both splits.
+    pub fn classes(&self) -> usize {
+        self.train.classes.max(self.eval.classes)
+    }
+}
+
+const MNIST_FILES: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
+
+/// Loads the dataset; `data_dir` holds the built-in MNIST files.
+pub async fn load(
+    spec: &DatasetSpec,
+    data_dir: &Path,
+    seed: u64,
+    s3: &S3Options,
+) -> Result<Splits, DataError> {
+    let splits = match spec.kind {
+        DatasetKind::Mnist => {
+            let dir = data_dir.join("mnist");
+            let read = |name: &str| {
+                let path = dir.join(name);
+                std::fs::read(&path).map_err(|e| {
+                    DataError::file(
+                        &path.display().to_string(),
+                        format!("{e}; the built-in MNIST lives in $FERROTRAIN_DATA_DIR/mnist"),
+                    )
+                })
+            };
+            let [ti, tl, ei, el] = MNIST_FILES;
+            let train = idx_pair(ti, &read(ti)?, tl, &read(tl)?)?;
+            let eval = idx_pair(ei, &read(ei)?, el, &read(el)?)?;
+            Splits { train, eval }
+        }
+        DatasetKind::Idx => {
+            let (images, labels) = (
+                required(&spec.images, "images")?,
+                required(&spec.labels, "labels")?,
+            );
+            let train = idx_pair(
+                images,
+                &fetch(images, s3).await?,
+                labels,
+                &fetch(labels, s3).await?,
+            )?;
+            match (&spec.test_images, &spec.test_labels) {
+                (Some(ti), Some(tl)) => Splits {
+                    train,
+                    eval: idx_pair(ti, &fetch(ti, s3).await?, tl, &fetch(tl, s3).await?)?,
+                },
+                _ => split(train, spec.validation_split_or_default(), seed),
+            }
+        }
+        DatasetKind::Csv => {
+            let uri = required(&spec.uri, "uri")?;
+            let (column, header) = (spec.label_column_or_default(), spec.header_or_default());
+            let train = csv::parse(uri, &text(uri, &fetch(uri, s3).await?)?, column, header)?;
+            let mut splits = match &spec.test_uri {
+                Some(test) => {
+                    let eval =
+                        csv::parse(test, &text(test, &fetch(test, s3).await?)?, column, header)?;
+                    if eval.dim != train.dim {
+                        return Err(DataError::file(
+                            test,
+                            format!(
+                                "{} feature columns, the training file has {}",
+                                eval.dim, train.dim
+                            ),
+                        ));
+                    }
+                    Splits { train, eval }
+                }
+                None => split(train, spec.validation_split_or_default(), seed),
+            };
+            let scaler = csv::Standardizer::fit(&splits.train);
+            scaler.apply(&mut splits.train);
+            scaler.apply(&mut splits.eval);
+            splits
+        }
+    };
+    if splits.train.is_empty() {
+        return Err(DataError::file("dataset", "the training split is empty"));
+    }
+    Ok(splits)
+}
+
+fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, DataError> {
+    value
+        .as_deref()
+        .ok_or_else(|| DataError::file("dataset", format!("{field} is not set")))
+}
+
+async fn fetch(uri: &str, s3: &S3Options) -> Result<bytes::Bytes, DataError> {
+    storage::read_uri(uri, s3)
+        .await
+        .map_err(|e| DataError::file(uri, format!("cannot read: {e}")))
+}
+
+fn text(uri: &str, bytes: &[u8]) -> Result<String, DataError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|e| DataError::at(uri, e.utf8_error().valid_up_to(), "not UTF-8 text"))
+}
+
+fn idx_pair(
+    images_file: &str,
+    images: &[u8],
+    labels_file: &str,
+    labels: &[u8],
+) -> Result<Dataset, DataError> {
+    Dataset::from_idx(
+        images_file,
+        &idx::parse(images_file, images)?,
+        labels_file,
+        &idx::parse(labels_file, labels)?,
+    )
+}
+
+/// Holds out `fraction` of the rows (a seeded random choice) for evaluation.
+pub fn split(data: Dataset, fraction: f64, seed: u64) -> Splits {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    Rng::derive(seed, Stream::Split, &[]).shuffle(&mut order);
+    let held_out = ((data.len() as f64) * fraction).round() as usize;
+    let (eval_rows, train_rows) = order.split_at(held_out.min(data.len()));
+    let mut train_rows = train_rows.to_vec();
+    let mut eval_rows = eval_rows.to_vec();
+    train_rows.sort_unstable();
+    eval_rows.sort_unstable();
+    Splits {
+        train: data.subset(&train_rows),
+        eval: data.subset(&eval_rows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mnist_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+    }
+
+    fn spec(kind: DatasetKind) -> DatasetSpec {
+        DatasetSpec {
+            kind,
+            images: None,
+            labels: None,
+            test_images: None,
+            test_labels: None,
+            uri: None,
+            test_uri: None,
+            label_column: None,
+            header: None,
+            validation_split: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn builtin_mnist_has_its_canonical_shape() {
+        let splits = load(
+            &spec(DatasetKind::Mnist),
+            &mnist_dir(),
+            42,
+            &S3Options::default(),
+        )
+        .await
+        .expect("loads");
+        assert_eq!((splits.train.len(), splits.eval.len()), (60_000, 10_000));
+        assert_eq!((splits.train.dim, splits.classes()), (784, 10));
+        let err = load(
+            &spec(DatasetKind::Mnist),
+            Path::new("/nonexistent"),
+            42,
+            &S3Options::default(),
+        )
+        .await
+        .expect_err("missing");
+        assert!(
+            err.file.contains("/nonexistent/mnist/train-images"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn csv_splits_and_standardizes_from_training_rows_only() {
+        let dir = std::env::temp_dir().join(format!("ferrotrain-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let rows: String = (0..100)
+            .map(|i| format!("{},{},{}\n", i % 2, i, 100 - i))
+            .collect();
+        std::fs::write(dir.join("d.csv"), format!("label,a,b\n{rows}")).expect("write");
+        let mut s = spec(DatasetKind::Csv);
+        s.uri = Some(format!("file://{}", dir.join("d.csv").display()));
+        s.header = Some(true);
+        s.validation_split = Some(0.2);
+        let splits = load(&s, &dir, 7, &S3Options::default())
+            .await
+            .expect("loads");
+        assert_eq!(
+            (splits.train.len(), splits.eval.len(), splits.train.dim),
+            (80, 20, 2)
+        );
+        let mean: f32 = splits.train.features.iter().step_by(2).sum::<f32>() / 80.0;
+        assert!(mean.abs() < 1e-4, "training features are centred: {mean}");
+        s.uri = Some(format!("file://{}", dir.join("absent.csv").display()));
+        let err = load(&s, &dir, 7, &S3Options::default())
+            .await
+            .expect_err("missing file");
+        assert!(err.to_string().contains("absent.csv: cannot read"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let data = Dataset {
+            features: (0..50).map(|i| i as f32).collect(),
+            labels: vec![0; 50],
+            dim: 1,
+            classes: 1,
+        };
+        let a = split(data.clone(), 0.2, 1);
+        let b = split(data.clone(), 0.2, 1);
+        assert_eq!(a, b);
+        assert_eq!((a.train.len(), a.eval.len()), (40, 10));
+        let mut all: Vec<f32> = a
+            .train
+            .features
+            .iter()
+            .chain(&a.eval.features)
+            .copied()
+            .collect();
+        all.sort_by(f32::total_cmp);
+        assert_eq!(all, data.features);
+        assert_ne!(split(data, 0.2, 2).eval, a.eval);
+    }
+}

@@ -1,0 +1,757 @@
+//! The models (softmax regression, MLP, LeNet-5) with hand-written forward and backward passes over
+//! one flat parameter vector. Flat parameters and gradients are what the ring all-reduce, the
+//! fused optimiser and the checkpoint writer work on, with no copies in between.
+//!
+//! Activations are batch-major and channels-last (`[batch, height, width, channels]`). Matrix
+//! products go through ndarray's `general_mat_mul` (matrixmultiply's AVX2/FMA kernels), whose
+//! accumulation order does not depend on the data, so results are bit-for-bit reproducible.
+
+use ferrotrain_crds::{ModelKind, ModelSpec};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use crate::rng::{Rng, Stream};
+
+/// One layer and where its parameters live in the flat vector.
+#[derive(Clone, Debug, PartialEq)]
+enum Layer {
+    Linear {
+        inputs: usize,
+        outputs: usize,
+        weight: usize,
+        bias: usize,
+    },
+    Relu,
+    Dropout {
+        p: f32,
+    },
+    /// Stride-1 square convolution over a channels-last `height × width × in_channels` input.
+    Conv {
+        height: usize,
+        width: usize,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        pad: usize,
+        weight: usize,
+        bias: usize,
+    },
+    /// 2×2 max pooling with stride 2.
+    MaxPool {
+        height: usize,
+        width: usize,
+        channels: usize,
+    },
+}
+
+impl Layer {
+    fn output_size(&self, input: usize) -> usize {
+        match *self {
+            Layer::Linear { outputs, .. } => outputs,
+            Layer::Relu | Layer::Dropout { .. } => input,
+            Layer::Conv {
+                height,
+                width,
+                out_channels,
+                kernel,
+                pad,
+                ..
+            } => (height + 2 * pad + 1 - kernel) * (width + 2 * pad + 1 - kernel) * out_channels,
+            Layer::MaxPool {
+                height,
+                width,
+                channels,
+            } => (height / 2) * (width / 2) * channels,
+        }
+    }
+}
+
+/// Why a model cannot be built for a dataset.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    /// LeNet needs 28×28 single-channel inputs.
+    #[error("lenet needs 28×28 single-channel images (784 features), the dataset has {0} features")]
+    LenetInput(usize),
+    /// Nothing to learn.
+    #[error("the dataset has {0} classes; classification needs at least 2")]
+    Classes(usize),
+}
+
+/// A network: its layers and parameter count. Parameters live outside, in a flat `Vec<f32>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Network {
+    layers: Vec<Layer>,
+    /// Total number of parameters.
+    pub num_params: usize,
+    /// Features per input row.
+    pub inputs: usize,
+    /// Output classes.
+    pub classes: usize,
+}
+
+/// Reusable buffers of one forward/backward pass, sized on first use.
+#[derive(Default)]
+pub struct Workspace {
+    activations: Vec<Vec<f32>>,
+    masks: Vec<Vec<f32>>,
+    argmax: Vec<Vec<u32>>,
+    columns: Vec<Vec<f32>>,
+    grad_out: Vec<f32>,
+    grad_in: Vec<f32>,
+}
+
+/// Loss and accuracy counts over a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BatchStats {
+    /// Sum of per-sample cross-entropy losses.
+    pub loss_sum: f64,
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Samples.
+    pub count: usize,
+}
+
+/// Lays out layers and their parameter offsets.
+#[derive(Default)]
+struct Builder {
+    layers: Vec<Layer>,
+    offset: usize,
+}
+
+impl Builder {
+    fn linear(&mut self, inputs: usize, outputs: usize) {
+        let weight = self.offset;
+        self.layers.push(Layer::Linear {
+            inputs,
+            outputs,
+            weight,
+            bias: weight + inputs * outputs,
+        });
+        self.offset += inputs * outputs + outputs;
+    }
+
+    /// A 5×5 convolution over a `side × side × in_channels` input.
+    fn conv(&mut self, side: usize, in_channels: usize, out_channels: usize, pad: usize) {
+        let (kernel, weight) = (5, self.offset);
+        let weights = out_channels * kernel * kernel * in_channels;
+        self.layers.push(Layer::Conv {
+            height: side,
+            width: side,
+            in_channels,
+            out_channels,
+            kernel,
+            pad,
+            weight,
+            bias: weight + weights,
+        });
+        self.offset += weights + out_channels;
+    }
+}
+
+impl Network {
+    /// Builds the network `spec` describes for `inputs` features and `classes` classes.
+    pub fn new(spec: &ModelSpec, inputs: usize, classes: usize) -> Result<Self, ModelError> {
+        if classes < 2 {
+            return Err(ModelError::Classes(classes));
+        }
+        let dropout = spec.dropout_or_default() as f32;
+        let mut b = Builder::default();
+        match spec.kind {
+            ModelKind::Logistic => b.linear(inputs, classes),
+            ModelKind::Mlp => {
+                let mut width = inputs;
+                for hidden in spec.hidden_or_default() {
+                    let hidden = usize::try_from(hidden).unwrap_or(1);
+                    b.linear(width, hidden);
+                    b.layers.push(Layer::Relu);
+                    if dropout > 0.0 {
+                        b.layers.push(Layer::Dropout { p: dropout });
+                    }
+                    width = hidden;
+                }
+                b.linear(width, classes);
+            }
+            ModelKind::Lenet => {
+                if inputs != 28 * 28 {
+                    return Err(ModelError::LenetInput(inputs));
+                }
+                b.conv(28, 1, 6, 2);
+                b.layers.push(Layer::Relu);
+                b.layers.push(Layer::MaxPool {
+                    height: 28,
+                    width: 28,
+                    channels: 6,
+                });
+                b.conv(14, 6, 16, 0);
+                b.layers.push(Layer::Relu);
+                b.layers.push(Layer::MaxPool {
+                    height: 10,
+                    width: 10,
+                    channels: 16,
+                });
+                let mut width = 16 * 5 * 5;
+                for hidden in [120, 84] {
+                    if dropout > 0.0 {
+                        b.layers.push(Layer::Dropout { p: dropout });
+                    }
+                    b.linear(width, hidden);
+                    b.layers.push(Layer::Relu);
+                    width = hidden;
+                }
+                b.linear(width, classes);
+            }
+        }
+        let Builder { layers, offset } = b;
+        Ok(Self {
+            layers,
+            num_params: offset,
+            inputs,
+            classes,
+        })
+    }
+
+    /// Initial parameters: uniform in ±1/√fan_in for weights and biases, as PyTorch does.
+    pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        let mut params = vec![0.0; self.num_params];
+        let mut rng = Rng::derive(seed, Stream::Init, &[]);
+        for layer in &self.layers {
+            let (start, end, fan_in) = match *layer {
+                Layer::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    ..
+                } => (weight, weight + inputs * outputs + outputs, inputs),
+                Layer::Conv {
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    weight,
+                    ..
+                } => {
+                    let fan_in = in_channels * kernel * kernel;
+                    (
+                        weight,
+                        weight + out_channels * fan_in + out_channels,
+                        fan_in,
+                    )
+                }
+                _ => continue,
+            };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            for p in &mut params[start..end] {
+                *p = (rng.next_f32() * 2.0 - 1.0) * bound;
+            }
+        }
+        params
+    }
+
+    /// Forward and backward over one batch: writes the loss gradient into `grads` (overwriting it)
+    /// and returns the batch's loss statistics. `dropout_rng` draws the dropout masks.
+    pub fn train_step(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        labels: &[u8],
+        dropout_rng: &mut Rng,
+        ws: &mut Workspace,
+    ) -> BatchStats {
+        let batch = labels.len();
+        self.forward(params, inputs, batch, Some(dropout_rng), ws);
+        let stats = self.loss_and_grad(labels, ws);
+        self.backward(params, grads, batch, ws);
+        stats
+    }
+
+    /// Loss and accuracy of a batch without dropout or gradients.
+    pub fn evaluate(
+        &self,
+        params: &[f32],
+        inputs: &[f32],
+        labels: &[u8],
+        ws: &mut Workspace,
+    ) -> BatchStats {
+        self.forward(params, inputs, labels.len(), None, ws);
+        let logits = ws.activations.last().map(Vec::as_slice).unwrap_or_default();
+        let mut stats = BatchStats::default();
+        for (row, &label) in logits.chunks_exact(self.classes).zip(labels) {
+            let (loss, predicted) = softmax_loss(row, usize::from(label), None);
+            stats.loss_sum += f64::from(loss);
+            stats.correct += usize::from(predicted == usize::from(label));
+            stats.count += 1;
+        }
+        stats
+    }
+
+    fn forward(
+        &self,
+        params: &[f32],
+        inputs: &[f32],
+        batch: usize,
+        mut dropout_rng: Option<&mut Rng>,
+        ws: &mut Workspace,
+    ) {
+        let n = self.layers.len();
+        ws.activations.resize_with(n + 1, Vec::new);
+        ws.masks.resize_with(n, Vec::new);
+        ws.argmax.resize_with(n, Vec::new);
+        ws.columns.resize_with(n, Vec::new);
+        ws.activations[0].clear();
+        ws.activations[0].extend_from_slice(&inputs[..batch * self.inputs]);
+        let mut size = self.inputs;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let out_size = layer.output_size(size);
+            let (before, after) = ws.activations.split_at_mut(i + 1);
+            let x = &before[i];
+            let y = &mut after[0];
+            y.resize(batch * out_size, 0.0);
+            match *layer {
+                Layer::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    bias,
+                } => {
+                    let w = view(&params[weight..weight + inputs * outputs], outputs, inputs);
+                    let mut out = view_mut(y, batch, outputs);
+                    general_mat_mul(1.0, &view(x, batch, inputs), &w.t(), 0.0, &mut out);
+                    add_bias(y, &params[bias..bias + outputs]);
+                }
+                Layer::Relu => {
+                    for (o, &v) in y.iter_mut().zip(x.iter()) {
+                        *o = v.max(0.0);
+                    }
+                }
+                Layer::Dropout { p } => match dropout_rng.as_deref_mut() {
+                    Some(rng) => {
+                        let mask = &mut ws.masks[i];
+                        mask.resize(x.len(), 0.0);
+                        let scale = 1.0 / (1.0 - p);
+                        for ((o, m), &v) in y.iter_mut().zip(mask.iter_mut()).zip(x.iter()) {
+                            *m = if rng.next_f32() >= p { scale } else { 0.0 };
+                            *o = v * *m;
+                        }
+                    }
+                    None => y.copy_from_slice(x),
+                },
+                Layer::Conv {
+                    height,
+                    width,
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    pad,
+                    weight,
+                    bias,
+                } => {
+                    let geometry = ConvGeometry {
+                        batch,
+                        height,
+                        width,
+                        in_channels,
+                        kernel,
+                        pad,
+                    };
+                    let cols = &mut ws.columns[i];
+                    im2col(x, &geometry, cols);
+                    let rows = geometry.rows();
+                    let k = geometry.patch();
+                    let w = view(&params[weight..weight + out_channels * k], out_channels, k);
+                    let mut out = view_mut(y, rows, out_channels);
+                    general_mat_mul(1.0, &view(cols, rows, k), &w.t(), 0.0, &mut out);
+                    add_bias(y, &params[bias..bias + out_channels]);
+                }
+                Layer::MaxPool {
+                    height,
+                    width,
+                    channels,
+                } => {
+                    max_pool(x, batch, height, width, channels, y, &mut ws.argmax[i]);
+                }
+            }
+            size = out_size;
+        }
+    }
+
+    /// Softmax cross-entropy over the logits; leaves dLoss/dlogits (mean over the batch) in
+    /// `ws.grad_out`.
+    fn loss_and_grad(&self, labels: &[u8], ws: &mut Workspace) -> BatchStats {
+        let logits = ws.activations.last().map(Vec::as_slice).unwrap_or_default();
+        ws.grad_out.resize(logits.len(), 0.0);
+        let scale = 1.0 / labels.len() as f32;
+        let mut stats = BatchStats::default();
+        for ((row, grad), &label) in logits
+            .chunks_exact(self.classes)
+            .zip(ws.grad_out.chunks_exact_mut(self.classes))
+            .zip(labels)
+        {
+            let (loss, predicted) = softmax_loss(row, usize::from(label), Some((grad, scale)));
+            stats.loss_sum += f64::from(loss);
+            stats.correct += usize::from(predicted == usize::from(label));
+            stats.count += 1;
+        }
+        stats
+    }
+
+    fn backward(&self, params: &[f32], grads: &mut [f32], batch: usize, ws: &mut Workspace) {
+        let mut size_in: Vec<usize> = Vec::with_capacity(self.layers.len());
+        let mut size = self.inputs;
+        for layer in &self.layers {
+            size_in.push(size);
+            size = layer.output_size(size);
+        }
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let need_input_grad = i > 0;
+            let x = &ws.activations[i];
+            let dy = &ws.grad_out;
+            let dx = &mut ws.grad_in;
+            dx.resize(batch * size_in[i], 0.0);
+            match *layer {
+                Layer::Linear {
+                    inputs,
+                    outputs,
+                    weight,
+                    bias,
+                } => {
+                    let dy_view = view(dy, batch, outputs);
+                    let (gw, gb) = grads[weight..bias + outputs].split_at_mut(inputs * outputs);
+                    general_mat_mul(
+                        1.0,
+                        &dy_view.t(),
+                        &view(x, batch, inputs),
+                        0.0,
+                        &mut view_mut(gw, outputs, inputs),
+                    );
+                    column_sums(dy, outputs, gb);
+                    if need_input_grad {
+                        let w = view(&params[weight..weight + inputs * outputs], outputs, inputs);
+                        general_mat_mul(1.0, &dy_view, &w, 0.0, &mut view_mut(dx, batch, inputs));
+                    }
+                }
+                Layer::Relu => {
+                    let y = &ws.activations[i + 1];
+                    for ((d, &g), &out) in dx.iter_mut().zip(dy.iter()).zip(y.iter()) {
+                        *d = if out > 0.0 { g } else { 0.0 };
+                    }
+                }
+                Layer::Dropout { .. } => {
+                    for ((d, &g), &m) in dx.iter_mut().zip(dy.iter()).zip(ws.masks[i].iter()) {
+                        *d = g * m;
+                    }
+                }
+                Layer::Conv {
+                    height,
+                    width,
+                    in_channels,
+                    out_channels,
+                    kernel,
+                    pad,
+                    weight,
+                    bias,
+                } => {
+                    let geometry = ConvGeometry {
+                        batch,
+                        height,
+                        width,
+                        in_channels,
+                        kernel,
+                        pad,
+                    };
+                    let rows = geometry.rows();
+                    let k = geometry.patch();
+                    let cols = &mut ws.columns[i];
+                    let dy_view = view(dy, rows, out_channels);
+                    let (gw, gb) =
+                        grads[weight..bias + out_channels].split_at_mut(out_channels * k);
+                    general_mat_mul(
+                        1.0,
+                        &dy_view.t(),
+                        &view(cols, rows, k),
+                        0.0,
+                        &mut view_mut(gw, out_channels, k),
+                    );
+                    column_sums(dy, out_channels, gb);
+                    if need_input_grad {
+                        // The columns are no longer needed: reuse them for dLoss/dcolumns.
+                        let w = view(&params[weight..weight + out_channels * k], out_channels, k);
+                        general_mat_mul(1.0, &dy_view, &w, 0.0, &mut view_mut(cols, rows, k));
+                        col2im(cols, &geometry, dx);
+                    }
+                }
+                Layer::MaxPool { .. } => {
+                    dx.fill(0.0);
+                    for (&g, &src) in dy.iter().zip(ws.argmax[i].iter()) {
+                        dx[src as usize] += g;
+                    }
+                }
+            }
+            if need_input_grad {
+                std::mem::swap(&mut ws.grad_out, &mut ws.grad_in);
+            }
+        }
+    }
+}
+
+fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
+    ArrayView2::from_shape((rows, cols), &data[..rows * cols])
+        .expect("slice holds rows × cols values")
+}
+
+fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
+        .expect("slice holds rows × cols values")
+}
+
+fn add_bias(out: &mut [f32], bias: &[f32]) {
+    for row in out.chunks_exact_mut(bias.len()) {
+        for (o, b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+}
+
+fn column_sums(matrix: &[f32], cols: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in matrix.chunks_exact(cols) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// Loss of one row and its arg-max; with `grad`, writes (softmax − one-hot) × scale.
+fn softmax_loss(logits: &[f32], label: usize, grad: Option<(&mut [f32], f32)>) -> (f32, usize) {
+    let (mut predicted, mut max) = (0, f32::NEG_INFINITY);
+    for (j, &v) in logits.iter().enumerate() {
+        if v > max {
+            max = v;
+            predicted = j;
+        }
+    }
+    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
+    let log_sum = sum.ln();
+    let loss = log_sum - (logits.get(label).copied().unwrap_or(max) - max);
+    if let Some((grad, scale)) = grad {
+        for (j, (g, &v)) in grad.iter_mut().zip(logits).enumerate() {
+            let p = (v - max - log_sum).exp();
+            *g = (p - if j == label { 1.0 } else { 0.0 }) * scale;
+        }
+    }
+    (loss, predicted)
+}
+
+struct ConvGeometry {
+    batch: usize,
+    height: usize,
+    width: usize,
+    in_channels: usize,
+    kernel: usize,
+    pad: usize,
+}
+
+impl ConvGeometry {
+    fn out_h(&self) -> usize {
+        self.height + 2 * self.pad + 1 - self.kernel
+    }
+    fn out_w(&self) -> usize {
+        self.width + 2 * self.pad + 1 - self.kernel
+    }
+    fn rows(&self) -> usize {
+        self.batch * self.out_h() * self.out_w()
+    }
+    fn patch(&self) -> usize {
+        self.kernel * self.kernel * self.in_channels
+    }
+    /// Input offset of (b, oh, ow, kh, kw), or None in the padding.
+    fn source(&self, b: usize, oh: usize, ow: usize, kh: usize, kw: usize) -> Option<usize> {
+        let ih = (oh + kh)
+            .checked_sub(self.pad)
+            .filter(|&h| h < self.height)?;
+        let iw = (ow + kw)
+            .checked_sub(self.pad)
+            .filter(|&w| w < self.width)?;
+        Some(((b * self.height + ih) * self.width + iw) * self.in_channels)
+    }
+}
+
+fn im2col(x: &[f32], g: &ConvGeometry, cols: &mut Vec<f32>) {
+    let c = g.in_channels;
+    cols.resize(g.rows() * g.patch(), 0.0);
+    let mut row = 0;
+    for b in 0..g.batch {
+        for oh in 0..g.out_h() {
+            for ow in 0..g.out_w() {
+                let dst_row = &mut cols[row * g.patch()..(row + 1) * g.patch()];
+                for kh in 0..g.kernel {
+                    for kw in 0..g.kernel {
+                        let dst =
+                            &mut dst_row[(kh * g.kernel + kw) * c..(kh * g.kernel + kw + 1) * c];
+                        match g.source(b, oh, ow, kh, kw) {
+                            Some(src) => dst.copy_from_slice(&x[src..src + c]),
+                            None => dst.fill(0.0),
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+fn col2im(cols: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
+    let c = g.in_channels;
+    dx.fill(0.0);
+    let mut row = 0;
+    for b in 0..g.batch {
+        for oh in 0..g.out_h() {
+            for ow in 0..g.out_w() {
+                let src_row = &cols[row * g.patch()..(row + 1) * g.patch()];
+                for kh in 0..g.kernel {
+                    for kw in 0..g.kernel {
+                        if let Some(dst) = g.source(b, oh, ow, kh, kw) {
+                            let src =
+                                &src_row[(kh * g.kernel + kw) * c..(kh * g.kernel + kw + 1) * c];
+                            for (d, s) in dx[dst..dst + c].iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+fn max_pool(
+    x: &[f32],
+    batch: usize,
+    height: usize,
+    width: usize,
+    channels: usize,
+    y: &mut [f32],
+    argmax: &mut Vec<u32>,
+) {
+    let (oh, ow) = (height / 2, width / 2);
+    argmax.resize(batch * oh * ow * channels, 0);
+    let mut out = 0;
+    for b in 0..batch {
+        for i in 0..oh {
+            for j in 0..ow {
+                for ch in 0..channels {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut best_at = 0;
+                    for (di, dj) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let at = ((b * height + 2 * i + di) * width + 2 * j + dj) * channels + ch;
+                        if x[at] > best {
+                            best = x[at];
+                            best_at = at;
+                        }
+                    }
+                    y[out] = best;
+                    argmax[out] = best_at as u32;
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: ModelKind, hidden: Option<Vec<i32>>, dropout: Option<f64>) -> ModelSpec {
+        ModelSpec {
+            kind,
+            hidden,
+            dropout,
+        }
+    }
+
+    /// Central differences against the analytic gradient on a few coordinates of every layer.
+    fn check_gradients(net: &Network, inputs: usize, batch: usize) {
+        let params = net.init_params(3);
+        let mut rng = Rng::new(9);
+        let x: Vec<f32> = (0..batch * inputs).map(|_| rng.next_f32()).collect();
+        let labels: Vec<u8> = (0..batch).map(|i| (i % net.classes) as u8).collect();
+        let mut grads = vec![0.0; net.num_params];
+        let mut ws = Workspace::default();
+        net.train_step(&params, &mut grads, &x, &labels, &mut Rng::new(1), &mut ws);
+        let loss_at = |p: &[f32], ws: &mut Workspace| {
+            let mut g = vec![0.0; net.num_params];
+            let s = net.train_step(p, &mut g, &x, &labels, &mut Rng::new(1), ws);
+            s.loss_sum / batch as f64
+        };
+        let stride = (net.num_params / 60).max(1);
+        for i in (0..net.num_params).step_by(stride) {
+            let eps = 1e-3_f32;
+            let mut plus = params.clone();
+            plus[i] += eps;
+            let mut minus = params.clone();
+            minus[i] -= eps;
+            let numeric =
+                (loss_at(&plus, &mut ws) - loss_at(&minus, &mut ws)) / (2.0 * f64::from(eps));
+            let analytic = f64::from(grads[i]);
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
+                "param {i}: numeric {numeric} analytic {analytic}"
+            );
+        }
+    }
+
+    #[test]
+    fn logistic_gradients_match_finite_differences() {
+        let net = Network::new(&spec(ModelKind::Logistic, None, None), 12, 3).expect("builds");
+        assert_eq!(net.num_params, 12 * 3 + 3);
+        check_gradients(&net, 12, 5);
+    }
+
+    #[test]
+    fn mlp_gradients_match_finite_differences() {
+        let net =
+            Network::new(&spec(ModelKind::Mlp, Some(vec![16, 8]), None), 10, 4).expect("builds");
+        check_gradients(&net, 10, 6);
+    }
+
+    #[test]
+    fn lenet_gradients_match_finite_differences() {
+        let net = Network::new(&spec(ModelKind::Lenet, None, None), 784, 10).expect("builds");
+        assert_eq!(net.num_params, 156 + 2416 + 48120 + 10164 + 850);
+        check_gradients(&net, 784, 2);
+    }
+
+    #[test]
+    fn dropout_masks_follow_the_rng_and_vanish_in_evaluation() {
+        let net =
+            Network::new(&spec(ModelKind::Mlp, Some(vec![32]), Some(0.5)), 8, 2).expect("builds");
+        let params = net.init_params(1);
+        let x = vec![0.5; 4 * 8];
+        let labels = [0, 1, 0, 1];
+        let mut ws = Workspace::default();
+        let mut g1 = vec![0.0; net.num_params];
+        let mut g2 = vec![0.0; net.num_params];
+        let a = net.train_step(&params, &mut g1, &x, &labels, &mut Rng::new(5), &mut ws);
+        let b = net.train_step(&params, &mut g2, &x, &labels, &mut Rng::new(5), &mut ws);
+        assert_eq!(a, b);
+        assert_eq!(g1, g2);
+        let c = net.train_step(&params, &mut g2, &x, &labels, &mut Rng::new(6), &mut ws);
+        assert_ne!(a.loss_sum, c.loss_sum);
+        let e1 = net.evaluate(&params, &x, &labels, &mut ws);
+        let e2 = net.evaluate(&params, &x, &labels, &mut ws);
+        assert_eq!(e1, e2);
+    }
+
+    #[test]
+    fn lenet_refuses_other_input_sizes() {
+        assert_eq!(
+            Network::new(&spec(ModelKind::Lenet, None, None), 54, 7),
+            Err(ModelError::LenetInput(54))
+        );
+        assert_eq!(
+            Network::new(&spec(ModelKind::Mlp, None, None), 4, 1),
+            Err(ModelError::Classes(1))
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! A worker process from start to exit code: configuration, data, rendezvous, checkpoints,
+//! progress reporting, SIGTERM handling, then the training loop.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ferrotrain_crds::env::WorkerEnv;
+use ferrotrain_crds::{CheckpointSpec, ResumePolicy, TrainerSpec};
+
+use crate::checkpoint::{CheckpointStore, sha256_hex};
+use crate::comm::{RendezvousConfig, Ring};
+use crate::data::load::{self, Splits};
+use crate::progress::Reporter;
+use crate::storage::{self, S3Options};
+use crate::train::{CheckpointPlan, Job, Outcome, TrainError, train};
+use crate::{config, exit};
+
+/// Settings that do not come from the TrainingJob.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long to wait for the gang to form.
+    pub rendezvous_timeout: Duration,
+    /// How long a collective may wait on a peer before the rank exits.
+    pub peer_timeout: Duration,
+    /// Time allowed for the emergency checkpoint after SIGTERM.
+    pub grace: Duration,
+    /// Minimum interval between progress reports.
+    pub report_every: Duration,
+    /// Stop as if preempted right after this step (drills and tests).
+    pub stop_after_step: Option<u64>,
+    /// Directory of the built-in datasets.
+    pub data_dir: PathBuf,
+}
+
+/// Who this process is: a rank of a gang (env contract) or a standalone run (`--config`).
+pub enum Role {
+    /// Started by the operator or `ferrotrain run`.
+    Worker(Box<WorkerEnv>),
+    /// A single process with a trainer spec and optional checkpoints.
+    Standalone {
+        /// What to train.
+        spec: Box<TrainerSpec>,
+        /// Where to checkpoint.
+        checkpoint: Option<Box<CheckpointSpec>>,
+    },
+}
+
+/// Runs one worker and returns its process exit code.
+pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the I/O runtime");
+            return exit::INTERNAL;
+        }
+    };
+    let (spec, checkpoint, rendezvous, attempt, progress) = match role {
+        Role::Worker(env) => {
+            let rendezvous = RendezvousConfig {
+                rank: env.rank,
+                world_size: env.world_size,
+                attempt: env.attempt,
+                addr: env.rendezvous_addr.clone(),
+                port: env.rendezvous_port,
+                rendezvous_timeout: options.rendezvous_timeout,
+                peer_timeout: options.peer_timeout,
+            };
+            let progress = match (&env.progress_url, &env.progress_token_path) {
+                (Some(url), Some(path)) if env.rank == 0 => match std::fs::read_to_string(path) {
+                    Ok(token) => Some((url.clone(), token.trim().to_string())),
+                    Err(e) => {
+                        tracing::warn!(path = %path, error = %e, "progress token unreadable; reports go to stdout only");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            (
+                env.trainer,
+                env.checkpoint,
+                Some(rendezvous),
+                env.attempt,
+                progress,
+            )
+        }
+        Role::Standalone { spec, checkpoint } => (*spec, checkpoint.map(|c| *c), None, 1, None),
+    };
+    tracing::info!(
+        device = "cpu",
+        "compute device: CPU (Ferrotrain's native kernels)"
+    );
+    if spec.precision_or_default() != ferrotrain_crds::Precision::Fp32 {
+        tracing::warn!(requested = ?spec.precision_or_default(), "reduced precision applies on GPU only; this run computes in fp32");
+    }
+    if spec.device_or_default() == ferrotrain_crds::Device::Cuda {
+        tracing::error!("device cuda was requested but this trainer build has no GPU backend");
+        return exit::BAD_CONFIG;
+    }
+    if spec.mode_or_default() == ferrotrain_crds::ModeKind::Async {
+        tracing::error!("mode async is not available in this trainer build; use mode sync");
+        return exit::BAD_CONFIG;
+    }
+
+    let seed = spec.seed_or_default();
+    let data_s3 = S3Options::default();
+    let data: Splits =
+        match runtime.block_on(load::load(&spec.dataset, &options.data_dir, seed, &data_s3)) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::error!(error = %e, "training data");
+                return exit::DATA_ERROR;
+            }
+        };
+    tracing::info!(
+        train = data.train.len(),
+        eval = data.eval.len(),
+        features = data.train.dim,
+        classes = data.classes(),
+        "data loaded"
+    );
+
+    let mut ring = match rendezvous {
+        Some(cfg) => match Ring::connect(&cfg) {
+            Ok(ring) => ring,
+            Err(e) => {
+                tracing::error!(error = %e, "rendezvous");
+                return exit::PEER_LOST;
+            }
+        },
+        None => Ring::single(),
+    };
+    let plan = match checkpoint
+        .as_ref()
+        .map(|c| checkpoint_plan(c, &spec, &data))
+        .transpose()
+    {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint storage");
+            return exit::CHECKPOINT_ERROR;
+        }
+    };
+    let reporter = (ring.rank() == 0).then(|| Reporter::new(runtime.handle().clone(), progress));
+    let job = Job {
+        spec,
+        attempt,
+        checkpoint: plan,
+        reporter,
+        report_every: options.report_every,
+        stop,
+        stop_after_step: options.stop_after_step,
+        grace: options.grace,
+    };
+    match train(job, &data, &mut ring, runtime.handle()) {
+        Ok(Outcome::Completed(summary)) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "completed",
+                    "step": summary.step,
+                    "epoch": summary.epoch,
+                    "loss": summary.loss,
+                    "metrics": summary.metrics,
+                    "samplesPerSecond": summary.samples_per_second,
+                    "earlyStopped": summary.early_stopped,
+                    "resumedFrom": summary.resumed_from,
+                    "checkpoint": summary.checkpoint.as_ref().map(|c| &c.manifest_uri),
+                    "checkpointStallSeconds": summary.checkpoint_stats.stall_seconds,
+                    "wallSeconds": summary.wall_seconds,
+                })
+            );
+            exit::SUCCESS
+        }
+        Ok(Outcome::Preempted(summary)) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "event": "preempted",
+                    "step": summary.step,
+                    "checkpoint": summary.checkpoint.as_ref().map(|c| &c.manifest_uri),
+                })
+            );
+            exit::PREEMPTED_AFTER_CHECKPOINT
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "training failed");
+            match e {
+                TrainError::Comm(_) => exit::PEER_LOST,
+                TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
+                TrainError::Model(_) | TrainError::Config(_) => exit::BAD_CONFIG,
+            }
+        }
+    }
+}
+
+/// Identifies the configuration that shapes parameters and optimiser state; a checkpoint of
+/// another configuration is refused on resume.
+pub fn config_hash(spec: &TrainerSpec, data: &Splits) -> String {
+    let identity = serde_json::json!({
+        "model": spec.model,
+        "dataset": spec.dataset,
+        "optimizer": spec.optimizer_or_default().kind,
+        "features": data.train.dim,
+        "classes": data.classes(),
+    });
+    sha256_hex(identity.to_string().as_bytes())
+}
+
+fn checkpoint_plan(
+    c: &CheckpointSpec,
+    spec: &TrainerSpec,
+    data: &Splits,
+) -> Result<CheckpointPlan, storage::StorageError> {
+    let location = storage::open(
+        &c.uri,
+        &S3Options {
+            endpoint: c.endpoint.clone(),
+            region: c.region.clone(),
+        },
+    )?;
+    Ok(CheckpointPlan {
+        store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data)),
+        every_steps: c.every_steps.map(|s| s.max(1) as u64),
+        every_seconds: c.every_seconds.map(|s| s.max(1) as u64),
+        resume: c.resume_or_default() == ResumePolicy::Auto,
+    })
+}
+
+/// The default data directory: `$FERROTRAIN_DATA_DIR`, else the repository's `data/`.
+pub fn default_data_dir() -> PathBuf {
+    config::data_dir(|k| std::env::var(k).ok())
+}

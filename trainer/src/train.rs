@@ -1,0 +1,598 @@
+//! The training loop of one rank: synchronous data parallelism with a ring all-reduce every step,
+//! evaluation, early stopping, asynchronous checkpoints and a gang-wide stop on SIGTERM.
+//!
+//! Determinism: parameters start from the seed; the epoch permutation, the dropout masks and the
+//! batch of every (step, rank) are derived from (seed, epoch, step, rank) rather than carried
+//! forward, and the all-reduce adds in a fixed order. A run resumed from a checkpoint therefore
+//! computes exactly what the uninterrupted run computes, bit for bit, at the same world size.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrotrain_crds::progress::{CheckpointReport, ProgressReport};
+use ferrotrain_crds::{EarlyStoppingMode, TrainerSpec};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::checkpoint::{CheckpointError, CheckpointStore, Committed, Snapshot, TrainingState};
+use crate::comm::{CommError, Ring};
+use crate::data::load::Splits;
+use crate::model::{BatchStats, ModelError, Network, Workspace};
+use crate::optim::{Optimizer, clip_grad_norm, learning_rate};
+use crate::progress::Reporter;
+use crate::rng::{Rng, Stream};
+
+/// Values appended to the gradient buffer and summed with it: stop flag, loss sum, correct, count.
+const CONTROL: usize = 4;
+/// Rows per evaluation chunk.
+const EVAL_CHUNK: usize = 1000;
+
+/// Checkpoint cadence and destination.
+pub struct CheckpointPlan {
+    /// The store.
+    pub store: CheckpointStore,
+    /// Every N steps.
+    pub every_steps: Option<u64>,
+    /// At least every N seconds.
+    pub every_seconds: Option<u64>,
+    /// Whether to resume from the newest checkpoint.
+    pub resume: bool,
+}
+
+/// Everything one rank needs to train.
+pub struct Job {
+    /// What to train.
+    pub spec: TrainerSpec,
+    /// Gang attempt (reported with progress).
+    pub attempt: u32,
+    /// Checkpoints, if any.
+    pub checkpoint: Option<CheckpointPlan>,
+    /// Progress reports (rank 0).
+    pub reporter: Option<Reporter>,
+    /// Minimum seconds between progress reports.
+    pub report_every: Duration,
+    /// Set by the SIGTERM handler.
+    pub stop: Arc<AtomicBool>,
+    /// Behave as if SIGTERM arrived right after this step (tests and drills).
+    pub stop_after_step: Option<u64>,
+    /// How long the emergency checkpoint may take.
+    pub grace: Duration,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// All epochs or steps done, or early stopping triggered.
+    Completed(Summary),
+    /// Stopped on request after committing an emergency checkpoint (rank 0) or with the gang.
+    Preempted(Summary),
+}
+
+/// The final state of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// Global step reached.
+    pub step: u64,
+    /// Epoch reached.
+    pub epoch: u64,
+    /// Total steps planned.
+    pub total_steps: u64,
+    /// Last training loss.
+    pub loss: Option<f64>,
+    /// Last evaluation metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Training samples per second across the gang in this attempt.
+    pub samples_per_second: f64,
+    /// Step this attempt started from.
+    pub resumed_from: Option<u64>,
+    /// Whether early stopping ended the run.
+    pub early_stopped: bool,
+    /// Latest committed checkpoint (rank 0).
+    pub checkpoint: Option<Committed>,
+    /// Checkpoint commits and the time the loop spent waiting on them.
+    pub checkpoint_stats: CheckpointStats,
+    /// Wall time of the loop.
+    pub wall_seconds: f64,
+    /// Final parameters.
+    pub params: Vec<f32>,
+}
+
+/// Cost of checkpointing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CheckpointStats {
+    /// Checkpoints committed.
+    pub committed: u64,
+    /// Seconds the loop spent taking snapshots and waiting for uploads.
+    pub stall_seconds: f64,
+    /// Seconds uploads took in the background.
+    pub upload_seconds: f64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+}
+
+/// Training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model does not fit the data.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A peer was lost.
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    /// Checkpoint storage failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The configuration cannot work with this data.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// An upload in progress: its step, start time and task.
+type Upload = (u64, Instant, JoinHandle<Result<Committed, CheckpointError>>);
+
+/// Background checkpoint uploads, at most one in flight.
+struct Uploader {
+    runtime: Handle,
+    in_flight: Option<Upload>,
+    latest: Option<Committed>,
+    stats: CheckpointStats,
+}
+
+impl Uploader {
+    fn busy(&mut self) -> Result<bool, CheckpointError> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|(_, _, h)| h.is_finished())
+        {
+            self.finish(None)?;
+        }
+        Ok(self.in_flight.is_some())
+    }
+
+    fn start(&mut self, store: &CheckpointStore, snapshot: Snapshot) {
+        let store = store.clone();
+        let step = snapshot.state.step;
+        self.in_flight = Some((
+            step,
+            Instant::now(),
+            self.runtime
+                .spawn(async move { store.commit(&snapshot).await }),
+        ));
+    }
+
+    /// Waits for the in-flight upload, if any, at most `limit`.
+    fn finish(&mut self, limit: Option<Duration>) -> Result<(), CheckpointError> {
+        let Some((step, started, mut handle)) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let joined = match limit {
+            None => self.runtime.block_on(&mut handle),
+            Some(limit) => match self
+                .runtime
+                .block_on(async { tokio::time::timeout(limit, &mut handle).await })
+            {
+                Ok(joined) => joined,
+                Err(_) => {
+                    handle.abort();
+                    return Err(CheckpointError::Timeout {
+                        step,
+                        seconds: limit.as_secs(),
+                    });
+                }
+            },
+        };
+        let committed = joined.map_err(|e| CheckpointError::Task(e.to_string()))??;
+        self.stats.upload_seconds += started.elapsed().as_secs_f64();
+        self.stats.committed += 1;
+        self.stats.bytes += committed.bytes;
+        tracing::info!(step = committed.step, uri = %committed.manifest_uri, "checkpoint committed");
+        self.latest = Some(committed);
+        Ok(())
+    }
+}
+
+/// Runs the loop of one rank over `data`, with collectives on `ring`.
+pub fn train(
+    mut job: Job,
+    data: &Splits,
+    ring: &mut Ring,
+    runtime: &Handle,
+) -> Result<Outcome, TrainError> {
+    let started = Instant::now();
+    let spec = &job.spec;
+    let (rank, world) = (ring.rank() as usize, ring.world_size() as usize);
+    let seed = spec.seed_or_default();
+    let net = Network::new(&spec.model, data.train.dim, data.classes())?;
+    let n = net.num_params;
+    let optimizer_spec = spec.optimizer_or_default();
+    let mut params = net.init_params(seed);
+    let mut optimizer = Optimizer::new(&optimizer_spec, n);
+    let mut state = TrainingState {
+        world_size: world as u32,
+        ..TrainingState::default()
+    };
+    let mut resumed_from = None;
+    if let Some(plan) = job.checkpoint.as_ref().filter(|p| p.resume)
+        && let Some(snapshot) = load_resume_point(plan, ring, runtime)?
+    {
+        if snapshot.params.len() != n
+            || snapshot.moment1.len() != optimizer.m.len()
+            || snapshot.moment2.len() != optimizer.v.len()
+        {
+            return Err(TrainError::Checkpoint(CheckpointError::Incompatible {
+                step: snapshot.state.step,
+                uri: plan.store.uri().into(),
+            }));
+        }
+        resumed_from = Some(snapshot.state.step);
+        params = snapshot.params;
+        optimizer.m = snapshot.moment1;
+        optimizer.v = snapshot.moment2;
+        optimizer.steps = snapshot.state.optimizer_steps;
+        state = TrainingState {
+            world_size: world as u32,
+            ..snapshot.state
+        };
+        tracing::info!(
+            step = state.step,
+            epoch = state.epoch,
+            "resumed from checkpoint"
+        );
+    }
+
+    let batch = spec.batch_size.max(1) as usize;
+    let global_batch = batch * world;
+    let train_len = data.train.len();
+    let steps_per_epoch = (train_len / global_batch) as u64;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config(format!(
+            "batchSize {batch} × {world} workers exceeds the {train_len} training rows; lower batchSize"
+        )));
+    }
+    let epochs = spec.epochs.map(|e| e.max(1) as u64);
+    let max_steps = spec.max_steps.map(|s| s.max(1) as u64);
+    let remaining_by_epochs = epochs.map(|e| {
+        (e.saturating_sub(state.epoch)) * steps_per_epoch
+            - (state.samples_in_epoch / global_batch as u64).min(steps_per_epoch)
+    });
+    let total_steps = match (remaining_by_epochs, max_steps) {
+        (Some(r), Some(m)) => (state.step + r).min(m),
+        (Some(r), None) => state.step + r,
+        (None, Some(m)) => m,
+        (None, None) => state.step + steps_per_epoch,
+    };
+    let schedule = spec.lr_schedule_or_default();
+    let base_lr = optimizer_spec.lr_or_default();
+    let eval_every = spec.eval_every_steps.map(|e| e.max(1) as u64);
+
+    let mut uploader = Uploader {
+        runtime: runtime.clone(),
+        in_flight: None,
+        latest: None,
+        stats: CheckpointStats::default(),
+    };
+    let mut last_checkpoint_at = Instant::now();
+    let mut last_report_at: Option<Instant> = None;
+    let mut ws = Workspace::default();
+    let mut grads = vec![0.0f32; n + CONTROL];
+    let (mut batch_x, mut batch_y) = (Vec::new(), Vec::new());
+    let mut order: Vec<usize> = Vec::new();
+    let mut order_epoch = None;
+    let mut train_seconds = 0.0f64;
+    let mut trained_samples = 0u64;
+    let mut early_stopped = false;
+    let mut stopped = false;
+
+    while state.step < total_steps && !early_stopped {
+        if state.samples_in_epoch + global_batch as u64 > train_len as u64 {
+            state.epoch += 1;
+            state.samples_in_epoch = 0;
+        }
+        if order_epoch != Some(state.epoch) {
+            order = (0..train_len).collect();
+            Rng::derive(seed, Stream::Shuffle, &[state.epoch]).shuffle(&mut order);
+            order_epoch = Some(state.epoch);
+        }
+        let step_started = Instant::now();
+        let offset = state.samples_in_epoch as usize + rank * batch;
+        data.train
+            .gather(&order[offset..offset + batch], &mut batch_x, &mut batch_y);
+        let mut dropout = Rng::derive(seed, Stream::Dropout, &[state.step, rank as u64]);
+        let stats = net.train_step(
+            &params,
+            &mut grads[..n],
+            &batch_x,
+            &batch_y,
+            &mut dropout,
+            &mut ws,
+        );
+        let stop_requested =
+            job.stop.load(Ordering::Relaxed) || job.stop_after_step == Some(state.step + 1);
+        grads[n] = f32::from(u8::from(stop_requested));
+        grads[n + 1] = stats.loss_sum as f32;
+        grads[n + 2] = stats.correct as f32;
+        grads[n + 3] = stats.count as f32;
+        ring.all_reduce_sum(&mut grads)?;
+        let scale = 1.0 / world as f32;
+        grads[..n].iter_mut().for_each(|g| *g *= scale);
+        if let Some(max_norm) = spec.grad_clip_norm {
+            clip_grad_norm(&mut grads[..n], max_norm as f32);
+        }
+        optimizer.step(
+            &mut params,
+            &grads[..n],
+            learning_rate(base_lr, &schedule, state.step, total_steps),
+        );
+        state.step += 1;
+        state.samples_in_epoch += global_batch as u64;
+        state.optimizer_steps = optimizer.steps;
+        state.loss = Some(f64::from(grads[n + 1]) / f64::from(grads[n + 3]).max(1.0));
+        train_seconds += step_started.elapsed().as_secs_f64();
+        trained_samples += global_batch as u64;
+        stopped = grads[n] > 0.0;
+
+        let epoch_done = state.samples_in_epoch + global_batch as u64 > train_len as u64;
+        let eval_due = match eval_every {
+            Some(every) => state.step.is_multiple_of(every),
+            None => epoch_done,
+        } || state.step == total_steps;
+        if eval_due && !stopped {
+            let metrics = evaluate(&net, &params, data, ring, &mut ws)?;
+            early_stopped = update_early_stopping(spec, &mut state, &metrics);
+            state.metrics = metrics;
+        }
+
+        if rank == 0
+            && let Some(plan) = &job.checkpoint
+        {
+            let due = plan
+                .every_steps
+                .is_some_and(|e| state.step.is_multiple_of(e))
+                || plan
+                    .every_seconds
+                    .is_some_and(|s| last_checkpoint_at.elapsed() >= Duration::from_secs(s));
+            if due && !stopped && state.step < total_steps && !early_stopped {
+                let snapshot_started = Instant::now();
+                if !uploader.busy()? {
+                    uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
+                    last_checkpoint_at = Instant::now();
+                }
+                uploader.stats.stall_seconds += snapshot_started.elapsed().as_secs_f64();
+            }
+        }
+        if let Some(reporter) = job.reporter.as_mut()
+            && last_report_at.is_none_or(|t| t.elapsed() >= job.report_every)
+        {
+            let _ = uploader.busy();
+            reporter.report(&progress(
+                job.attempt,
+                &state,
+                total_steps,
+                trained_samples,
+                train_seconds,
+                uploader.latest.as_ref(),
+                false,
+            ));
+            last_report_at = Some(Instant::now());
+        }
+        if stopped {
+            break;
+        }
+    }
+
+    // Rank 0 commits the final (or emergency) checkpoint synchronously.
+    if rank == 0
+        && let Some(plan) = &job.checkpoint
+    {
+        let wait_started = Instant::now();
+        let limit = stopped.then_some(job.grace);
+        uploader.finish(limit)?;
+        if uploader.latest.as_ref().map(|c| c.step) != Some(state.step) {
+            uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
+            uploader.finish(limit.map(|l| l.saturating_sub(wait_started.elapsed())))?;
+        }
+        uploader.stats.stall_seconds += wait_started.elapsed().as_secs_f64();
+    }
+    let samples_per_second = if train_seconds > 0.0 {
+        trained_samples as f64 / train_seconds
+    } else {
+        0.0
+    };
+    if let Some(reporter) = job.reporter.as_mut() {
+        reporter.report(&progress(
+            job.attempt,
+            &state,
+            total_steps,
+            trained_samples,
+            train_seconds,
+            uploader.latest.as_ref(),
+            !stopped,
+        ));
+        reporter.flush();
+    }
+    let summary = Summary {
+        step: state.step,
+        epoch: state.epoch,
+        total_steps,
+        loss: state.loss,
+        metrics: state.metrics.clone(),
+        samples_per_second,
+        resumed_from,
+        early_stopped,
+        checkpoint: uploader.latest.clone(),
+        checkpoint_stats: uploader.stats.clone(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        params,
+    };
+    Ok(if stopped {
+        Outcome::Preempted(summary)
+    } else {
+        Outcome::Completed(summary)
+    })
+}
+
+/// Rank 0 reads the newest valid checkpoint and passes it around the ring, so that every rank
+/// resumes from the same one.
+fn load_resume_point(
+    plan: &CheckpointPlan,
+    ring: &mut Ring,
+    runtime: &Handle,
+) -> Result<Option<Snapshot>, TrainError> {
+    let mut bytes = Vec::new();
+    if ring.rank() == 0 {
+        // An unreadable store is fatal to the whole gang: tell the peers by sending nothing.
+        let loaded = runtime.block_on(plan.store.load_latest());
+        if let Ok(Some((snapshot, _))) = &loaded {
+            bytes = encode_snapshot(snapshot);
+        }
+        ring.broadcast(&mut bytes)?;
+        return Ok(loaded?.map(|(snapshot, _)| snapshot));
+    }
+    ring.broadcast(&mut bytes)?;
+    Ok(decode_snapshot(&bytes))
+}
+
+fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
+    let state = serde_json::to_vec(&s.state).unwrap_or_default();
+    let mut out = Vec::new();
+    for part in [
+        &state[..],
+        bytemuck::cast_slice(&s.params),
+        bytemuck::cast_slice(&s.moment1),
+        bytemuck::cast_slice(&s.moment2),
+    ] {
+        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Option<Snapshot> {
+    let mut parts = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 8 {
+        let (len, tail) = rest.split_at(8);
+        let len = u64::from_le_bytes(len.try_into().ok()?) as usize;
+        if tail.len() < len {
+            return None;
+        }
+        parts.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    match parts.as_slice() {
+        [state, params, m1, m2] => Some(Snapshot {
+            state: serde_json::from_slice(state).ok()?,
+            params: floats(params),
+            moment1: floats(m1),
+            moment2: floats(m2),
+        }),
+        _ => None,
+    }
+}
+
+fn snapshot(state: &TrainingState, params: &[f32], optimizer: &Optimizer) -> Snapshot {
+    Snapshot {
+        state: state.clone(),
+        params: params.to_vec(),
+        moment1: optimizer.m.clone(),
+        moment2: optimizer.v.clone(),
+    }
+}
+
+/// Loss and accuracy on the evaluation split, each rank taking every world-th row.
+fn evaluate(
+    net: &Network,
+    params: &[f32],
+    data: &Splits,
+    ring: &mut Ring,
+    ws: &mut Workspace,
+) -> Result<BTreeMap<String, f64>, TrainError> {
+    let (rank, world) = (ring.rank() as usize, ring.world_size() as usize);
+    let rows: Vec<usize> = (rank..data.eval.len()).step_by(world).collect();
+    let mut total = BatchStats::default();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for chunk in rows.chunks(EVAL_CHUNK) {
+        data.eval.gather(chunk, &mut x, &mut y);
+        let s = net.evaluate(params, &x, &y, ws);
+        total.loss_sum += s.loss_sum;
+        total.correct += s.correct;
+        total.count += s.count;
+    }
+    let mut sums = [
+        total.loss_sum as f32,
+        total.correct as f32,
+        total.count as f32,
+    ];
+    ring.all_reduce_sum(&mut sums)?;
+    let count = f64::from(sums[2]).max(1.0);
+    Ok(BTreeMap::from([
+        ("valLoss".to_string(), f64::from(sums[0]) / count),
+        ("valAccuracy".to_string(), f64::from(sums[1]) / count),
+    ]))
+}
+
+/// Records an evaluation; returns whether training should stop.
+fn update_early_stopping(
+    spec: &TrainerSpec,
+    state: &mut TrainingState,
+    metrics: &BTreeMap<String, f64>,
+) -> bool {
+    let Some(early) = &spec.early_stopping else {
+        return false;
+    };
+    let key = match early.metric {
+        ferrotrain_crds::EarlyStoppingMetric::ValLoss => "valLoss",
+        ferrotrain_crds::EarlyStoppingMetric::ValAccuracy => "valAccuracy",
+    };
+    let Some(&value) = metrics.get(key) else {
+        return false;
+    };
+    let delta = early.min_delta_or_default();
+    let improved = match (state.best_metric, early.mode_or_default()) {
+        (None, _) => true,
+        (Some(best), EarlyStoppingMode::Min) => value < best - delta,
+        (Some(best), EarlyStoppingMode::Max) => value > best + delta,
+    };
+    if improved {
+        state.best_metric = Some(value);
+        state.evals_without_improvement = 0;
+    } else {
+        state.evals_without_improvement += 1;
+    }
+    state.evals_without_improvement >= early.patience_or_default().max(1) as u32
+}
+
+fn progress(
+    attempt: u32,
+    state: &TrainingState,
+    total_steps: u64,
+    samples: u64,
+    seconds: f64,
+    checkpoint: Option<&Committed>,
+    done: bool,
+) -> ProgressReport {
+    ProgressReport {
+        attempt,
+        world_size: state.world_size,
+        step: state.step,
+        total_steps,
+        epoch: state.epoch,
+        loss: state.loss,
+        metrics: state.metrics.clone(),
+        samples_per_second: (seconds > 0.0).then(|| samples as f64 / seconds),
+        checkpoint: checkpoint.map(|c| CheckpointReport {
+            step: c.step,
+            uri: c.manifest_uri.clone(),
+            unix_ms: c.unix_ms,
+        }),
+        done,
+    }
+}

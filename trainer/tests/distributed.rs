@@ -1,0 +1,135 @@
+//! Three rank processes on loopback, configured only through the env contract: they rendezvous,
+//! train MNIST with a ring all-reduce and reach the accuracy target on a reduced budget; and when a
+//! rank dies the others exit with "peer lost" instead of hanging.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferrotrain_crds::env::WorkerEnv;
+use ferrotrain_trainer::exit;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn spawn_gang(world: u32, trainer_yaml: &str, extra_args: &[&str]) -> Vec<Child> {
+    let port = free_port();
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    (0..world)
+        .map(|rank| {
+            let env = WorkerEnv {
+                rank,
+                world_size: world,
+                rendezvous_addr: "127.0.0.1".into(),
+                rendezvous_port: port,
+                attempt: 1,
+                job_name: "dist-test".into(),
+                job_namespace: "default".into(),
+                job_uid: None,
+                trainer: serde_yaml::from_str(trainer_yaml).expect("trainer yaml"),
+                checkpoint: None,
+                progress_url: None,
+                progress_token_path: None,
+                scratch_dir: None,
+            };
+            Command::new(env!("CARGO_BIN_EXE_ferrotrain-trainer"))
+                .args([
+                    "--data-dir",
+                    &data_dir.display().to_string(),
+                    "--report-every-seconds",
+                    "0.5",
+                ])
+                .args(extra_args)
+                .envs(env.to_env())
+                .env("MATMUL_NUM_THREADS", "1")
+                .stdout(Stdio::piped())
+                .stderr(
+                    std::fs::File::create(
+                        std::env::temp_dir().join(format!("ferrotrain-dist-{port}-{rank}.log")),
+                    )
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                )
+                .spawn()
+                .expect("trainer starts")
+        })
+        .collect()
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
+    let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001}\nseed: 3\n";
+    let mut gang = spawn_gang(3, yaml, &[]);
+    let stdout = gang[0].stdout.take().expect("rank 0 stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let codes: Vec<Option<i32>> = gang
+        .iter_mut()
+        .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
+        .collect();
+    assert_eq!(codes, vec![Some(0); 3], "every rank succeeds");
+    let completed: serde_json::Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "completed")
+        .expect("rank 0 prints a completion line");
+    let accuracy = completed["metrics"]["valAccuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert_eq!(completed["step"], 700);
+    // 700 steps × 3 ranks × 64 = 134,400 samples, about 2.2 epochs of MNIST.
+    assert!(accuracy >= 0.965, "test accuracy {accuracy}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"event\":\"progress\"") && l.contains("\"worldSize\":3"))
+    );
+}
+
+#[test]
+fn a_dead_rank_makes_the_others_exit_with_peer_lost() {
+    let yaml =
+        "model: {type: mlp, hidden: [64]}\ndataset: {type: mnist}\nbatchSize: 32\nepochs: 50\n";
+    let mut gang = spawn_gang(3, yaml, &["--peer-timeout-seconds", "10"]);
+    let stdout = gang[0].stdout.take().expect("rank 0 stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    // Training is under way once rank 0 reports progress.
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("\"event\":\"progress\""))),
+        "rank 0 reports progress"
+    );
+    gang[1].kill().expect("kill rank 1");
+    let _ = gang[1].wait();
+    let started = Instant::now();
+    for rank in [0, 2] {
+        let code = wait_with_timeout(&mut gang[rank], Duration::from_secs(60));
+        assert_eq!(code, Some(i32::from(exit::PEER_LOST)), "rank {rank}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+}

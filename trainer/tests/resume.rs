@@ -1,0 +1,175 @@
+//! A run stopped by SIGTERM (emergency checkpoint) and resumed ends with exactly the parameters of
+//! an uninterrupted run, and a checkpoint of another configuration is refused.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use ferrotrain_crds::TrainerSpec;
+use ferrotrain_trainer::checkpoint::CheckpointStore;
+use ferrotrain_trainer::comm::Ring;
+use ferrotrain_trainer::data::load::{self, Splits};
+use ferrotrain_trainer::run::config_hash;
+use ferrotrain_trainer::storage::{self, S3Options};
+use ferrotrain_trainer::train::{CheckpointPlan, Job, Outcome, TrainError, train};
+
+struct Fixture {
+    dir: std::path::PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ferrotrain-resume-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Four classes decided by the signs of two feature combinations, plus noise features.
+        let mut csv = String::from("label,f0,f1,f2,f3,f4,f5\n");
+        let mut x = 12345u64;
+        for _ in 0..1500 {
+            let mut f = [0f32; 6];
+            for v in &mut f {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *v = ((x >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0;
+            }
+            let label = usize::from(f[0] + f[1] > 0.0) * 2 + usize::from(f[2] - f[3] > 0.0);
+            csv.push_str(&format!("{label},{}\n", f.map(|v| v.to_string()).join(",")));
+        }
+        std::fs::write(dir.join("data.csv"), csv).expect("write csv");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Self { dir, runtime }
+    }
+
+    fn spec(&self, extra: &str) -> TrainerSpec {
+        serde_yaml::from_str(&format!(
+            "model: {{type: mlp, hidden: [32, 16], dropout: 0.1}}\ndataset: {{type: csv, uri: 'file://{}', header: true}}\nbatchSize: 32\nepochs: 4\noptimizer: {{type: adam, lr: 0.01}}\nlrSchedule: {{type: cosine, warmupSteps: 10}}\ngradClipNorm: 5.0\nseed: 7\n{extra}",
+            self.dir.join("data.csv").display()
+        ))
+        .expect("spec")
+    }
+
+    fn data(&self, spec: &TrainerSpec) -> Splits {
+        self.runtime
+            .block_on(load::load(
+                &spec.dataset,
+                &self.dir,
+                7,
+                &S3Options::default(),
+            ))
+            .expect("data")
+    }
+
+    fn plan(&self, spec: &TrainerSpec, data: &Splits) -> CheckpointPlan {
+        let location = storage::open(
+            &format!("file://{}", self.dir.join("ckpt").display()),
+            &S3Options::default(),
+        )
+        .expect("store");
+        CheckpointPlan {
+            store: CheckpointStore::new(location, 2, config_hash(spec, data)),
+            every_steps: Some(20),
+            every_seconds: None,
+            resume: true,
+        }
+    }
+
+    fn run(
+        &self,
+        spec: &TrainerSpec,
+        checkpoint: Option<CheckpointPlan>,
+        stop_after_step: Option<u64>,
+    ) -> Result<Outcome, TrainError> {
+        let data = self.data(spec);
+        let job = Job {
+            spec: spec.clone(),
+            attempt: 1,
+            checkpoint,
+            reporter: None,
+            report_every: Duration::from_secs(60),
+            stop: Arc::new(AtomicBool::new(false)),
+            stop_after_step,
+            grace: Duration::from_secs(30),
+        };
+        train(job, &data, &mut Ring::single(), self.runtime.handle())
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn killed_and_resumed_run_matches_the_uninterrupted_run_bit_for_bit() {
+    let fx = Fixture::new("determinism");
+    let spec = fx.spec("");
+    let Ok(Outcome::Completed(reference)) = fx.run(&spec, None, None) else {
+        panic!("reference run completes")
+    };
+    assert!(
+        reference.metrics["valAccuracy"] > 0.8,
+        "the task is learnable: {:?}",
+        reference.metrics
+    );
+
+    let data = fx.data(&spec);
+    let Ok(Outcome::Preempted(first)) = fx.run(&spec, Some(fx.plan(&spec, &data)), Some(57)) else {
+        panic!("first attempt is preempted")
+    };
+    assert_eq!(first.step, 57);
+    assert_eq!(
+        first.checkpoint.as_ref().map(|c| c.step),
+        Some(57),
+        "emergency checkpoint at the stop step"
+    );
+
+    let Ok(Outcome::Completed(resumed)) = fx.run(&spec, Some(fx.plan(&spec, &data)), None) else {
+        panic!("second attempt completes")
+    };
+    assert_eq!(resumed.resumed_from, Some(57));
+    assert_eq!(resumed.step, reference.step);
+    assert!(
+        resumed.params == reference.params,
+        "parameters differ after resume"
+    );
+    assert_eq!(resumed.metrics, reference.metrics);
+}
+
+#[test]
+fn a_checkpoint_of_another_model_is_refused() {
+    let fx = Fixture::new("incompatible");
+    let spec = fx.spec("");
+    let data = fx.data(&spec);
+    let Ok(Outcome::Preempted(_)) = fx.run(&spec, Some(fx.plan(&spec, &data)), Some(5)) else {
+        panic!("preempted")
+    };
+    let mut other = spec.clone();
+    other.model.hidden = Some(vec![8]);
+    let result = fx.run(&other, Some(fx.plan(&other, &data)), None);
+    let message = result.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("different configuration"), "{message}");
+}
+
+#[test]
+fn early_stopping_ends_the_run_before_the_last_epoch() {
+    let fx = Fixture::new("early");
+    let spec = fx.spec(
+        "evalEverySteps: 5\nearlyStopping: {metric: valAccuracy, patience: 1, minDelta: 0.5}\n",
+    );
+    let Ok(Outcome::Completed(summary)) = fx.run(&spec, None, None) else {
+        panic!("completes")
+    };
+    assert!(summary.early_stopped);
+    assert_eq!(
+        summary.step, 10,
+        "no evaluation can improve by 0.5, so the second one stops the run"
+    );
+}
