@@ -25,5 +25,10 @@ cargo run --quiet --locked -p ferrotrain -- validate examples/*.yaml
 step "cargo test"
 cargo test --workspace --locked
 
+step "S3 tests against a local SeaweedFS"
+trap 'scripts/s3-server.sh stop' EXIT
+eval "$(scripts/s3-server.sh start)"
+cargo test --locked -p ferrotrain-trainer --test s3 -- --ignored
+
 step "done"
 echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"

@@ -184,6 +184,7 @@ impl CheckpointStore {
         let step = snapshot.state.step;
         let nonce = unique_nonce();
         let mut objects = Vec::new();
+        let mut puts = Vec::new();
         for (name, values) in [
             ("params", &snapshot.params),
             ("moment1", &snapshot.moment1),
@@ -197,12 +198,17 @@ impl CheckpointStore {
                 size: bytes.len() as u64,
                 sha256: sha256_hex(&bytes),
             });
-            self.location
-                .store
-                .put(&self.location.key(&key), PutPayload::from(bytes))
-                .await
-                .map_err(store_error(format!("write of {key}")))?;
+            let location = self.location.key(&key);
+            let store = &self.location.store;
+            puts.push(async move {
+                store
+                    .put(&location, PutPayload::from(bytes))
+                    .await
+                    .map_err(store_error(format!("write of {key}")))
+            });
         }
+        // The data objects go up together; the manifest only after all of them landed.
+        futures::future::try_join_all(puts).await?;
         let manifest = Manifest {
             format: FORMAT,
             step,
@@ -399,7 +405,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn encode_f32(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
 }
 
 fn decode_f32(bytes: &[u8]) -> Vec<f32> {

@@ -73,3 +73,115 @@ impl Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Accepts one HTTP request and answers `status`; returns the raw request.
+    fn one_request_server(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!(
+            "http://{}/v1/namespaces/ml/trainingjobs/mnist/progress",
+            listener.local_addr().expect("addr")
+        );
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = stream
+                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes());
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn posts_json_with_the_bearer_token() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (url, server) = one_request_server("200 OK");
+        let mut reporter = Reporter::new(runtime.handle().clone(), Some((url, "s3cret".into())));
+        let report = ProgressReport {
+            attempt: 2,
+            world_size: 3,
+            step: 40,
+            total_steps: 100,
+            done: true,
+            ..ProgressReport::default()
+        };
+        reporter.report(&report);
+        reporter.flush();
+        let request = server.join().expect("server");
+        assert!(
+            request.starts_with("POST /v1/namespaces/ml/trainingjobs/mnist/progress"),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: bearer s3cret"),
+            "{request}"
+        );
+        let body = request
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let sent: ProgressReport = serde_json::from_str(body).expect("body is a progress report");
+        assert_eq!(sent, report);
+    }
+
+    #[test]
+    fn failures_do_not_block_or_panic() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (url, server) = one_request_server("500 Internal Server Error");
+        let mut reporter = Reporter::new(runtime.handle().clone(), Some((url, "t".into())));
+        reporter.report(&ProgressReport {
+            done: true,
+            ..ProgressReport::default()
+        });
+        reporter.flush();
+        server.join().expect("server");
+        assert!(
+            reporter.warned.load(Ordering::Relaxed),
+            "the failure is noted once"
+        );
+        // Nothing listens any more: reporting still returns at once.
+        let started = std::time::Instant::now();
+        reporter.report(&ProgressReport::default());
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    }
+}

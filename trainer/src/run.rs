@@ -102,10 +102,6 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         tracing::error!("device cuda was requested but this trainer build has no GPU backend");
         return exit::BAD_CONFIG;
     }
-    if spec.mode_or_default() == ferrotrain_crds::ModeKind::Async {
-        tracing::error!("mode async is not available in this trainer build; use mode sync");
-        return exit::BAD_CONFIG;
-    }
 
     let seed = spec.seed_or_default();
     let data_s3 = S3Options::default();

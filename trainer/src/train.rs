@@ -1,6 +1,12 @@
 //! The training loop of one rank: synchronous data parallelism with a ring all-reduce every step,
 //! evaluation, early stopping, asynchronous checkpoints and a gang-wide stop on SIGTERM.
 //!
+//! Asynchronous mode is local SGD with bounded staleness: every rank applies its own gradients
+//! without waiting for the others, and parameters are averaged over the ring every
+//! `maxStaleness + 1` steps, so no rank's model is more than `maxStaleness` local updates away from
+//! the last consensus. Evaluation, checkpoints and the end of the run happen on averaged
+//! parameters. Optimiser moments stay local.
+//!
 //! Determinism: parameters start from the seed; the epoch permutation, the dropout masks and the
 //! batch of every (step, rank) are derived from (seed, epoch, step, rank) rather than carried
 //! forward, and the all-reduce adds in a fixed order. A run resumed from a checkpoint therefore
@@ -12,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrotrain_crds::progress::{CheckpointReport, ProgressReport};
-use ferrotrain_crds::{EarlyStoppingMode, TrainerSpec};
+use ferrotrain_crds::{EarlyStoppingMode, ModeKind, TrainerSpec};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -104,8 +110,10 @@ pub struct Summary {
 pub struct CheckpointStats {
     /// Checkpoints committed.
     pub committed: u64,
-    /// Seconds the loop spent taking snapshots and waiting for uploads.
+    /// Seconds the loop spent on periodic checkpoints (snapshot copies, upload bookkeeping).
     pub stall_seconds: f64,
+    /// Seconds spent on the final or emergency checkpoint, which is written synchronously.
+    pub final_seconds: f64,
     /// Seconds uploads took in the background.
     pub upload_seconds: f64,
     /// Bytes uploaded.
@@ -267,6 +275,8 @@ pub fn train(
     let schedule = spec.lr_schedule_or_default();
     let base_lr = optimizer_spec.lr_or_default();
     let eval_every = spec.eval_every_steps.map(|e| e.max(1) as u64);
+    let local_sgd_every = (spec.mode_or_default() == ModeKind::Async)
+        .then(|| spec.max_staleness_or_default().max(0) as u64 + 1);
 
     let mut uploader = Uploader {
         runtime: runtime.clone(),
@@ -315,9 +325,14 @@ pub fn train(
         grads[n + 1] = stats.loss_sum as f32;
         grads[n + 2] = stats.correct as f32;
         grads[n + 3] = stats.count as f32;
-        ring.all_reduce_sum(&mut grads)?;
         let scale = 1.0 / world as f32;
-        grads[..n].iter_mut().for_each(|g| *g *= scale);
+        if local_sgd_every.is_some() {
+            // Local SGD: only the control values are shared every step.
+            ring.all_reduce_sum(&mut grads[n..])?;
+        } else {
+            ring.all_reduce_sum(&mut grads)?;
+            grads[..n].iter_mut().for_each(|g| *g *= scale);
+        }
         if let Some(max_norm) = spec.grad_clip_norm {
             clip_grad_norm(&mut grads[..n], max_norm as f32);
         }
@@ -339,6 +354,22 @@ pub fn train(
             Some(every) => state.step.is_multiple_of(every),
             None => epoch_done,
         } || state.step == total_steps;
+        // Local SGD: average parameters every maxStaleness + 1 steps, and before anything that
+        // must see one model (evaluation, the last step, a stop).
+        let consensus = match local_sgd_every {
+            None => true,
+            Some(every) => {
+                let due = state.step.is_multiple_of(every)
+                    || eval_due
+                    || stopped
+                    || state.step == total_steps;
+                if due {
+                    ring.all_reduce_sum(&mut params)?;
+                    params.iter_mut().for_each(|p| *p *= scale);
+                }
+                due
+            }
+        };
         if eval_due && !stopped {
             let metrics = evaluate(&net, &params, data, ring, &mut ws)?;
             early_stopped = update_early_stopping(spec, &mut state, &metrics);
@@ -354,7 +385,7 @@ pub fn train(
                 || plan
                     .every_seconds
                     .is_some_and(|s| last_checkpoint_at.elapsed() >= Duration::from_secs(s));
-            if due && !stopped && state.step < total_steps && !early_stopped {
+            if due && consensus && !stopped && state.step < total_steps && !early_stopped {
                 let snapshot_started = Instant::now();
                 if !uploader.busy()? {
                     uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
@@ -394,7 +425,7 @@ pub fn train(
             uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
             uploader.finish(limit.map(|l| l.saturating_sub(wait_started.elapsed())))?;
         }
-        uploader.stats.stall_seconds += wait_started.elapsed().as_secs_f64();
+        uploader.stats.final_seconds += wait_started.elapsed().as_secs_f64();
     }
     let samples_per_second = if train_seconds > 0.0 {
         trained_samples as f64 / train_seconds

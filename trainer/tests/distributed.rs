@@ -109,6 +109,31 @@ fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
 }
 
 #[test]
+fn asynchronous_local_sgd_converges() {
+    let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001}\nmode: {type: async, maxStaleness: 3}\n";
+    let mut gang = spawn_gang(3, yaml, &[]);
+    let stdout = gang[0].stdout.take().expect("rank 0 stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let codes: Vec<Option<i32>> = gang
+        .iter_mut()
+        .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
+        .collect();
+    assert_eq!(codes, vec![Some(0); 3]);
+    let completed: serde_json::Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "completed")
+        .expect("completion line");
+    let accuracy = completed["metrics"]["valAccuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert!(accuracy >= 0.95, "local SGD test accuracy {accuracy}");
+}
+
+#[test]
 fn a_dead_rank_makes_the_others_exit_with_peer_lost() {
     let yaml =
         "model: {type: mlp, hidden: [64]}\ndataset: {type: mnist}\nbatchSize: 32\nepochs: 50\n";
@@ -132,4 +157,89 @@ fn a_dead_rank_makes_the_others_exit_with_peer_lost() {
         "no hang: {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn sigterm_commits_an_emergency_checkpoint_and_the_rerun_resumes_from_it() {
+    let dir = std::env::temp_dir().join(format!("ferrotrain-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("trainer.yaml");
+    std::fs::write(
+        &config,
+        "model: {type: mlp, hidden: [64]}\ndataset: {type: mnist}\nbatchSize: 32\nepochs: 20\n",
+    )
+    .expect("config");
+    let checkpoint = format!("file://{}", dir.join("ckpt").display());
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    let start = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ferrotrain-trainer"))
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "--checkpoint",
+                &checkpoint,
+                "--checkpoint-every-steps",
+                "100000",
+            ])
+            .args([
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--report-every-seconds",
+                "0.2",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("trainer starts")
+    };
+    let mut child = start(&[]);
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("\"event\":\"progress\""))));
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let preempted: serde_json::Value = lines
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| v["event"] == "preempted")
+        .expect("a preempted line");
+    assert_eq!(
+        wait_with_timeout(&mut child, Duration::from_secs(30)),
+        Some(i32::from(exit::PREEMPTED_AFTER_CHECKPOINT))
+    );
+    let stopped_at = preempted["step"].as_u64().expect("step");
+    assert!(stopped_at > 0);
+    assert!(
+        preempted["checkpoint"]
+            .as_str()
+            .is_some_and(|c| c.ends_with(&format!("{stopped_at:012}.json"))),
+        "{preempted}"
+    );
+
+    // The same command again resumes from the emergency checkpoint; stop it right away.
+    let mut rerun = start(&["--stop-after-step", &(stopped_at + 1).to_string()]);
+    let resumed: Vec<String> = BufReader::new(rerun.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert_eq!(
+        wait_with_timeout(&mut rerun, Duration::from_secs(60)),
+        Some(i32::from(exit::PREEMPTED_AFTER_CHECKPOINT))
+    );
+    let last = resumed
+        .iter()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .expect("output");
+    assert_eq!(
+        last["step"].as_u64(),
+        Some(stopped_at + 1),
+        "the step continues: {last}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
