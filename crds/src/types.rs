@@ -681,9 +681,15 @@ pub struct TrainingJobStatus {
     /// Time spent making progress versus time lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goodput: Option<GoodputStatus>,
-    /// When the first attempt started.
+    /// When the first attempt's gang was running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
+    /// When the current attempt's workers were created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_start_time: Option<Time>,
+    /// Earliest time the next gang may be created (backoff after a gang-schedule timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
     /// When the job reached Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
@@ -741,8 +747,11 @@ pub struct RestartCounts {
     pub app: i32,
     /// Preemptions (also counted in infra).
     pub preemption: i32,
-    /// Restarts after a progress stall.
+    /// Restarts after a progress stall (also charged to maxAppRestarts).
     pub stall: i32,
+    /// Gangs released because they did not all schedule within the gang timeout (no budget).
+    #[serde(default)]
+    pub schedule_timeouts: i32,
 }
 
 /// Training progress.

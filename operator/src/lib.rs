@@ -4,4 +4,5 @@
 //! `ferrotrain validate` and `ferrotrain crd` ([`cli`]).
 
 pub mod cli;
+pub mod lifecycle;
 pub mod manifest;
