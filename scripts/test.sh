@@ -29,6 +29,7 @@ step "S3 tests against a local SeaweedFS"
 trap 'scripts/s3-server.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
 cargo test --locked -p ferrotrain-trainer --test s3 -- --ignored
+cargo test --locked -p ferrotrain --test local_run -- --ignored
 
 step "done"
 echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"

@@ -39,6 +39,11 @@ pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 /// S3 secret access key; set from the checkpoint Secret by `secretKeyRef`.
 pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
+/// Trainer exit code: a peer rank was lost (a consequence; the operator looks for the cause).
+pub const EXIT_PEER_LOST: i32 = 4;
+/// Trainer exit code: stopped by SIGTERM after committing an emergency checkpoint.
+pub const EXIT_PREEMPTED_AFTER_CHECKPOINT: i32 = 75;
+
 /// Prefix reserved for the contract; user env overlays may not use it.
 pub const RESERVED_PREFIX: &str = "FERROTRAIN_";
 

@@ -5,4 +5,6 @@
 
 pub mod cli;
 pub mod lifecycle;
+pub mod local;
 pub mod manifest;
+pub mod progress;

@@ -44,6 +44,8 @@ pub enum FailureCause {
     PreemptedAfterCheckpoint,
     /// The worker vanished (deleted by someone else).
     Missing,
+    /// A local worker process was killed by this signal (for example the kernel's OOM killer).
+    Signal(i32),
     /// The trainer exited with this code.
     ExitCode(i32),
 }
@@ -74,6 +76,7 @@ impl FailureCause {
             FailureCause::OomKilled => "OOMKilled".into(),
             FailureCause::PreemptedAfterCheckpoint => "PreemptedAfterCheckpoint".into(),
             FailureCause::Missing => "WorkerMissing".into(),
+            FailureCause::Signal(signal) => format!("KilledBySignal{signal}"),
             FailureCause::ExitCode(code) => format!("ExitCode{code}"),
         }
     }
@@ -877,14 +880,17 @@ impl Decider<'_> {
     }
 }
 
-/// The lowest-rank failed worker of the current gang; with `desired`, a worker missing from the
-/// running gang counts as failed.
+/// The failed worker that explains the gang's failure: a worker that merely lost its peer (exit 4)
+/// is a consequence, so any other failure wins; then the lowest rank. With `desired`, a worker
+/// missing from the running gang counts as failed.
 fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<(String, FailureCause)> {
     let mut failed: Vec<&&WorkerView> = current
         .iter()
         .filter(|w| matches!(w.state, WorkerState::Failed(_)))
         .collect();
-    failed.sort_by_key(|w| w.rank);
+    let peer_lost =
+        WorkerState::Failed(FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST));
+    failed.sort_by_key(|w| (w.state == peer_lost, w.rank));
     if let Some(w) = failed.first()
         && let WorkerState::Failed(cause) = w.state
     {

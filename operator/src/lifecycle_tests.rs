@@ -832,3 +832,24 @@ fn a_budget_of_one_allows_exactly_one_restart() {
     assert_eq!(phase(&d), Phase::Failed);
     assert_eq!(restarts(&d).app, 2);
 }
+
+#[test]
+fn the_root_cause_wins_over_peers_that_lost_it() {
+    let mut j = running_job("", 3);
+    let lost = WorkerState::Failed(FailureCause::ExitCode(4));
+    let d = step(
+        &mut j,
+        vec![
+            w(0, 1, lost),
+            w(1, 1, WorkerState::Failed(FailureCause::Evicted)),
+            w(2, 1, lost),
+        ],
+        20,
+    );
+    assert_eq!((restarts(&d).infra, restarts(&d).app), (1, 0));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.message.contains("j-worker-1 failed: Evicted"))
+    );
+}

@@ -2,10 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ferrotrain::cli;
+use ferrotrain::local::{self, RunOptions, RunOutcome};
 use ferrotrain::manifest::Admission;
 
 #[derive(Parser)]
@@ -21,18 +25,50 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a TrainingJob manifest on this machine as local worker processes.
+    Run {
+        /// The TrainingJob YAML (the same file `kubectl apply` takes).
+        file: PathBuf,
+        /// `text` draws a progress bar; `json` streams JSON lines.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Directory for job state, logs and default checkpoints.
+        #[arg(long, default_value = ".ferrotrain")]
+        state_dir: PathBuf,
+    },
     /// Check TrainingJob manifests against the CRD schema, its CEL rules and Ferrotrain's checks.
     Validate {
         /// YAML files (multi-document files are fine).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List the checkpoints under a URI, newest first, each verified.
+    #[cfg(feature = "worker")]
+    Checkpoints {
+        /// `s3://bucket/prefix` or `file://path`.
+        uri: String,
+        /// S3 endpoint of an S3-compatible server.
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// Print the TrainingJob CustomResourceDefinition.
     Crd,
+    /// Run one worker (started by `ferrotrain run` or the operator).
+    #[cfg(feature = "worker")]
+    #[command(hide = true)]
+    Worker(ferrotrain_trainer::cli::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     match Args::parse().command {
+        Command::Run {
+            file,
+            output,
+            state_dir,
+        } => run(&file, output == "json", state_dir),
         Command::Validate { files } => {
             let admission = Admission::new()?;
             let mut out = std::io::stdout().lock();
@@ -43,6 +79,16 @@ fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        #[cfg(feature = "worker")]
+        Command::Checkpoints {
+            uri,
+            endpoint,
+            region,
+        } => {
+            let listed = list_checkpoints(&uri, endpoint, region)?;
+            print!("{listed}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd => {
             print!(
                 "{}",
@@ -50,5 +96,112 @@ fn main() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "worker")]
+        Command::Worker(args) => Ok(ExitCode::from(ferrotrain_trainer::cli::run_worker(args))),
     }
+}
+
+fn run(file: &std::path::Path, json: bool, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let job = match local::load_job(file) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    {
+        let interrupts = Arc::clone(&interrupts);
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ])?;
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                interrupts.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let worker = vec![
+        std::env::current_exe()?.display().to_string(),
+        "worker".into(),
+    ];
+    let options = RunOptions {
+        json,
+        state_dir: state_dir.clone(),
+        worker,
+        tick: Duration::from_millis(200),
+    };
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let outcome = match local::run(job, &options, interrupts) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let (status, code, summary) = match &outcome {
+        RunOutcome::Succeeded(s) => (s, ExitCode::SUCCESS, "Succeeded".to_string()),
+        RunOutcome::Failed(s) => (
+            s,
+            ExitCode::FAILURE,
+            format!("Failed: {}", s.message.clone().unwrap_or_default()),
+        ),
+        RunOutcome::Suspended(s) => (
+            s,
+            ExitCode::from(130),
+            "Suspended: run the same command again to resume from the emergency checkpoint"
+                .to_string(),
+        ),
+    };
+    let yaml = serde_yaml::to_string(&serde_json::json!({ "status": status }))?;
+    std::fs::write(state_dir.join(&name).join("status.yaml"), &yaml)?;
+    print!("{yaml}");
+    eprintln!("{name}: {summary}");
+    Ok(code)
+}
+
+/// `ferrotrain checkpoints URI`: one line per checkpoint, newest first, each verified.
+#[cfg(feature = "worker")]
+fn list_checkpoints(
+    uri: &str,
+    endpoint: Option<String>,
+    region: Option<String>,
+) -> anyhow::Result<String> {
+    use ferrotrain_trainer::checkpoint::CheckpointStore;
+    use ferrotrain_trainer::storage::{S3Options, open};
+    let location = open(uri, &S3Options { endpoint, region })?;
+    let store = CheckpointStore::new(location, usize::MAX, "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let listed = runtime.block_on(store.list())?;
+    let mut out = format!(
+        "{:>10}  {:<20}  {:>12}  {}\n",
+        "STEP", "TIME", "SIZE", "VERIFIED"
+    );
+    for l in &listed {
+        let time = l
+            .manifest
+            .as_ref()
+            .and_then(|m| jiff::Timestamp::from_millisecond(m.created_unix_ms as i64).ok())
+            .map_or("-".to_string(), |t| {
+                t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+            });
+        let size = l.manifest.as_ref().map_or("-".to_string(), |m| {
+            format!("{:.1} MB", m.data_bytes() as f64 / 1e6)
+        });
+        let verified = l
+            .problem
+            .as_ref()
+            .map_or("yes".to_string(), |p| format!("no: {p}"));
+        out.push_str(&format!(
+            "{:>10}  {:<20}  {:>12}  {verified}\n",
+            l.step, time, size
+        ));
+    }
+    if listed.is_empty() {
+        out.push_str(&format!("no checkpoints under {uri}\n"));
+    }
+    Ok(out)
 }

@@ -11,8 +11,9 @@ pub const BAD_CONFIG: u8 = 2;
 /// The training data is missing or malformed.
 pub const DATA_ERROR: u8 = 3;
 /// A peer rank died or stopped answering within the timeout.
-pub const PEER_LOST: u8 = 4;
+pub const PEER_LOST: u8 = ferrotrain_crds::env::EXIT_PEER_LOST as u8;
 /// Checkpoint storage failed (unreachable, denied, or no compatible checkpoint).
 pub const CHECKPOINT_ERROR: u8 = 5;
 /// SIGTERM received; an emergency checkpoint was committed before exiting (EX_TEMPFAIL).
-pub const PREEMPTED_AFTER_CHECKPOINT: u8 = 75;
+pub const PREEMPTED_AFTER_CHECKPOINT: u8 =
+    ferrotrain_crds::env::EXIT_PREEMPTED_AFTER_CHECKPOINT as u8;

@@ -6,6 +6,7 @@
 //! vectors (see `model`).
 
 pub mod checkpoint;
+pub mod cli;
 pub mod comm;
 pub mod config;
 pub mod data;

@@ -1,0 +1,628 @@
+//! `ferrotrain run`: a TrainingJob on one machine. The manifest is admitted exactly as in a
+//! cluster, then the same [`decide`] that drives pods drives local worker processes: gang start,
+//! whole-gang restarts with budgets, deadline, stall detection, suspension on Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferrotrain_crds::env::WorkerEnv;
+use ferrotrain_crds::{CheckpointSpec, Phase, RunPolicy, TrainingJob, TrainingJobStatus};
+use jiff::Timestamp;
+
+use crate::lifecycle::{Action, FailureCause, Observed, WorkerState, WorkerView, decide};
+use crate::manifest::{Admission, ManifestError, parse_documents};
+use crate::progress::{ProgressTracker, bearer};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Stream JSON lines instead of drawing a progress bar.
+    pub json: bool,
+    /// Where job state, logs, tokens and default checkpoints live (`.ferrotrain`).
+    pub state_dir: PathBuf,
+    /// Program and arguments that start one worker (`ferrotrain worker`).
+    pub worker: Vec<String>,
+    /// How often to observe and decide.
+    pub tick: Duration,
+}
+
+/// How a local run ended.
+#[derive(Debug, PartialEq)]
+pub enum RunOutcome {
+    /// The job reached Succeeded.
+    Succeeded(Box<TrainingJobStatus>),
+    /// The job reached Failed.
+    Failed(Box<TrainingJobStatus>),
+    /// Ctrl-C: the workers checkpointed and stopped; the same command resumes.
+    Suspended(Box<TrainingJobStatus>),
+}
+
+/// Why the run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The manifest is not a valid TrainingJob.
+    #[error("{}", render(.file, .errors))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Its problems.
+        errors: Vec<ManifestError>,
+    },
+    /// Something needed is missing or unreachable.
+    #[error("{0}")]
+    Preflight(String),
+    /// Local I/O failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn render(file: &str, errors: &[ManifestError]) -> String {
+    errors
+        .iter()
+        .map(|e| {
+            if e.field.is_empty() {
+                format!("{file}: {}", e.message)
+            } else {
+                format!("{file}: {}: {}", e.field, e.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and admits the one TrainingJob in `path`.
+pub fn load_job(path: &Path) -> Result<TrainingJob, RunError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| RunError::Preflight(format!("{file}: cannot read: {e}")))?;
+    let documents = parse_documents(&text);
+    let [(_, document)] = documents.as_slice() else {
+        return Err(RunError::Preflight(format!(
+            "{file}: expected exactly one TrainingJob document, found {}",
+            documents.len()
+        )));
+    };
+    let admission = Admission::new().map_err(|e| RunError::Preflight(e.to_string()))?;
+    let value = document.clone().map_err(|e| RunError::Invalid {
+        file: file.clone(),
+        errors: vec![e],
+    })?;
+    admission
+        .admit(&value)
+        .map_err(|errors| RunError::Invalid { file, errors })
+}
+
+/// The checkpoint a local run uses: the manifest's, or a directory under the state dir.
+pub fn local_checkpoint(job: &TrainingJob, state_dir: &Path) -> CheckpointSpec {
+    job.spec
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| CheckpointSpec {
+            uri: format!(
+                "file://{}",
+                state_dir.join(job_name(job)).join("checkpoints").display()
+            ),
+            endpoint: None,
+            region: None,
+            secret_ref: None,
+            every_steps: None,
+            every_seconds: Some(30),
+            keep: Some(3),
+            resume: None,
+        })
+}
+
+fn job_name(job: &TrainingJob) -> String {
+    job.metadata.name.clone().unwrap_or_else(|| "job".into())
+}
+
+/// A worker process and what became of it.
+struct Worker {
+    rank: u32,
+    attempt: u32,
+    child: Child,
+    exited: Option<WorkerState>,
+    deleting_since: Option<Timestamp>,
+}
+
+/// Progress reports received by the local endpoint.
+#[derive(Default)]
+struct Inbox {
+    tracker: ProgressTracker,
+    accepted: u64,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+/// Runs the job until it finishes or is suspended. `interrupts` counts Ctrl-C presses.
+pub fn run(
+    mut job: TrainingJob,
+    options: &RunOptions,
+    interrupts: Arc<AtomicUsize>,
+) -> Result<RunOutcome, RunError> {
+    let name = job_name(&job);
+    let namespace = job
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let job_dir = options.state_dir.join(&name);
+    let checkpoint = local_checkpoint(&job, &options.state_dir);
+    job.spec.checkpoint = Some(checkpoint.clone());
+    preflight(&job)?;
+    std::fs::create_dir_all(job_dir.join("logs"))?;
+
+    let token = random_token();
+    let token_path = job_dir.join("progress-token");
+    write_private(&token_path, &token)?;
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let attempt_now = Arc::new(AtomicU32::new(1));
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let progress_url = format!(
+        "http://{}/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
+        listener.local_addr()?
+    );
+    {
+        let (inbox, attempt_now, token) =
+            (Arc::clone(&inbox), Arc::clone(&attempt_now), token.clone());
+        std::thread::spawn(move || serve_progress(listener, &token, &inbox, &attempt_now));
+    }
+
+    let display = Display::new(options.json);
+    let batch_size = job.spec.trainer.batch_size.max(1) as u64;
+    let mut workers: Vec<Worker> = Vec::new();
+    let mut suspended_by_user = false;
+    let mut last_attempt = 0;
+    loop {
+        let presses = interrupts.load(Ordering::SeqCst);
+        if presses >= 2 {
+            for w in &mut workers {
+                let _ = w.child.kill();
+            }
+            display.line("second Ctrl-C: workers killed without a checkpoint");
+            return Ok(RunOutcome::Suspended(Box::new(
+                job.status.unwrap_or_default(),
+            )));
+        }
+        if presses == 1 && !suspended_by_user {
+            suspended_by_user = true;
+            job.spec.run_policy = Some(RunPolicy {
+                suspend: Some(true),
+                ..job.spec.run_policy.clone().unwrap_or_default()
+            });
+            display.line("Ctrl-C: stopping the workers after an emergency checkpoint (press again to kill them)");
+        }
+        let now = Timestamp::now();
+        reap(&mut workers);
+        let observed = Observed {
+            workers: workers
+                .iter()
+                .map(|w| WorkerView {
+                    name: format!("{name}-worker-{}", w.rank),
+                    rank: w.rank,
+                    attempt: w.attempt,
+                    state: match (w.deleting_since, w.exited) {
+                        (Some(since), _) => WorkerState::Terminating {
+                            since,
+                            node_ready: true,
+                        },
+                        (None, Some(state)) => state,
+                        (None, None) => WorkerState::Running { ready: true },
+                    },
+                })
+                .collect(),
+        };
+        {
+            let status = job.status.get_or_insert_with(TrainingJobStatus::default);
+            if let Ok(inbox) = inbox.lock() {
+                inbox.tracker.apply(status, batch_size, now);
+            }
+        }
+        let decision = decide(&job, &observed, now);
+        for event in &decision.events {
+            display.event(event.warning, &event.reason, &event.message);
+        }
+        for action in &decision.actions {
+            match action {
+                Action::EnsureSupport | Action::DeleteJob => {}
+                Action::CreateWorkers {
+                    attempt,
+                    world_size,
+                } => {
+                    attempt_now.store(*attempt, Ordering::SeqCst);
+                    if *attempt != last_attempt {
+                        if let Ok(mut inbox) = inbox.lock() {
+                            inbox.tracker.new_attempt();
+                        }
+                        last_attempt = *attempt;
+                    }
+                    let port = free_port()?;
+                    for rank in 0..*world_size {
+                        let env = WorkerEnv {
+                            rank,
+                            world_size: *world_size,
+                            rendezvous_addr: "127.0.0.1".into(),
+                            rendezvous_port: port,
+                            attempt: *attempt,
+                            job_name: name.clone(),
+                            job_namespace: namespace.clone(),
+                            job_uid: None,
+                            trainer: job.spec.trainer.clone(),
+                            checkpoint: Some(checkpoint.clone()),
+                            progress_url: Some(progress_url.clone()),
+                            progress_token_path: Some(token_path.display().to_string()),
+                            scratch_dir: None,
+                        };
+                        let log = std::fs::File::create(
+                            job_dir
+                                .join("logs")
+                                .join(format!("attempt-{attempt}-rank-{rank}.log")),
+                        )?;
+                        let child = Command::new(&options.worker[0])
+                            .args(&options.worker[1..])
+                            .envs(env.to_env())
+                            .stdin(Stdio::null())
+                            .stdout(log.try_clone()?)
+                            .stderr(log)
+                            .spawn()?;
+                        workers.push(Worker {
+                            rank,
+                            attempt: *attempt,
+                            child,
+                            exited: None,
+                            deleting_since: None,
+                        });
+                    }
+                }
+                Action::DeleteWorkers { names, force } => {
+                    for w in workers.iter_mut().filter(|w| {
+                        names.contains(&format!("{name}-worker-{}", w.rank))
+                            && w.deleting_since.is_none()
+                    }) {
+                        if w.exited.is_none() {
+                            if *force {
+                                let _ = w.child.kill();
+                            } else {
+                                let _ = Command::new("kill")
+                                    .args(["-TERM", &w.child.id().to_string()])
+                                    .status();
+                            }
+                        }
+                        w.deleting_since = Some(now);
+                    }
+                }
+            }
+        }
+        job.status = Some(decision.status.clone());
+        let status = job.status.clone().unwrap_or_default();
+        display.status(&status);
+        let live = workers.iter().any(|w| w.exited.is_none());
+        match status.phase {
+            Some(Phase::Succeeded) if !live => return Ok(RunOutcome::Succeeded(Box::new(status))),
+            Some(Phase::Failed) if !live => return Ok(RunOutcome::Failed(Box::new(status))),
+            Some(Phase::Suspended) if !live && suspended_by_user => {
+                return Ok(RunOutcome::Suspended(Box::new(status)));
+            }
+            _ => {}
+        }
+        // Workers that exited after being deleted are gone, like deleted pods.
+        workers.retain(|w| !(w.deleting_since.is_some() && w.exited.is_some()));
+        std::thread::sleep(options.tick);
+    }
+}
+
+fn reap(workers: &mut [Worker]) {
+    for w in workers.iter_mut().filter(|w| w.exited.is_none()) {
+        if let Ok(Some(status)) = w.child.try_wait() {
+            w.exited = Some(classify_exit(status));
+        }
+    }
+}
+
+/// Maps a worker's exit status to the lifecycle's view of it.
+pub fn classify_exit(status: std::process::ExitStatus) -> WorkerState {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => WorkerState::Succeeded,
+        (Some(ferrotrain_crds::env::EXIT_PREEMPTED_AFTER_CHECKPOINT), _) => {
+            WorkerState::Failed(FailureCause::PreemptedAfterCheckpoint)
+        }
+        (Some(code), _) => WorkerState::Failed(FailureCause::ExitCode(code)),
+        (None, Some(signal)) => WorkerState::Failed(FailureCause::Signal(signal)),
+        (None, None) => WorkerState::Failed(FailureCause::Missing),
+    }
+}
+
+/// Checks what the workers will need before starting any: the built-in data, local data files
+/// and a reachable checkpoint store.
+fn preflight(job: &TrainingJob) -> Result<(), RunError> {
+    let dataset = &job.spec.trainer.dataset;
+    let uris = [
+        &dataset.images,
+        &dataset.labels,
+        &dataset.test_images,
+        &dataset.test_labels,
+        &dataset.uri,
+        &dataset.test_uri,
+    ];
+    for uri in uris.into_iter().flatten() {
+        if let Some(path) = uri.strip_prefix("file://")
+            && !Path::new(path).exists()
+        {
+            return Err(RunError::Preflight(format!(
+                "dataset file {uri} does not exist"
+            )));
+        }
+    }
+    #[cfg(feature = "worker")]
+    {
+        if dataset.kind == ferrotrain_crds::DatasetKind::Mnist {
+            let dir = ferrotrain_trainer::run::default_data_dir().join("mnist");
+            if !dir.join("train-images-idx3-ubyte.gz").exists() {
+                return Err(RunError::Preflight(format!(
+                    "the built-in MNIST is missing from {}; set FERROTRAIN_DATA_DIR",
+                    dir.display()
+                )));
+            }
+        }
+        if let Some(checkpoint) = &job.spec.checkpoint
+            && checkpoint.uri.starts_with("s3://")
+        {
+            check_s3(checkpoint)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "worker")]
+fn check_s3(checkpoint: &CheckpointSpec) -> Result<(), RunError> {
+    use futures::StreamExt as _;
+    let options = ferrotrain_trainer::storage::S3Options {
+        endpoint: checkpoint.endpoint.clone(),
+        region: checkpoint.region.clone(),
+    };
+    let where_ = checkpoint
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "AWS S3".into());
+    let location = ferrotrain_trainer::storage::open(&checkpoint.uri, &options)
+        .map_err(|e| RunError::Preflight(format!("checkpoint storage {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let probe = runtime.block_on(async {
+        let mut listing = location.store.list(Some(&location.prefix));
+        tokio::time::timeout(Duration::from_secs(10), listing.next()).await
+    });
+    match probe {
+        Err(_) => Err(RunError::Preflight(format!(
+            "checkpoint storage {} at {where_} did not answer within 10 s",
+            checkpoint.uri
+        ))),
+        Ok(Some(Err(e))) => Err(RunError::Preflight(format!(
+            "checkpoint storage {} at {where_} is unreachable: {e}",
+            checkpoint.uri
+        ))),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        // No system randomness: fall back to something unguessable enough for a loopback port.
+        let seed = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+        bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (seed >> (i % 16)) as u8);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(content.as_bytes())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal HTTP/1.1 endpoint on loopback for the trainer's progress POSTs.
+fn serve_progress(listener: TcpListener, token: &str, inbox: &Mutex<Inbox>, attempt: &AtomicU32) {
+    for stream in listener.incoming().flatten() {
+        let answer = handle_progress(stream.try_clone(), token, inbox, attempt);
+        let mut stream = stream;
+        let reason = match answer {
+            200 => "OK",
+            401 => "Unauthorized",
+            413 => "Payload Too Large",
+            409 => "Conflict",
+            _ => "Bad Request",
+        };
+        let _ = stream.write_all(
+            format!("HTTP/1.1 {answer} {reason}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+}
+
+fn handle_progress(
+    stream: std::io::Result<TcpStream>,
+    token: &str,
+    inbox: &Mutex<Inbox>,
+    attempt: &AtomicU32,
+) -> u16 {
+    let Ok(stream) = stream else { return 400 };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(stream);
+    let mut headers = BTreeMap::new();
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || !line.starts_with("POST ") {
+        return 400;
+    }
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if length > ferrotrain_crds::progress::MAX_BODY_BYTES {
+        return 413;
+    }
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return 400;
+    }
+    let Ok(mut inbox) = inbox.lock() else {
+        return 400;
+    };
+    let result = inbox.tracker.accept(
+        bearer(headers.get("authorization").map(String::as_str)),
+        token,
+        &body,
+        attempt.load(Ordering::SeqCst),
+        Timestamp::now(),
+    );
+    match result {
+        Ok(()) => {
+            inbox.accepted += 1;
+            200
+        }
+        Err(rejection) => {
+            *inbox.rejected.entry(rejection.label()).or_default() += 1;
+            rejection.http_status()
+        }
+    }
+}
+
+/// Terminal output: a progress bar, or JSON lines.
+struct Display {
+    json: bool,
+    bar: indicatif::ProgressBar,
+    last_json: Mutex<Option<(Instant, String)>>,
+}
+
+impl Display {
+    fn new(json: bool) -> Self {
+        let bar = if json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(1)
+        };
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self {
+            json,
+            bar,
+            last_json: Mutex::new(None),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "message", "message": text})
+            );
+        } else {
+            self.bar.println(text);
+        }
+    }
+
+    fn event(&self, warning: bool, reason: &str, message: &str) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "event", "type": if warning { "Warning" } else { "Normal" }, "reason": reason, "message": message})
+            );
+        } else {
+            self.bar.println(format!(
+                "{} {reason}: {message}",
+                if warning { "!" } else { "-" }
+            ));
+        }
+    }
+
+    fn status(&self, status: &TrainingJobStatus) {
+        let progress = status.progress.clone().unwrap_or_default();
+        let restarts = status.restarts.clone().unwrap_or_default();
+        if self.json {
+            let line = serde_json::json!({
+                "event": "status",
+                "phase": status.phase,
+                "attempt": status.attempt,
+                "step": progress.step,
+                "totalSteps": progress.total_steps,
+                "epoch": progress.epoch,
+                "loss": progress.loss,
+                "metrics": progress.metrics,
+                "samplesPerSecond": progress.samples_per_second,
+                "etaSeconds": progress.eta_seconds,
+                "restarts": restarts,
+            })
+            .to_string();
+            if let Ok(mut last) = self.last_json.lock() {
+                let changed = last.as_ref().is_none_or(|(at, text)| {
+                    *text != line && at.elapsed() >= Duration::from_secs(1)
+                });
+                if changed {
+                    println!("{line}");
+                    *last = Some((Instant::now(), line));
+                }
+            }
+            return;
+        }
+        if let Some(total) = progress.total_steps {
+            self.bar.set_length(total.max(1) as u64);
+        }
+        self.bar.set_position(progress.step.max(0) as u64);
+        let accuracy = progress
+            .metrics
+            .get("valAccuracy")
+            .map(|a| format!(" acc {:.2}%", a * 100.0))
+            .unwrap_or_default();
+        self.bar.set_message(format!(
+            "{:?} epoch {} loss {}{} {} samples/s ETA {} attempt {} restarts {}",
+            status.phase.unwrap_or(Phase::Pending),
+            progress.epoch.unwrap_or(0),
+            progress.loss.map_or("-".into(), |l| format!("{l:.4}")),
+            accuracy,
+            progress
+                .samples_per_second
+                .map_or("-".into(), |s| format!("{s:.0}")),
+            progress.eta.unwrap_or_else(|| "-".into()),
+            status.attempt.unwrap_or(1),
+            restarts.infra + restarts.app,
+        ));
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}

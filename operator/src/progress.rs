@@ -1,0 +1,326 @@
+//! Progress reports from rank 0 into `status.progress` and `status.checkpoint`: authentication,
+//! validation, and the operator's own throughput and ETA estimate (an exponentially weighted
+//! moving average over the report history, not the trainer's claim). The HTTP servers of the
+//! operator and of `ferrotrain run` both call [`ProgressTracker::accept`].
+
+use ferrotrain_crds::progress::{MAX_BODY_BYTES, ProgressReport};
+use ferrotrain_crds::{CheckpointStatus, ProgressStatus, TrainingJobStatus};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Weight of the newest rate sample.
+const EWMA_ALPHA: f64 = 0.3;
+
+/// Why a report was refused; also the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No bearer token.
+    MissingToken,
+    /// Wrong token (for example another job's).
+    BadToken,
+    /// Body over 64 KiB.
+    TooLarge,
+    /// Not a progress report.
+    Malformed,
+    /// From an attempt older than the current one.
+    StaleAttempt,
+}
+
+impl Rejection {
+    /// HTTP status to answer with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Rejection::MissingToken | Rejection::BadToken => 401,
+            Rejection::TooLarge => 413,
+            Rejection::Malformed => 400,
+            Rejection::StaleAttempt => 409,
+        }
+    }
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::MissingToken => "missing_token",
+            Rejection::BadToken => "bad_token",
+            Rejection::TooLarge => "too_large",
+            Rejection::Malformed => "malformed",
+            Rejection::StaleAttempt => "stale_attempt",
+        }
+    }
+}
+
+/// Compares two tokens in time independent of where they differ.
+pub fn tokens_match(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// Extracts the token of an `Authorization: Bearer …` header value.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    header
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// Per-job report history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProgressTracker {
+    last: Option<(u64, Timestamp)>,
+    rate: Option<f64>,
+    latest: Option<ProgressReport>,
+    checkpoints: i64,
+    last_checkpoint_step: Option<u64>,
+}
+
+impl ProgressTracker {
+    /// Authenticates, validates and records one report.
+    pub fn accept(
+        &mut self,
+        token: Option<&str>,
+        expected_token: &str,
+        body: &[u8],
+        current_attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), Rejection> {
+        let token = token.ok_or(Rejection::MissingToken)?;
+        if !tokens_match(token, expected_token) {
+            return Err(Rejection::BadToken);
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Rejection::TooLarge);
+        }
+        let report: ProgressReport =
+            serde_json::from_slice(body).map_err(|_| Rejection::Malformed)?;
+        if report.world_size == 0
+            || (report.total_steps > 0 && report.step > report.total_steps)
+            || report.loss.is_some_and(|l| !l.is_finite())
+        {
+            return Err(Rejection::Malformed);
+        }
+        if report.attempt < current_attempt {
+            return Err(Rejection::StaleAttempt);
+        }
+        self.record(report, now);
+        Ok(())
+    }
+
+    fn record(&mut self, report: ProgressReport, now: Timestamp) {
+        if let Some((step, at)) = self.last {
+            let seconds = now.duration_since(at).as_secs_f64();
+            if report.step > step && seconds > 0.0 {
+                // Samples per step are not known here; report steps/s and scale by the batch later.
+                let steps_per_second = (report.step - step) as f64 / seconds;
+                self.rate = Some(self.rate.map_or(steps_per_second, |r| {
+                    EWMA_ALPHA * steps_per_second + (1.0 - EWMA_ALPHA) * r
+                }));
+            }
+        }
+        if report.step != self.last.map_or(u64::MAX, |l| l.0) {
+            self.last = Some((report.step, now));
+        }
+        if let Some(c) = &report.checkpoint
+            && self.last_checkpoint_step != Some(c.step)
+        {
+            self.checkpoints += 1;
+            self.last_checkpoint_step = Some(c.step);
+        }
+        self.latest = Some(report);
+    }
+
+    /// Writes the latest report into a status; `batch_size` is the per-worker batch.
+    pub fn apply(&self, status: &mut TrainingJobStatus, batch_size: u64, now: Timestamp) {
+        let Some(report) = &self.latest else { return };
+        let samples_per_step = (batch_size * u64::from(report.world_size)) as f64;
+        let remaining = report.total_steps.saturating_sub(report.step);
+        let eta = self
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| (remaining as f64 / r).round() as i64);
+        status.progress = Some(ProgressStatus {
+            step: report.step as i64,
+            total_steps: Some(report.total_steps as i64),
+            epoch: Some(report.epoch as i64),
+            percent: (report.total_steps > 0)
+                .then(|| (report.step as f64 / report.total_steps as f64 * 1000.0).round() / 10.0),
+            loss: report.loss,
+            metrics: report.metrics.clone(),
+            samples_per_second: self.rate.map(|r| (r * samples_per_step).round()),
+            eta_seconds: eta,
+            eta: eta.map(human_duration),
+            last_update_time: self.last.map(|(_, at)| Time(at)).or(Some(Time(now))),
+        });
+        if let Some(c) = &report.checkpoint {
+            status.checkpoint = Some(CheckpointStatus {
+                uri: Some(c.uri.clone()),
+                step: Some(c.step as i64),
+                time: Timestamp::from_millisecond(c.unix_ms as i64).ok().map(Time),
+                count: Some(self.checkpoints),
+            });
+        }
+    }
+
+    /// The latest accepted report.
+    pub fn latest(&self) -> Option<&ProgressReport> {
+        self.latest.as_ref()
+    }
+
+    /// Forgets the rate history (a new attempt starts from a checkpoint, often at another step).
+    pub fn new_attempt(&mut self) {
+        self.last = None;
+        self.rate = None;
+    }
+}
+
+/// `4m12s`, `1h03m`, `12s`.
+pub fn human_duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferrotrain_crds::progress::CheckpointReport;
+
+    use super::*;
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("time")
+    }
+
+    fn body(attempt: u32, step: u64) -> Vec<u8> {
+        serde_json::to_vec(&ProgressReport {
+            attempt,
+            world_size: 2,
+            step,
+            total_steps: 1000,
+            epoch: 0,
+            loss: Some(0.5),
+            ..ProgressReport::default()
+        })
+        .expect("json")
+    }
+
+    #[test]
+    fn tokens_are_required_and_compared_exactly() {
+        let mut t = ProgressTracker::default();
+        assert_eq!(
+            t.accept(None, "secret", &body(1, 1), 1, at(0)),
+            Err(Rejection::MissingToken)
+        );
+        assert_eq!(
+            t.accept(Some("secreT"), "secret", &body(1, 1), 1, at(0)),
+            Err(Rejection::BadToken)
+        );
+        assert_eq!(
+            t.accept(Some("other-job-token"), "secret", &body(1, 1), 1, at(0)),
+            Err(Rejection::BadToken)
+        );
+        assert_eq!(
+            t.accept(Some("secret"), "secret", &body(1, 1), 1, at(0)),
+            Ok(())
+        );
+        assert!(tokens_match("", ""));
+        assert!(!tokens_match("a", ""));
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+    }
+
+    #[test]
+    fn oversized_malformed_and_stale_reports_are_refused() {
+        let mut t = ProgressTracker::default();
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(
+            t.accept(Some("k"), "k", &big, 1, at(0)),
+            Err(Rejection::TooLarge)
+        );
+        assert_eq!(
+            t.accept(Some("k"), "k", b"{\"step\": \"ten\"}", 1, at(0)),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(t.accept(Some("k"), "k", b"{\"attempt\":1,\"worldSize\":1,\"step\":1,\"totalSteps\":2,\"epoch\":0,\"extra\":1}", 1, at(0)), Err(Rejection::Malformed));
+        assert_eq!(
+            t.accept(Some("k"), "k", &body(1, 5), 2, at(0)),
+            Err(Rejection::StaleAttempt)
+        );
+        assert_eq!(Rejection::TooLarge.http_status(), 413);
+        assert_eq!(t.latest(), None);
+    }
+
+    #[test]
+    fn rate_and_eta_come_from_the_report_history() {
+        let mut t = ProgressTracker::default();
+        t.accept(Some("k"), "k", &body(1, 100), 1, at(0))
+            .expect("ok");
+        t.accept(Some("k"), "k", &body(1, 200), 1, at(10))
+            .expect("ok");
+        let mut status = TrainingJobStatus::default();
+        t.apply(&mut status, 32, at(10));
+        let p = status.progress.clone().expect("progress");
+        assert_eq!(p.step, 200);
+        assert_eq!(p.percent, Some(20.0));
+        assert_eq!(
+            p.samples_per_second,
+            Some(10.0 * 64.0),
+            "10 steps/s × 32 × 2 workers"
+        );
+        assert_eq!(p.eta_seconds, Some(80));
+        assert_eq!(p.eta.as_deref(), Some("1m20s"));
+        // The next sample moves the average by alpha.
+        t.accept(Some("k"), "k", &body(1, 400), 1, at(20))
+            .expect("ok");
+        t.apply(&mut status, 32, at(20));
+        assert_eq!(
+            status.progress.and_then(|p| p.samples_per_second),
+            Some(((0.3 * 20.0 + 0.7 * 10.0) * 64.0_f64).round())
+        );
+    }
+
+    #[test]
+    fn checkpoints_are_counted_once_each() {
+        let mut t = ProgressTracker::default();
+        for step in [10, 20, 30] {
+            let mut r = ProgressReport {
+                attempt: 1,
+                world_size: 1,
+                step,
+                total_steps: 100,
+                ..ProgressReport::default()
+            };
+            r.checkpoint = Some(CheckpointReport {
+                step: step / 20 * 20,
+                uri: "file:///c".into(),
+                unix_ms: 1_800_000_000_000,
+            });
+            t.accept(
+                Some("k"),
+                "k",
+                &serde_json::to_vec(&r).expect("json"),
+                1,
+                at(step as i64),
+            )
+            .expect("ok");
+        }
+        let mut status = TrainingJobStatus::default();
+        t.apply(&mut status, 1, at(30));
+        let c = status.checkpoint.expect("checkpoint");
+        assert_eq!((c.step, c.count), (Some(20), Some(2)));
+    }
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        assert_eq!(human_duration(42), "42s");
+        assert_eq!(human_duration(252), "4m12s");
+        assert_eq!(human_duration(3780), "1h03m");
+    }
+}

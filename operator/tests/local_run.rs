@@ -1,0 +1,363 @@
+//! `ferrotrain run` end to end: real worker processes, real checkpoints, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("ferrotrain-run-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn manifest(&self, name: &str, checkpoint_uri: &str, extra: &str) -> PathBuf {
+        let path = self.0.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n  workers: {{replicas: 2}}\n  trainer:\n    model: {{type: mlp, hidden: [64]}}\n    dataset: {{type: mnist}}\n    batchSize: 64\n    maxSteps: 1200\n    seed: 5\n  checkpoint: {{uri: \"{checkpoint_uri}\", everySteps: 100{extra}}}\n"
+            ),
+        )
+        .expect("manifest");
+        path
+    }
+
+    fn ferrotrain(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrotrain"));
+        cmd.current_dir(&self.0)
+            .args(args)
+            .env("MATMUL_NUM_THREADS", "1");
+        cmd
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn status_of(output: &Output) -> serde_yaml::Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let yaml = &text[text
+        .find("status:\n")
+        .unwrap_or_else(|| panic!("no final status in:\n{text}"))..];
+    let doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("status YAML");
+    doc["status"].clone()
+}
+
+fn accuracy(status: &serde_yaml::Value) -> f64 {
+    status["progress"]["metrics"]["valAccuracy"]
+        .as_f64()
+        .expect("valAccuracy")
+}
+
+/// Worker processes started by `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn manifests(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("manifests"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn finish(child: Child) -> Output {
+    child.wait_with_output().expect("ferrotrain exits")
+}
+
+#[test]
+fn a_small_job_succeeds_with_a_complete_status() {
+    let s = Scratch::new("small");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest("small", &format!("file://{}", ckpt.display()), "");
+    let output = s
+        .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = status_of(&output);
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"));
+    assert_eq!(status["progress"]["step"].as_i64(), Some(1200));
+    assert_eq!(status["progress"]["totalSteps"].as_i64(), Some(1200));
+    assert!(accuracy(&status) > 0.9, "accuracy {}", accuracy(&status));
+    assert_eq!(status["checkpoint"]["step"].as_i64(), Some(1200));
+    assert!(
+        status["checkpoint"]["uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("000000001200.json"))
+    );
+    let ratio = status["goodput"]["ratio"].as_f64().expect("goodput ratio");
+    assert!(ratio > 0.0 && ratio <= 1.0, "ratio {ratio}");
+    assert_eq!(status["restarts"]["app"].as_i64(), Some(0));
+    assert!(status["startTime"].is_string() && status["completionTime"].is_string());
+    assert!(s.0.join(".ferrotrain/small/status.yaml").exists());
+    let events: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("\"event\":\"event\""))
+        .map(String::from)
+        .collect();
+    assert!(
+        events.iter().any(|e| e.contains("\"reason\":\"Running\"")),
+        "{events:?}"
+    );
+}
+
+fn kill_a_worker_and_compare(
+    s: &Scratch,
+    name: &str,
+    checkpoint_uri: &str,
+    listing: impl Fn() -> usize,
+) {
+    // An undisturbed run of the same job, for reference.
+    let reference_manifest = s.manifest(
+        &format!("{name}-ref"),
+        &format!("file://{}", s.0.join("ref-ckpt").display()),
+        "",
+    );
+    let reference = s
+        .ferrotrain(&[
+            "run",
+            &reference_manifest.display().to_string(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(reference.status.success());
+    let reference_accuracy = accuracy(&status_of(&reference));
+
+    let manifest = s.manifest(name, checkpoint_uri, "");
+    let child = s
+        .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let parent = child.id();
+    wait_for("a committed checkpoint", Duration::from_secs(120), || {
+        listing() > 0
+    });
+    let workers = children_of(parent);
+    assert_eq!(workers.len(), 2, "two worker processes");
+    let killed = Command::new("kill")
+        .args(["-KILL", &workers[1].to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = finish(child);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = status_of(&output);
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"));
+    assert_eq!(
+        status["attempt"].as_i64(),
+        Some(2),
+        "the gang restarted once"
+    );
+    assert_eq!(
+        status["restarts"]["infra"].as_i64(),
+        Some(1),
+        "SIGKILL counts against the infrastructure budget"
+    );
+    assert!(status["goodput"]["lostSeconds"].as_f64().is_some());
+    let resumed = accuracy(&status);
+    assert!(
+        (resumed - reference_accuracy).abs() <= 0.003,
+        "accuracy {resumed} vs undisturbed {reference_accuracy}"
+    );
+}
+
+#[test]
+fn a_killed_worker_restarts_the_gang_from_the_checkpoint() {
+    let s = Scratch::new("kill");
+    let ckpt = s.0.join("ckpt");
+    kill_a_worker_and_compare(&s, "kill", &format!("file://{}", ckpt.display()), || {
+        manifests(&ckpt)
+    });
+}
+
+#[test]
+#[ignore = "needs the S3 server of scripts/test.sh"]
+fn a_killed_worker_restarts_from_a_checkpoint_in_s3() {
+    let endpoint = std::env::var("FERROTRAIN_TEST_S3_ENDPOINT")
+        .expect("FERROTRAIN_TEST_S3_ENDPOINT: run through scripts/test.sh");
+    let bucket =
+        std::env::var("FERROTRAIN_TEST_S3_BUCKET").unwrap_or_else(|_| "ferrotrain-test".into());
+    let s = Scratch::new("kill-s3");
+    let prefix = format!(
+        "runs/kill-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    let uri = format!("s3://{bucket}/{prefix}");
+    let list = {
+        let (uri, endpoint) = (uri.clone(), endpoint.clone());
+        move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_ferrotrain"))
+                .args(["checkpoints", &uri, "--endpoint", &endpoint])
+                .output();
+            out.map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.ends_with("yes"))
+                    .count()
+            })
+            .unwrap_or(0)
+        }
+    };
+    let manifest_uri = format!("{uri}\", endpoint: \"{endpoint}");
+    kill_a_worker_and_compare(&s, "kill-s3", &manifest_uri, list);
+}
+
+#[test]
+fn ctrl_c_suspends_and_the_same_command_resumes() {
+    let s = Scratch::new("sigint");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest("sigint", &format!("file://{}", ckpt.display()), "");
+    let args = ["run", &manifest.display().to_string(), "--output", "json"];
+    let mut child = s
+        .ferrotrain(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    wait_for("a committed checkpoint", Duration::from_secs(120), || {
+        manifests(&ckpt) > 0
+    });
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(130), "{lines:?}");
+    let text = lines.join("\n");
+    let suspended: serde_yaml::Value =
+        serde_yaml::from_str(&text[text.find("status:\n").expect("final status")..]).expect("yaml");
+    assert_eq!(suspended["status"]["phase"].as_str(), Some("Suspended"));
+    let steps: Vec<u64> = std::fs::read_dir(ckpt.join("manifests"))
+        .expect("manifests")
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_string_lossy()
+                .strip_suffix(".json")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let emergency = steps
+        .iter()
+        .copied()
+        .max()
+        .expect("an emergency checkpoint");
+    assert!(emergency < 1200);
+
+    let rerun = s.ferrotrain(&args).output().expect("reruns");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let first_step = String::from_utf8_lossy(&rerun.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "status")
+        .filter_map(|v| v["step"].as_u64())
+        .find(|s| *s > 0)
+        .expect("a progress step");
+    assert!(
+        first_step > emergency,
+        "step continues from {emergency}, first report {first_step}"
+    );
+    assert_eq!(status_of(&rerun)["progress"]["step"].as_i64(), Some(1200));
+}
+
+#[test]
+fn an_invalid_manifest_starts_nothing() {
+    let s = Scratch::new("invalid");
+    let manifest = s.0.join("bad.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: bad}\nspec:\n  workers: {replicas: 0}\n  trainer: {model: {type: mlp}, dataset: {type: mnist}, batchSize: 8, epochs: 1}\n",
+    )
+    .expect("write");
+    let output = s
+        .ferrotrain(&["run", &manifest.display().to_string()])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.yaml: spec.workers.replicas:"),
+        "{stderr}"
+    );
+    assert!(!s.0.join(".ferrotrain").exists(), "no state, no workers");
+}
+
+#[test]
+fn a_missing_dataset_is_named_in_one_line() {
+    let s = Scratch::new("nodata");
+    let manifest = s.0.join("csv.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: nodata}\nspec:\n  workers: {replicas: 1}\n  trainer: {model: {type: mlp}, dataset: {type: csv, uri: 'file:///nonexistent/train.csv'}, batchSize: 8, epochs: 1}\n",
+    )
+    .expect("write");
+    let output = s
+        .ferrotrain(&["run", &manifest.display().to_string()])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "dataset file file:///nonexistent/train.csv does not exist"
+    );
+}
