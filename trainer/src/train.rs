@@ -345,6 +345,13 @@ pub fn train(
         state.samples_in_epoch += global_batch as u64;
         state.optimizer_steps = optimizer.steps;
         state.loss = Some(f64::from(grads[n + 1]) / f64::from(grads[n + 3]).max(1.0));
+        if trained_samples == 0 {
+            tracing::info!(
+                step = state.step,
+                attempt = job.attempt,
+                "first step of this attempt done"
+            );
+        }
         train_seconds += step_started.elapsed().as_secs_f64();
         trained_samples += global_batch as u64;
         stopped = grads[n] > 0.0;
