@@ -3,7 +3,9 @@
 //! Today this crate admits TrainingJob manifests offline ([`manifest`]) and powers
 //! `ferrotrain validate` and `ferrotrain crd` ([`cli`]).
 
+pub mod children;
 pub mod cli;
+pub mod controller;
 pub mod lifecycle;
 pub mod local;
 pub mod manifest;

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use crate::lifecycle::{Action, FailureCause, Observed, WorkerState, WorkerView, decide};
 use crate::manifest::{Admission, ManifestError, parse_documents};
-use crate::progress::{ProgressTracker, bearer};
+use crate::progress::{ProgressTracker, bearer, random_token};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -157,7 +157,8 @@ pub fn run(
     preflight(&job)?;
     std::fs::create_dir_all(job_dir.join("logs"))?;
 
-    let token = random_token();
+    let token = random_token()
+        .ok_or_else(|| RunError::Preflight("no system randomness for the progress token".into()))?;
     let token_path = job_dir.join("progress-token");
     write_private(&token_path, &token)?;
     let inbox = Arc::new(Mutex::new(Inbox::default()));
@@ -410,19 +411,6 @@ fn check_s3(checkpoint: &CheckpointSpec) -> Result<(), RunError> {
         ))),
         Ok(_) => Ok(()),
     }
-}
-
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-        // No system randomness: fall back to something unguessable enough for a loopback port.
-        let seed = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
-        bytes
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = (seed >> (i % 16)) as u8);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn write_private(path: &Path, content: &str) -> std::io::Result<()> {

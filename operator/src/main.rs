@@ -56,6 +56,26 @@ enum Command {
     },
     /// Print the TrainingJob CustomResourceDefinition.
     Crd,
+    /// Run the Kubernetes controller (in-cluster or with the current kubeconfig).
+    Operator {
+        /// Trainer image for jobs that do not set spec.workers.image.
+        #[arg(
+            long,
+            env = "OPERATOR_TRAINER_IMAGE",
+            default_value = "ferrotrain-trainer:0.1.0"
+        )]
+        trainer_image: String,
+        /// Base URL at which worker pods reach this operator's progress endpoint.
+        #[arg(
+            long,
+            env = "OPERATOR_PROGRESS_BASE_URL",
+            default_value = "http://ferrotrain.ferrotrain-system.svc:8080"
+        )]
+        progress_base_url: String,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "WATCH_NAMESPACE")]
+        namespace: Option<String>,
+    },
     /// Run one worker (started by `ferrotrain run` or the operator).
     #[cfg(feature = "worker")]
     #[command(hide = true)]
@@ -87,6 +107,34 @@ fn main() -> anyhow::Result<ExitCode> {
         } => {
             let listed = list_checkpoints(&uri, endpoint, region)?;
             print!("{listed}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator {
+            trainer_image,
+            progress_base_url,
+            namespace,
+        } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("connecting to the Kubernetes API")?;
+                let settings = ferrotrain::children::Settings {
+                    default_image: trainer_image,
+                    progress_base_url,
+                };
+                ferrotrain::controller::run(client, settings, namespace).await;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {

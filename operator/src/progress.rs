@@ -178,6 +178,13 @@ impl ProgressTracker {
     }
 }
 
+/// A fresh bearer token: 256 random bits, hex. `None` when the system has no randomness.
+pub fn random_token() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// `4m12s`, `1h03m`, `12s`.
 pub fn human_duration(seconds: i64) -> String {
     let s = seconds.max(0);

@@ -1,0 +1,691 @@
+//! What the operator creates for a job (pure builders) and how it reads its pods back into the
+//! lifecycle's worker view. Precedence of the user's pod overlay: docs/api.md.
+
+use std::collections::BTreeMap;
+
+use ferrotrain_crds::env::{self, WorkerEnv};
+use ferrotrain_crds::{TrainingJob, defaults};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod,
+    PodSecurityContext, PodSpec, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use crate::lifecycle::{FailureCause, WorkerState, WorkerView};
+
+/// Label: the job a child belongs to.
+pub const LABEL_JOB: &str = "ferrotrain.io/job";
+/// Label: a worker's rank.
+pub const LABEL_RANK: &str = "ferrotrain.io/rank";
+/// Label: a worker's gang attempt.
+pub const LABEL_ATTEMPT: &str = "ferrotrain.io/attempt";
+/// Port of rank 0's rendezvous listener.
+pub const RENDEZVOUS_PORT: u16 = 29400;
+/// Where the progress token is mounted.
+pub const TOKEN_DIR: &str = "/var/run/ferrotrain";
+/// Key of the token in its Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Scratch mount (the root file system is read-only).
+pub const SCRATCH_DIR: &str = "/scratch";
+/// UID the workers run as when the image does not say.
+pub const WORKER_UID: i64 = 65532;
+
+/// Operator settings the builders need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Trainer image for jobs that do not name one.
+    pub default_image: String,
+    /// Base URL at which pods reach the operator's progress endpoint.
+    pub progress_base_url: String,
+}
+
+/// Name of the progress-token Secret.
+pub fn token_secret_name(job: &str) -> String {
+    format!("{job}-progress-token")
+}
+
+/// Name of a worker pod.
+pub fn worker_name(job: &str, rank: u32) -> String {
+    format!("{job}-worker-{rank}")
+}
+
+fn owner(job: &TrainingJob) -> Option<OwnerReference> {
+    job.controller_owner_ref(&())
+}
+
+fn base_labels(job: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_JOB.to_string(), job.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "ferrotrain".to_string(),
+        ),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "ferrotrain-worker".to_string(),
+        ),
+    ])
+}
+
+fn meta(job: &TrainingJob, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: job.metadata.namespace.clone(),
+        labels: Some(labels),
+        owner_references: owner(job).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The headless Service that gives `<job>-worker-<rank>.<job>` a DNS name, ready or not.
+pub fn service(job: &TrainingJob) -> Service {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    Service {
+        metadata: meta(job, name.clone(), base_labels(&name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(BTreeMap::from([(LABEL_JOB.to_string(), name)])),
+            ports: Some(vec![ServicePort {
+                name: Some("rendezvous".into()),
+                port: i32::from(RENDEZVOUS_PORT),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The progress-token Secret, with `token` (256 random bits, hex).
+pub fn token_secret(job: &TrainingJob, token: &str) -> Secret {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    Secret {
+        metadata: meta(job, token_secret_name(&name), base_labels(&name)),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+/// The pod of `rank` in `attempt` with `world_size` workers.
+pub fn worker_pod(
+    job: &TrainingJob,
+    settings: &Settings,
+    attempt: u32,
+    world_size: u32,
+    rank: u32,
+) -> Pod {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let namespace = job
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let workers = &job.spec.workers;
+    let overlay = workers.template.clone().unwrap_or_default();
+    let policy = job.spec.run_policy.clone().unwrap_or_default();
+
+    let contract = WorkerEnv {
+        rank,
+        world_size,
+        rendezvous_addr: format!("{}.{name}", worker_name(&name, 0)),
+        rendezvous_port: RENDEZVOUS_PORT,
+        attempt,
+        job_name: name.clone(),
+        job_namespace: namespace.clone(),
+        job_uid: job.metadata.uid.clone(),
+        trainer: job.spec.trainer.clone(),
+        checkpoint: job.spec.checkpoint.clone(),
+        progress_url: Some(format!(
+            "{}/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
+            settings.progress_base_url.trim_end_matches('/')
+        )),
+        progress_token_path: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}")),
+        scratch_dir: Some(SCRATCH_DIR.into()),
+    };
+    let mut env: Vec<EnvVar> = contract
+        .to_env()
+        .into_iter()
+        .map(|(name, value)| EnvVar {
+            name,
+            value: Some(value),
+            value_from: None,
+        })
+        .collect();
+    if let Some(secret) = job
+        .spec
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.secret_ref.as_ref())
+    {
+        let keys = [
+            (
+                env::ACCESS_KEY_ID,
+                secret
+                    .access_key_id_key
+                    .clone()
+                    .unwrap_or_else(|| defaults::ACCESS_KEY_ID_KEY.into()),
+            ),
+            (
+                env::SECRET_ACCESS_KEY,
+                secret
+                    .secret_access_key_key
+                    .clone()
+                    .unwrap_or_else(|| defaults::SECRET_ACCESS_KEY_KEY.into()),
+            ),
+        ];
+        for (var, key) in keys {
+            env.push(EnvVar {
+                name: var.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key,
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+            });
+        }
+    }
+    // User variables come last; validation has rejected any that collide with the contract.
+    env.extend(overlay.env.iter().cloned());
+
+    let mut volumes = vec![
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "progress-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(token_secret_name(&name)),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    volumes.extend(overlay.volumes.iter().cloned());
+    let mut mounts = vec![
+        VolumeMount {
+            name: "scratch".into(),
+            mount_path: SCRATCH_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "progress-token".into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    mounts.extend(overlay.volume_mounts.iter().cloned());
+
+    let mut labels = overlay.labels.clone();
+    labels.extend(base_labels(&name));
+    labels.insert(LABEL_RANK.into(), rank.to_string());
+    labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
+    let mut annotations = overlay.annotations.clone();
+    if let Some(queue) = &policy.queue {
+        // Kueue admits the gang as one pod group; Volcano reads its queue from the same setting.
+        let group = format!("{name}-{attempt}");
+        labels.insert("kueue.x-k8s.io/queue-name".into(), queue.clone());
+        labels.insert("kueue.x-k8s.io/pod-group-name".into(), group.clone());
+        annotations.insert(
+            "kueue.x-k8s.io/pod-group-total-count".into(),
+            world_size.to_string(),
+        );
+        annotations.insert("scheduling.volcano.sh/queue-name".into(), queue.clone());
+    }
+    if policy.scheduler_name.as_deref() == Some("volcano") {
+        annotations.insert(
+            "scheduling.k8s.io/group-name".into(),
+            format!("{name}-{attempt}"),
+        );
+    }
+
+    let container = Container {
+        name: "trainer".into(),
+        image: Some(
+            workers
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.default_image.clone()),
+        ),
+        command: workers.command.clone(),
+        args: workers.args.clone(),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("rendezvous".into()),
+            container_port: i32::from(RENDEZVOUS_PORT),
+            ..ContainerPort::default()
+        }]),
+        resources: workers.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let worker = worker_name(&name, rank);
+    Pod {
+        metadata: ObjectMeta {
+            annotations: Some(annotations).filter(|a| !a.is_empty()),
+            ..meta(job, worker.clone(), labels)
+        },
+        spec: Some(PodSpec {
+            hostname: Some(worker),
+            subdomain: Some(name),
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(30),
+            scheduler_name: policy.scheduler_name.clone(),
+            priority_class_name: overlay
+                .priority_class_name
+                .clone()
+                .or(policy.priority_class_name.clone()),
+            service_account_name: overlay.service_account_name.clone(),
+            node_selector: Some(overlay.node_selector.clone()).filter(|m| !m.is_empty()),
+            tolerations: Some(overlay.tolerations.clone()).filter(|t| !t.is_empty()),
+            affinity: overlay.affinity.clone(),
+            image_pull_secrets: Some(overlay.image_pull_secrets.clone()).filter(|s| !s.is_empty()),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(WORKER_UID),
+                run_as_group: Some(WORKER_UID),
+                fs_group: Some(WORKER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![container],
+            volumes: Some(volumes),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Reads a pod as a worker; `None` for pods without our rank and attempt labels.
+/// `node_ready` tells whether a node is Ready (unknown nodes count as ready).
+pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<WorkerView> {
+    let labels = pod.metadata.labels.as_ref()?;
+    let rank = labels.get(LABEL_RANK)?.parse().ok()?;
+    let attempt = labels.get(LABEL_ATTEMPT)?.parse().ok()?;
+    let name = pod.metadata.name.clone()?;
+    let status = pod.status.clone().unwrap_or_default();
+    let condition = |kind: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == kind && c.status == "True")
+    };
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let state = if let Some(deleted) = &pod.metadata.deletion_timestamp {
+        WorkerState::Terminating {
+            since: deleted.0,
+            node_ready: node.as_deref().is_none_or(&node_ready),
+        }
+    } else {
+        match status.phase.as_deref() {
+            Some("Running") => WorkerState::Running {
+                ready: condition("Ready").is_some(),
+            },
+            Some("Succeeded") => WorkerState::Succeeded,
+            Some("Failed") => WorkerState::Failed(failure_cause(pod)),
+            Some("Unknown") => WorkerState::Failed(FailureCause::NodeLost),
+            _ => WorkerState::Pending {
+                scheduled: condition("PodScheduled").is_some(),
+            },
+        }
+    };
+    Some(WorkerView {
+        name,
+        rank,
+        attempt,
+        state,
+    })
+}
+
+/// Why a Failed pod failed.
+pub fn failure_cause(pod: &Pod) -> FailureCause {
+    let status = pod.status.clone().unwrap_or_default();
+    if let Some(disruption) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    {
+        return if disruption.reason.as_deref() == Some("PreemptionByScheduler") {
+            FailureCause::Preempted
+        } else {
+            FailureCause::DisruptionTarget
+        };
+    }
+    match status.reason.as_deref() {
+        Some("Evicted") => return FailureCause::Evicted,
+        Some("NodeLost" | "NodeShutdown" | "Terminated") => return FailureCause::NodeLost,
+        Some("Preempting") => return FailureCause::Preempted,
+        _ => {}
+    }
+    let terminated = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "trainer")
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    match terminated {
+        Some(t) if t.reason.as_deref() == Some("OOMKilled") || t.exit_code == 137 => {
+            FailureCause::OomKilled
+        }
+        Some(t) if t.exit_code == env::EXIT_PREEMPTED_AFTER_CHECKPOINT => {
+            FailureCause::PreemptedAfterCheckpoint
+        }
+        Some(t) => FailureCause::ExitCode(t.exit_code),
+        None => FailureCause::Missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(extra_spec: &str) -> TrainingJob {
+        let mut job: TrainingJob = serde_yaml::from_str(&format!(
+            "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: mnist, namespace: ml, uid: 0b0e}}\nspec:\n  workers:\n    replicas: 2\n    resources: {{limits: {{cpu: '2'}}}}\n    template:\n      labels: {{team: vision}}\n      env: [{{name: OMP_NUM_THREADS, value: '2'}}]\n      priorityClassName: high\n  trainer: {{model: {{type: mlp}}, dataset: {{type: mnist}}, batchSize: 8, epochs: 1}}\n  checkpoint: {{uri: 's3://ckpt/mnist', everySteps: 10, secretRef: {{name: s3, accessKeyIdKey: id}}}}\n{extra_spec}"
+        ))
+        .expect("job");
+        job.metadata.uid = Some("0b0e".into());
+        job
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            default_image: "ferrotrain/trainer:test".into(),
+            progress_base_url: "http://ferrotrain.ferrotrain-system:8080/".into(),
+        }
+    }
+
+    fn env_of(pod: &Pod) -> BTreeMap<String, EnvVar> {
+        let spec = pod.spec.as_ref().expect("spec");
+        spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn worker_pods_carry_the_env_contract_and_a_stable_dns_name() {
+        let pod = worker_pod(&job(""), &settings(), 3, 2, 1);
+        assert_eq!(pod.metadata.name.as_deref(), Some("mnist-worker-1"));
+        let spec = pod.spec.clone().expect("spec");
+        assert_eq!(
+            (spec.hostname.as_deref(), spec.subdomain.as_deref()),
+            (Some("mnist-worker-1"), Some("mnist"))
+        );
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        let vars: BTreeMap<String, String> = env_of(&pod)
+            .into_iter()
+            .filter_map(|(k, v)| v.value.map(|v| (k, v)))
+            .collect();
+        let contract =
+            WorkerEnv::from_env(|k| vars.get(k).cloned()).expect("the contract parses back");
+        assert_eq!(
+            (contract.rank, contract.world_size, contract.attempt),
+            (1, 2, 3)
+        );
+        assert_eq!(contract.rendezvous_addr, "mnist-worker-0.mnist");
+        assert_eq!(
+            contract.progress_url.as_deref(),
+            Some(
+                "http://ferrotrain.ferrotrain-system:8080/v1/namespaces/ml/trainingjobs/mnist/progress"
+            )
+        );
+        assert_eq!(vars.get("OMP_NUM_THREADS").map(String::as_str), Some("2"));
+        let labels = pod.metadata.labels.clone().expect("labels");
+        assert_eq!(labels.get(LABEL_ATTEMPT).map(String::as_str), Some("3"));
+        assert_eq!(labels.get("team").map(String::as_str), Some("vision"));
+        let owner = pod.metadata.owner_references.clone().expect("owner")[0].clone();
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("TrainingJob", Some(true))
+        );
+    }
+
+    #[test]
+    fn credentials_are_secret_references_never_literals() {
+        let env = env_of(&worker_pod(&job(""), &settings(), 1, 2, 0));
+        for (var, key) in [
+            (env::ACCESS_KEY_ID, "id"),
+            (env::SECRET_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY"),
+        ] {
+            let e = env.get(var).expect("credential variable");
+            assert_eq!(e.value, None);
+            let selector = e
+                .value_from
+                .clone()
+                .and_then(|v| v.secret_key_ref)
+                .expect("secretKeyRef");
+            assert_eq!((selector.name.as_str(), selector.key.as_str()), ("s3", key));
+        }
+    }
+
+    #[test]
+    fn workers_run_restricted() {
+        let spec = worker_pod(&job(""), &settings(), 1, 2, 0)
+            .spec
+            .expect("spec");
+        let pod_sc = spec.security_context.clone().expect("pod security context");
+        assert_eq!(pod_sc.run_as_non_root, Some(true));
+        assert_eq!(
+            pod_sc.seccomp_profile.map(|p| p.type_),
+            Some("RuntimeDefault".into())
+        );
+        let sc = spec.containers[0]
+            .security_context
+            .clone()
+            .expect("container security context");
+        assert_eq!(
+            (sc.allow_privilege_escalation, sc.read_only_root_filesystem),
+            (Some(false), Some(true))
+        );
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        let mounts: Vec<String> = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.clone())
+            .collect();
+        assert!(
+            mounts.contains(&SCRATCH_DIR.to_string()),
+            "scratch space on a read-only root"
+        );
+    }
+
+    #[test]
+    fn overlay_precedence_and_queues() {
+        let pod = worker_pod(
+            &job("  runPolicy: {priorityClassName: low, queue: team-ml, schedulerName: volcano}\n"),
+            &settings(),
+            2,
+            4,
+            0,
+        );
+        let spec = pod.spec.clone().expect("spec");
+        assert_eq!(
+            spec.priority_class_name.as_deref(),
+            Some("high"),
+            "the template wins over runPolicy"
+        );
+        assert_eq!(spec.scheduler_name.as_deref(), Some("volcano"));
+        let labels = pod.metadata.labels.clone().expect("labels");
+        assert_eq!(
+            labels.get("kueue.x-k8s.io/queue-name").map(String::as_str),
+            Some("team-ml")
+        );
+        assert_eq!(
+            labels
+                .get("kueue.x-k8s.io/pod-group-name")
+                .map(String::as_str),
+            Some("mnist-2")
+        );
+        let annotations = pod.metadata.annotations.clone().expect("annotations");
+        assert_eq!(
+            annotations
+                .get("kueue.x-k8s.io/pod-group-total-count")
+                .map(String::as_str),
+            Some("4")
+        );
+        assert_eq!(
+            annotations
+                .get("scheduling.k8s.io/group-name")
+                .map(String::as_str),
+            Some("mnist-2")
+        );
+    }
+
+    #[test]
+    fn service_and_secret() {
+        let svc = service(&job(""));
+        let spec = svc.spec.expect("spec");
+        assert_eq!(
+            (spec.cluster_ip.as_deref(), spec.publish_not_ready_addresses),
+            (Some("None"), Some(true))
+        );
+        let secret = token_secret(&job(""), "abc");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("mnist-progress-token")
+        );
+        assert_eq!(
+            secret
+                .string_data
+                .and_then(|d| d.get(TOKEN_KEY).cloned())
+                .as_deref(),
+            Some("abc")
+        );
+    }
+
+    fn pod(phase: &str, extra: &str) -> Pod {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: mnist-worker-1, labels: {{ferrotrain.io/rank: '1', ferrotrain.io/attempt: '2'}}}}\nspec: {{nodeName: n1, containers: []}}\nstatus: {{phase: {phase}{extra}}}\n"
+        ))
+        .expect("pod")
+    }
+
+    fn cause(extra: &str) -> WorkerState {
+        worker_view(&pod("Failed", extra), |_| true)
+            .expect("worker")
+            .state
+    }
+
+    #[test]
+    fn pods_read_back_as_workers() {
+        let ready = |_: &str| true;
+        assert_eq!(
+            worker_view(&pod("Pending", ""), ready).map(|w| w.state),
+            Some(WorkerState::Pending { scheduled: false })
+        );
+        let bound = pod(
+            "Pending",
+            ", conditions: [{type: PodScheduled, status: 'True'}]",
+        );
+        assert_eq!(
+            worker_view(&bound, ready).map(|w| w.state),
+            Some(WorkerState::Pending { scheduled: true })
+        );
+        let running = pod("Running", ", conditions: [{type: Ready, status: 'True'}]");
+        let view = worker_view(&running, ready).expect("worker");
+        assert_eq!(
+            (view.rank, view.attempt, view.state),
+            (1, 2, WorkerState::Running { ready: true })
+        );
+        assert_eq!(
+            worker_view(&pod("Succeeded", ""), ready).map(|w| w.state),
+            Some(WorkerState::Succeeded)
+        );
+        let mut deleting = pod("Running", "");
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(
+            worker_view(&deleting, |node| node != "n1").map(|w| w.state),
+            Some(WorkerState::Terminating {
+                since: jiff::Timestamp::UNIX_EPOCH,
+                node_ready: false
+            })
+        );
+        let mut foreign = pod("Running", "");
+        foreign.metadata.labels = None;
+        assert_eq!(worker_view(&foreign, ready), None);
+    }
+
+    #[test]
+    fn failure_causes_are_classified() {
+        let exited = |code: i32, reason: &str| {
+            format!(
+                ", containerStatuses: [{{name: trainer, image: x, imageID: '', ready: false, restartCount: 0, state: {{terminated: {{exitCode: {code}, reason: {reason}}}}}}}]"
+            )
+        };
+        assert_eq!(
+            cause(", reason: Evicted"),
+            WorkerState::Failed(FailureCause::Evicted)
+        );
+        assert_eq!(
+            cause(
+                ", conditions: [{type: DisruptionTarget, status: 'True', reason: PreemptionByScheduler}]"
+            ),
+            WorkerState::Failed(FailureCause::Preempted)
+        );
+        assert_eq!(
+            cause(
+                ", conditions: [{type: DisruptionTarget, status: 'True', reason: EvictionByEvictionAPI}]"
+            ),
+            WorkerState::Failed(FailureCause::DisruptionTarget)
+        );
+        assert_eq!(
+            cause(&exited(137, "OOMKilled")),
+            WorkerState::Failed(FailureCause::OomKilled)
+        );
+        assert_eq!(
+            cause(&exited(75, "Error")),
+            WorkerState::Failed(FailureCause::PreemptedAfterCheckpoint)
+        );
+        assert_eq!(
+            cause(&exited(3, "Error")),
+            WorkerState::Failed(FailureCause::ExitCode(3))
+        );
+        assert_eq!(
+            cause(", reason: NodeLost"),
+            WorkerState::Failed(FailureCause::NodeLost)
+        );
+        assert_eq!(
+            worker_view(&pod("Unknown", ""), |_| true).map(|w| w.state),
+            Some(WorkerState::Failed(FailureCause::NodeLost))
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! The controller's API calls, in order, against a scripted mock API server (the
+//! `ApiServerVerifier` pattern of kube-rs's controller-rs): a missing call times out, an extra
+//! call finds no answer and times out too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrotrain::children::Settings;
+use ferrotrain::controller::{Context, reconcile};
+use ferrotrain_crds::TrainingJob;
+use http::{Method, Request, Response};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One expected request: method, a fragment of the URI, and the answer (status, body); `None`
+/// echoes the request body back with 200/201.
+struct Expect {
+    method: Method,
+    uri: &'static str,
+    answer: Option<(u16, Value)>,
+    check: fn(&Value),
+}
+
+fn expect(method: Method, uri: &'static str) -> Expect {
+    Expect {
+        method,
+        uri,
+        answer: None,
+        check: |_| {},
+    }
+}
+
+impl Expect {
+    fn answer(mut self, status: u16, body: Value) -> Self {
+        self.answer = Some((status, body));
+        self
+    }
+
+    fn check(mut self, check: fn(&Value)) -> Self {
+        self.check = check;
+        self
+    }
+}
+
+async fn verify(mut handle: Handle, script: Vec<Expect>) {
+    for (i, step) in script.into_iter().enumerate() {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("request {i} never came: {} {}", step.method, step.uri));
+        let uri = request.uri().to_string();
+        assert_eq!(request.method(), step.method, "request {i}: {uri}");
+        assert!(
+            uri.contains(step.uri),
+            "request {i}: {} {uri} does not contain {}",
+            request.method(),
+            step.uri
+        );
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (step.check)(&body);
+        let (status, reply) = match step.answer {
+            Some(answer) => answer,
+            // A status apply answers with the whole object carrying the applied status.
+            None if uri.contains("/status") => (200, job_json(body["status"].clone())),
+            None => (
+                if step.method == Method::POST {
+                    201
+                } else {
+                    200
+                },
+                body,
+            ),
+        };
+        let response = Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+            .expect("response");
+        send.send_response(response);
+    }
+}
+
+fn job(status: Value) -> TrainingJob {
+    serde_json::from_value(job_json(status)).expect("job")
+}
+
+fn job_json(status: Value) -> Value {
+    let mut value = json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "mnist", "namespace": "ml", "uid": "0b0e", "generation": 1},
+        "spec": {
+            "workers": {"replicas": 2},
+            "trainer": {"model": {"type": "mlp"}, "dataset": {"type": "mnist"}, "batchSize": 8, "epochs": 1},
+            "checkpoint": {"uri": "s3://ckpt/mnist", "everySteps": 10}
+        }
+    });
+    if !status.is_null() {
+        value["status"] = status;
+    }
+    value
+}
+
+fn pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>) -> Value {
+    let mut status = json!({"phase": phase});
+    if let Some(code) = exit_code {
+        status["containerStatuses"] = json!([{"name": "trainer", "image": "t", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "reason": "Error"}}}]);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("mnist-worker-{rank}"), "namespace": "ml",
+            "labels": {"ferrotrain.io/job": "mnist", "ferrotrain.io/rank": rank.to_string(), "ferrotrain.io/attempt": attempt.to_string()}},
+        "spec": {"containers": []},
+        "status": status
+    })
+}
+
+fn pod_list(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+async fn run(job: TrainingJob, script: Vec<Expect>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings {
+            default_image: "trainer:test".into(),
+            progress_base_url: "http://op:8080".into(),
+        },
+    ));
+    let verifier = tokio::spawn(verify(handle, script));
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(job), ctx)).await;
+    let result = result.expect("reconcile finished: no request was left unanswered");
+    result.expect("reconcile succeeded");
+    tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("every expected request came")
+        .expect("verifier");
+}
+
+const PODS: &str = "/api/v1/namespaces/ml/pods";
+const STATUS: &str = "/apis/ferrotrain.io/v1alpha1/namespaces/ml/trainingjobs/mnist/status?&force=true&fieldManager=ferrotrain-operator";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
+
+#[tokio::test]
+async fn a_new_job_gets_its_service_secret_and_gang() {
+    let script = vec![
+        expect(Method::GET, "/api/v1/namespaces/ml/pods?&labelSelector=ferrotrain.io%2Fjob%3Dmnist").answer(200, pod_list(vec![])),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?&force=true&fieldManager=ferrotrain-operator")
+            .check(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
+        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token")
+            .answer(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+        expect(Method::POST, "/api/v1/namespaces/ml/secrets?")
+            .check(|b| assert_eq!(b["stringData"]["token"].as_str().map(str::len), Some(64))),
+        expect(Method::POST, PODS).check(|b| assert_eq!(b["metadata"]["name"], "mnist-worker-0")),
+        expect(Method::POST, PODS).check(|b| {
+            assert_eq!(b["metadata"]["name"], "mnist-worker-1");
+            assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "1");
+        }),
+        expect(Method::PATCH, STATUS).check(|b| {
+            assert_eq!(b["status"]["phase"], "Scheduling");
+            assert_eq!(b["status"]["attempt"], 1);
+        }),
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Scheduling")),
+    ];
+    run(job(Value::Null), script).await;
+}
+
+#[tokio::test]
+async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
+    let running = json!({"phase": "Running", "attempt": 1,
+        "conditions": [{"type": "Running", "status": "True", "reason": "GangRunning", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    let script = vec![
+        expect(Method::GET, PODS).answer(
+            200,
+            pod_list(vec![
+                pod(0, 1, "Running", None),
+                pod(1, 1, "Failed", Some(1)),
+            ]),
+        ),
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
+            .answer(200, pod(0, 1, "Running", None)),
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
+            .answer(200, pod(1, 1, "Failed", Some(1))),
+        expect(Method::PATCH, STATUS).check(|b| {
+            assert_eq!(b["status"]["phase"], "Restarting");
+            assert_eq!(b["status"]["attempt"], 2);
+            assert_eq!(b["status"]["restarts"]["app"], 1);
+        }),
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "WorkerFailed")),
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Restarting")),
+    ];
+    run(job(running), script).await;
+}
+
+#[tokio::test]
+async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
+    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml"}});
+    let script = vec![
+        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(
+            Method::GET,
+            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
+        )
+        .answer(200, secret),
+        expect(Method::POST, PODS)
+            .check(|b| assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "2")),
+        expect(Method::POST, PODS),
+        expect(Method::PATCH, STATUS).check(|b| assert_eq!(b["status"]["phase"], "Scheduling")),
+        expect(Method::POST, EVENTS),
+    ];
+    run(job(restarting), script).await;
+}
