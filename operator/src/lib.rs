@@ -6,6 +6,7 @@
 pub mod children;
 pub mod cli;
 pub mod controller;
+pub mod curve;
 pub mod lifecycle;
 pub mod local;
 pub mod manifest;

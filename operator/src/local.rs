@@ -131,6 +131,35 @@ struct Worker {
     deleting_since: Option<Timestamp>,
 }
 
+/// Loss and accuracy over the run, for the curve.
+#[derive(Default)]
+struct Curve {
+    points: Vec<crate::curve::Point>,
+    last_metrics: BTreeMap<String, f64>,
+}
+
+impl Curve {
+    fn observe(&mut self, status: &TrainingJobStatus) {
+        let Some(progress) = &status.progress else {
+            return;
+        };
+        let step = progress.step as f64;
+        if self.points.last().is_some_and(|p| p.step == step) {
+            return;
+        }
+        // Metrics stay in the status between evaluations; plot each evaluation once.
+        let accuracy = (progress.metrics != self.last_metrics)
+            .then(|| progress.metrics.get("valAccuracy").copied())
+            .flatten();
+        self.last_metrics = progress.metrics.clone();
+        self.points.push(crate::curve::Point {
+            step,
+            loss: progress.loss,
+            accuracy,
+        });
+    }
+}
+
 /// Progress reports received by the local endpoint.
 #[derive(Default)]
 struct Inbox {
@@ -179,6 +208,8 @@ pub fn run(
     let mut workers: Vec<Worker> = Vec::new();
     let mut suspended_by_user = false;
     let mut last_attempt = 0;
+    let mut curve = Curve::default();
+    let curve_path = job_dir.join("curve.png");
     loop {
         let presses = interrupts.load(Ordering::SeqCst);
         if presses >= 2 {
@@ -302,14 +333,22 @@ pub fn run(
         job.status = Some(decision.status.clone());
         let status = job.status.clone().unwrap_or_default();
         display.status(&status);
+        curve.observe(&status);
         let live = workers.iter().any(|w| w.exited.is_none());
-        match status.phase {
-            Some(Phase::Succeeded) if !live => return Ok(RunOutcome::Succeeded(Box::new(status))),
-            Some(Phase::Failed) if !live => return Ok(RunOutcome::Failed(Box::new(status))),
+        let outcome = match status.phase {
+            Some(Phase::Succeeded) if !live => Some(RunOutcome::Succeeded(Box::new(status))),
+            Some(Phase::Failed) if !live => Some(RunOutcome::Failed(Box::new(status))),
             Some(Phase::Suspended) if !live && suspended_by_user => {
-                return Ok(RunOutcome::Suspended(Box::new(status)));
+                Some(RunOutcome::Suspended(Box::new(status)))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            match crate::curve::write_png(&curve_path, &name, &curve.points) {
+                Ok(()) => display.line(&format!("training curve: {}", curve_path.display())),
+                Err(e) => display.line(&e.to_string()),
+            }
+            return Ok(outcome);
         }
         // Workers that exited after being deleted are gone, like deleted pods.
         workers.retain(|w| !(w.deleting_since.is_some() && w.exited.is_some()));

@@ -128,6 +128,9 @@ fn a_small_job_succeeds_with_a_complete_status() {
     assert_eq!(status["restarts"]["app"].as_i64(), Some(0));
     assert!(status["startTime"].is_string() && status["completionTime"].is_string());
     assert!(s.0.join(".ferrotrain/small/status.yaml").exists());
+    let curve = std::fs::read(s.0.join(".ferrotrain/small/curve.png"))
+        .expect("the training curve is written");
+    assert_eq!(&curve[1..4], b"PNG");
     let events: Vec<String> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|l| l.contains("\"event\":\"event\""))
@@ -359,5 +362,28 @@ fn a_missing_dataset_is_named_in_one_line() {
     assert_eq!(
         String::from_utf8_lossy(&output.stderr).trim(),
         "dataset file file:///nonexistent/train.csv does not exist"
+    );
+}
+
+#[test]
+fn an_unreachable_checkpoint_store_is_named_in_one_line() {
+    let s = Scratch::new("nos3");
+    let manifest = s.manifest(
+        "nos3",
+        "s3://ckpt/run\", endpoint: \"http://127.0.0.1:9",
+        "",
+    );
+    let output = s
+        .ferrotrain(&["run", &manifest.display().to_string()])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("s3://ckpt/run at http://127.0.0.1:9"),
+        "{stderr}"
     );
 }
