@@ -17,6 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use crate::children::{self, LABEL_JOB, Settings};
 use crate::lifecycle::{Action, Observed, decide};
 use crate::progress::random_token;
+use crate::server::{JobDirectory, JobInfo, ProgressHub};
 
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "ferrotrain-operator";
@@ -35,7 +36,16 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "secrets", &["get", "create"]),
     ("", "nodes", &["get"]),
     ("events.k8s.io", "events", &["create", "patch"]),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    ),
 ];
+
+/// The field manager of progress writes (`status.progress`, `status.checkpoint`), kept apart so
+/// that the reconciler's status applies and the progress writer never remove each other's fields.
+pub const PROGRESS_MANAGER: &str = "ferrotrain-progress";
 
 /// A reconcile failure, with a label for metrics and events.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +86,13 @@ pub struct Context {
     pub settings: Settings,
     /// Publishes events.
     pub recorder: Recorder,
+    /// Leadership, progress and metrics shared with the HTTP server.
+    pub hub: Arc<ProgressHub>,
 }
 
 impl Context {
     /// A context with an event recorder named after the operator.
-    pub fn new(client: Client, settings: Settings) -> Self {
+    pub fn new(client: Client, settings: Settings, hub: Arc<ProgressHub>) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -92,12 +104,35 @@ impl Context {
             client,
             settings,
             recorder,
+            hub,
         }
     }
 }
 
-/// One reconcile of one job.
+/// One reconcile of one job; replicas that do not lead only wait.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Requeue::requeue(crate::leader::RENEW_EVERY));
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_as_leader(&job, &ctx).await;
+    let (status, error) = match &result {
+        Ok((_, status)) => (status.as_ref(), None),
+        Err(e) => (None, Some(e.metric_label())),
+    };
+    ctx.hub.observe_reconcile(
+        &format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any()),
+        started.elapsed().as_secs_f64(),
+        status,
+        error,
+    );
+    result.map(|(requeue, _)| requeue)
+}
+
+async fn reconcile_as_leader(
+    job: &TrainingJob,
+    ctx: &Context,
+) -> Result<(Requeue, Option<TrainingJobStatus>), Error> {
     let namespace = job
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
@@ -110,7 +145,7 @@ pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Reque
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
 
-    if let Err(errors) = ferrotrain_crds::validate(&job) {
+    if let Err(errors) = ferrotrain_crds::validate(job) {
         let mut status = job.status.clone().unwrap_or_default();
         if status.phase != Some(Phase::Failed) {
             let message = errors
@@ -131,7 +166,7 @@ pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Reque
             status.message = Some(message);
             write_status(&jobs, &name, &status).await?;
         }
-        return Ok(Requeue::await_change());
+        return Ok((Requeue::await_change(), Some(status)));
     }
 
     // Observe.
@@ -161,19 +196,18 @@ pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Reque
     };
 
     // Decide.
-    let decision = decide(&job, &observed, now);
+    let decision = decide(job, &observed, now);
 
     // Apply.
     for action in &decision.actions {
         match action {
-            Action::EnsureSupport => ensure_support(&job, &ctx).await?,
+            Action::EnsureSupport => ensure_support(job, ctx).await?,
             Action::CreateWorkers {
                 attempt,
                 world_size,
             } => {
                 for rank in 0..*world_size {
-                    let pod =
-                        children::worker_pod(&job, &ctx.settings, *attempt, *world_size, rank);
+                    let pod = children::worker_pod(job, &ctx.settings, *attempt, *world_size, rank);
                     create_if_absent(&pods, &pod, "create worker pod").await?;
                 }
             }
@@ -218,10 +252,11 @@ pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Reque
             tracing::warn!(job = %name, error = %e, "cannot record event");
         }
     }
-    Ok(decision.requeue_after.map_or_else(
+    let requeue = decision.requeue_after.map_or_else(
         || Requeue::requeue(Duration::from_secs(300)),
         Requeue::requeue,
-    ))
+    );
+    Ok((requeue, Some(decision.status)))
 }
 
 /// Retry a failed reconcile after a short pause.
@@ -321,9 +356,72 @@ async fn write_status(
     Ok(())
 }
 
+/// Writes coalesced progress into each job's status, at most every few seconds per job, while
+/// this replica leads.
+pub async fn write_progress(client: Client, hub: Arc<ProgressHub>) {
+    loop {
+        for ((namespace, name), status) in hub.due_writes(Timestamp::now()) {
+            let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+            let patch = serde_json::json!({
+                "apiVersion": "ferrotrain.io/v1alpha1",
+                "kind": "TrainingJob",
+                "status": {"progress": status.progress, "checkpoint": status.checkpoint},
+            });
+            if let Err(e) = jobs
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(PROGRESS_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+            {
+                tracing::warn!(job = %name, error = %e, "cannot write progress");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Looks up a job's token, attempt and batch size for the progress endpoint.
+pub struct KubeDirectory {
+    /// API client.
+    pub client: Client,
+}
+
+impl JobDirectory for KubeDirectory {
+    async fn lookup(&self, namespace: &str, name: &str) -> Option<JobInfo> {
+        let jobs: Api<TrainingJob> = Api::namespaced(self.client.clone(), namespace);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let job = jobs.get_opt(name).await.ok()??;
+        let secret = secrets
+            .get_opt(&children::token_secret_name(name))
+            .await
+            .ok()??;
+        let token = secret.data.and_then(|d| {
+            d.get(children::TOKEN_KEY)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        })?;
+        Some(JobInfo {
+            token,
+            attempt: job
+                .status
+                .as_ref()
+                .and_then(|s| s.attempt)
+                .unwrap_or(1)
+                .max(1) as u32,
+            batch_size: job.spec.trainer.batch_size.max(1) as u64,
+        })
+    }
+}
+
 /// Runs the controller until SIGTERM: watches TrainingJobs (in `namespace`, or all) and the pods
-/// they own.
-pub async fn run(client: Client, settings: Settings, namespace: Option<String>) {
+/// they own, reconciling while `hub` says this replica leads.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    namespace: Option<String>,
+    hub: Arc<ProgressHub>,
+) {
     let (jobs, pods): (Api<TrainingJob>, Api<Pod>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -331,7 +429,8 @@ pub async fn run(client: Client, settings: Settings, namespace: Option<String>) 
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let context = Arc::new(Context::new(client, settings));
+    hub.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let context = Arc::new(Context::new(client, settings, hub));
     Controller::new(jobs, watcher::Config::default())
         .owns(pods, watcher::Config::default().labels(LABEL_JOB))
         .shutdown_on_signal()

@@ -75,6 +75,15 @@ enum Command {
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
+        /// Address of the progress, metrics and health server.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// Namespace of the leader-election Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "ferrotrain-system")]
+        lease_namespace: String,
+        /// This replica's identity in the Lease.
+        #[arg(long, env = "POD_NAME", default_value = "ferrotrain-operator")]
+        identity: String,
     },
     /// Run one worker (started by `ferrotrain run` or the operator).
     #[cfg(feature = "worker")]
@@ -113,6 +122,9 @@ fn main() -> anyhow::Result<ExitCode> {
             trainer_image,
             progress_base_url,
             namespace,
+            listen,
+            lease_namespace,
+            identity,
         } => {
             tracing_subscriber::fmt()
                 .json()
@@ -124,17 +136,14 @@ fn main() -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(async {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("connecting to the Kubernetes API")?;
-                let settings = ferrotrain::children::Settings {
-                    default_image: trainer_image,
-                    progress_base_url,
-                };
-                ferrotrain::controller::run(client, settings, namespace).await;
-                anyhow::Ok(())
-            })?;
+            runtime.block_on(operator(
+                trainer_image,
+                progress_base_url,
+                namespace,
+                listen,
+                lease_namespace,
+                identity,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Crd => {
@@ -147,6 +156,48 @@ fn main() -> anyhow::Result<ExitCode> {
         #[cfg(feature = "worker")]
         Command::Worker(args) => Ok(ExitCode::from(ferrotrain_trainer::cli::run_worker(args))),
     }
+}
+
+async fn operator(
+    trainer_image: String,
+    progress_base_url: String,
+    namespace: Option<String>,
+    listen: String,
+    lease_namespace: String,
+    identity: String,
+) -> anyhow::Result<()> {
+    use ferrotrain::{controller, leader, server};
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let hub = Arc::new(server::ProgressHub::default());
+    let directory = Arc::new(controller::KubeDirectory {
+        client: client.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let app = server::router(Arc::clone(&hub), directory);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    let leases = kube::Api::namespaced(client.clone(), &lease_namespace);
+    tokio::spawn(leader::run(
+        leases,
+        "ferrotrain-operator".into(),
+        identity,
+        Arc::clone(&hub),
+    ));
+    tokio::spawn(controller::write_progress(client.clone(), Arc::clone(&hub)));
+    let settings = ferrotrain::children::Settings {
+        default_image: trainer_image,
+        progress_base_url,
+    };
+    // Returns on SIGTERM once in-flight reconciles finish.
+    controller::run(client, settings, namespace, hub).await;
+    Ok(())
 }
 
 fn run(file: &std::path::Path, json: bool, state_dir: PathBuf) -> anyhow::Result<ExitCode> {

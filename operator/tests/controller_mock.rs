@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ferrotrain::children::Settings;
 use ferrotrain::controller::{Context, reconcile};
+use ferrotrain::server::ProgressHub;
 use ferrotrain_crds::TrainingJob;
 use http::{Method, Request, Response};
 use kube::Client;
@@ -59,6 +60,7 @@ async fn verify(mut handle: Handle, script: Vec<Expect>) {
             request.method(),
             step.uri
         );
+        assert_granted(request.method(), request.uri().path());
         let bytes = request.into_body().collect_bytes().await.expect("body");
         let body: Value = if bytes.is_empty() {
             Value::Null
@@ -85,6 +87,44 @@ async fn verify(mut handle: Handle, script: Vec<Expect>) {
             .expect("response");
         send.send_response(response);
     }
+}
+
+/// Every call the controller makes must be granted by the RBAC list (the chart's ClusterRole is
+/// generated from it).
+fn assert_granted(method: &Method, path: &str) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // /api/v1/... or /apis/<group>/<version>/...
+    let (group, rest) = match parts.first() {
+        Some(&"api") => ("", &parts[2..]),
+        _ => (parts[1], &parts[3..]),
+    };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+        &rest[2..]
+    } else {
+        rest
+    };
+    let resource = match rest {
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+        [resource, ..] => resource.to_string(),
+        [] => panic!("no resource in {path}"),
+    };
+    let named = rest.len() >= 2;
+    let verb = match (method.as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", _) => "delete",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    let granted = ferrotrain::controller::RBAC
+        .iter()
+        .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb));
+    assert!(
+        granted,
+        "{method} {path} needs {verb} on {group}/{resource}, which the RBAC list does not grant"
+    );
 }
 
 fn job(status: Value) -> TrainingJob {
@@ -130,13 +170,13 @@ fn pod_list(items: Vec<Value>) -> Value {
 async fn run(job: TrainingJob, script: Vec<Expect>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
-    let ctx = Arc::new(Context::new(
-        client,
-        Settings {
-            default_image: "trainer:test".into(),
-            progress_base_url: "http://op:8080".into(),
-        },
-    ));
+    let hub = Arc::new(ProgressHub::default());
+    hub.leader.store(true, std::sync::atomic::Ordering::SeqCst);
+    let settings = Settings {
+        default_image: "trainer:test".into(),
+        progress_base_url: "http://op:8080".into(),
+    };
+    let ctx = Arc::new(Context::new(client, settings, hub));
     let verifier = tokio::spawn(verify(handle, script));
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(job), ctx)).await;
     let result = result.expect("reconcile finished: no request was left unanswered");

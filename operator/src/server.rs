@@ -1,0 +1,479 @@
+//! The operator's HTTP server: the progress endpoint trainers POST to, Prometheus metrics, and
+//! health probes. Accepted reports are coalesced per job; [`ProgressHub::due_writes`] hands the
+//! latest of each job to the status writer at most once per [`WRITE_INTERVAL`], and only while
+//! this replica leads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use ferrotrain_crds::progress::MAX_BODY_BYTES;
+use ferrotrain_crds::{Phase, TrainingJobStatus};
+use jiff::Timestamp;
+
+use crate::progress::{ProgressTracker, Rejection, bearer};
+
+/// Shortest interval between two status writes of one job's progress.
+pub const WRITE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the endpoint learns a job's token, attempt and batch size.
+pub trait JobDirectory: Send + Sync + 'static {
+    /// The job's progress token, current attempt and per-worker batch size; `None` if unknown.
+    fn lookup(&self, namespace: &str, name: &str) -> impl Future<Output = Option<JobInfo>> + Send;
+}
+
+/// What the endpoint needs to know about a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    /// Bearer token from the job's Secret.
+    pub token: String,
+    /// Current gang attempt.
+    pub attempt: u32,
+    /// Per-worker batch size.
+    pub batch_size: u64,
+}
+
+#[derive(Default)]
+struct JobProgress {
+    tracker: ProgressTracker,
+    batch_size: u64,
+    dirty: bool,
+    last_write: Option<Timestamp>,
+}
+
+/// Counters behind `/metrics`.
+#[derive(Default)]
+struct Counters {
+    accepted: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    reconcile_errors: BTreeMap<&'static str, u64>,
+    reconciles: u64,
+    reconcile_seconds: f64,
+    phases: BTreeMap<String, Phase>,
+    restarts: BTreeMap<String, [i64; 4]>,
+    goodput: BTreeMap<String, f64>,
+}
+
+/// Shared state of the server, the status writer and the controller.
+#[derive(Default)]
+pub struct ProgressHub {
+    jobs: Mutex<HashMap<(String, String), JobProgress>>,
+    counters: Mutex<Counters>,
+    /// Whether this replica holds the leader lease.
+    pub leader: AtomicBool,
+    /// Whether the controller has started (readiness).
+    pub ready: AtomicBool,
+}
+
+impl ProgressHub {
+    /// Records one POST; returns the HTTP status to answer with.
+    pub fn accept(
+        &self,
+        key: (String, String),
+        info: Option<&JobInfo>,
+        token: Option<&str>,
+        body: &[u8],
+        now: Timestamp,
+    ) -> StatusCode {
+        let result = match info {
+            // An unknown job has no token to match: the same answer as a wrong token.
+            None => Err(if token.is_some() {
+                Rejection::BadToken
+            } else {
+                Rejection::MissingToken
+            }),
+            Some(info) => {
+                let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = jobs.entry(key).or_default();
+                entry.batch_size = info.batch_size;
+                let result = entry
+                    .tracker
+                    .accept(token, &info.token, body, info.attempt, now);
+                entry.dirty |= result.is_ok();
+                result
+            }
+        };
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                counters.accepted += 1;
+                StatusCode::NO_CONTENT
+            }
+            Err(rejection) => {
+                *counters.rejected.entry(rejection.label()).or_default() += 1;
+                StatusCode::from_u16(rejection.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// Jobs whose progress should be written now, each with the status fields to apply; marks them
+    /// written. Nothing while this replica does not lead.
+    pub fn due_writes(&self, now: Timestamp) -> Vec<((String, String), TrainingJobStatus)> {
+        if !self.leader.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        for (key, job) in jobs.iter_mut() {
+            let waited = job.last_write.is_none_or(|t| {
+                now.duration_since(t).as_secs_f64() >= WRITE_INTERVAL.as_secs_f64()
+            });
+            if job.dirty && waited {
+                let mut status = TrainingJobStatus::default();
+                job.tracker.apply(&mut status, job.batch_size, now);
+                job.dirty = false;
+                job.last_write = Some(now);
+                due.push((key.clone(), status));
+            }
+        }
+        due
+    }
+
+    /// Records a reconcile for `/metrics`.
+    pub fn observe_reconcile(
+        &self,
+        job: &str,
+        seconds: f64,
+        status: Option<&TrainingJobStatus>,
+        error: Option<&'static str>,
+    ) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.reconciles += 1;
+        c.reconcile_seconds += seconds;
+        if let Some(label) = error {
+            *c.reconcile_errors.entry(label).or_default() += 1;
+        }
+        if let Some(status) = status {
+            if let Some(phase) = status.phase {
+                c.phases.insert(job.to_string(), phase);
+            }
+            let r = status.restarts.clone().unwrap_or_default();
+            c.restarts.insert(
+                job.to_string(),
+                [
+                    i64::from(r.infra),
+                    i64::from(r.app),
+                    i64::from(r.preemption),
+                    i64::from(r.stall),
+                ],
+            );
+            if let Some(g) = &status.goodput {
+                c.goodput.insert(job.to_string(), g.ratio);
+            }
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        out.push_str(
+            "# HELP ferrotrain_jobs Training jobs by phase.\n# TYPE ferrotrain_jobs gauge\n",
+        );
+        for phase in [
+            "Pending",
+            "Scheduling",
+            "Running",
+            "Restarting",
+            "Suspended",
+            "Succeeded",
+            "Failed",
+        ] {
+            let n = c
+                .phases
+                .values()
+                .filter(|p| format!("{p:?}") == phase)
+                .count();
+            out.push_str(&format!("ferrotrain_jobs{{phase=\"{phase}\"}} {n}\n"));
+        }
+        out.push_str("# HELP ferrotrain_reconciles_total Reconciles run.\n# TYPE ferrotrain_reconciles_total counter\n");
+        out.push_str(&format!("ferrotrain_reconciles_total {}\n", c.reconciles));
+        out.push_str("# HELP ferrotrain_reconcile_seconds_total Time spent reconciling.\n# TYPE ferrotrain_reconcile_seconds_total counter\n");
+        out.push_str(&format!(
+            "ferrotrain_reconcile_seconds_total {}\n",
+            c.reconcile_seconds
+        ));
+        out.push_str("# HELP ferrotrain_reconcile_errors_total Reconcile errors by category.\n# TYPE ferrotrain_reconcile_errors_total counter\n");
+        for (label, n) in &c.reconcile_errors {
+            out.push_str(&format!(
+                "ferrotrain_reconcile_errors_total{{category=\"{label}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP ferrotrain_restarts Gang restarts by cause, summed over jobs.\n# TYPE ferrotrain_restarts gauge\n");
+        for (i, cause) in ["infra", "app", "preemption", "stall"].iter().enumerate() {
+            let n: i64 = c.restarts.values().map(|r| r[i]).sum();
+            out.push_str(&format!("ferrotrain_restarts{{cause=\"{cause}\"}} {n}\n"));
+        }
+        out.push_str("# HELP ferrotrain_progress_reports_total Progress reports by outcome.\n# TYPE ferrotrain_progress_reports_total counter\n");
+        out.push_str(&format!(
+            "ferrotrain_progress_reports_total{{result=\"accepted\"}} {}\n",
+            c.accepted
+        ));
+        for (reason, n) in &c.rejected {
+            out.push_str(&format!(
+                "ferrotrain_progress_reports_total{{result=\"rejected\",reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP ferrotrain_goodput_ratio Productive share of each job's time.\n# TYPE ferrotrain_goodput_ratio gauge\n");
+        for (job, ratio) in &c.goodput {
+            out.push_str(&format!(
+                "ferrotrain_goodput_ratio{{job=\"{job}\"}} {ratio}\n"
+            ));
+        }
+        out
+    }
+}
+
+struct AppState<D> {
+    hub: Arc<ProgressHub>,
+    directory: Arc<D>,
+}
+
+impl<D> Clone for AppState<D> {
+    fn clone(&self) -> Self {
+        Self {
+            hub: Arc::clone(&self.hub),
+            directory: Arc::clone(&self.directory),
+        }
+    }
+}
+
+/// The HTTP routes.
+pub fn router<D: JobDirectory>(hub: Arc<ProgressHub>, directory: Arc<D>) -> Router {
+    Router::new()
+        .route(
+            "/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
+            post(progress::<D>),
+        )
+        .route("/metrics", get(metrics::<D>))
+        .route("/healthz", get(|| async { StatusCode::OK }))
+        .route("/readyz", get(ready::<D>))
+        // One byte over the limit is enough to refuse; the handler answers 413 itself.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 1))
+        .with_state(AppState { hub, directory })
+}
+
+async fn progress<D: JobDirectory>(
+    State(state): State<AppState<D>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let info = state.directory.lookup(&namespace, &name).await;
+    let token = bearer(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    state.hub.accept(
+        (namespace, name),
+        info.as_ref(),
+        token,
+        &body,
+        Timestamp::now(),
+    )
+}
+
+async fn metrics<D: JobDirectory>(
+    State(state): State<AppState<D>>,
+) -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.hub.metrics(),
+    )
+}
+
+async fn ready<D: JobDirectory>(State(state): State<AppState<D>>) -> StatusCode {
+    if state.hub.ready.load(Ordering::SeqCst) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use ferrotrain_crds::progress::ProgressReport;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    struct Fixed;
+
+    impl JobDirectory for Fixed {
+        async fn lookup(&self, namespace: &str, name: &str) -> Option<JobInfo> {
+            match (namespace, name) {
+                ("ml", "mnist") => Some(JobInfo {
+                    token: "mnist-token".into(),
+                    attempt: 2,
+                    batch_size: 32,
+                }),
+                ("ml", "other") => Some(JobInfo {
+                    token: "other-token".into(),
+                    attempt: 1,
+                    batch_size: 32,
+                }),
+                _ => None,
+            }
+        }
+    }
+
+    fn report(attempt: u32, step: u64) -> Vec<u8> {
+        serde_json::to_vec(&ProgressReport {
+            attempt,
+            world_size: 2,
+            step,
+            total_steps: 100,
+            epoch: 0,
+            ..ProgressReport::default()
+        })
+        .expect("json")
+    }
+
+    async fn post(
+        hub: &Arc<ProgressHub>,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> StatusCode {
+        let mut request = Request::post(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = router(Arc::clone(hub), Arc::new(Fixed))
+            .oneshot(request.body(Body::from(body)).expect("request"))
+            .await
+            .expect("response");
+        response.status()
+    }
+
+    const MNIST: &str = "/v1/namespaces/ml/trainingjobs/mnist/progress";
+
+    #[tokio::test]
+    async fn tokens_are_checked_per_job() {
+        let hub = Arc::new(ProgressHub::default());
+        assert_eq!(
+            post(&hub, MNIST, None, report(2, 1)).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            post(&hub, MNIST, Some("wrong"), report(2, 1)).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            post(&hub, MNIST, Some("other-token"), report(2, 1)).await,
+            StatusCode::UNAUTHORIZED,
+            "another job's token"
+        );
+        assert_eq!(
+            post(
+                &hub,
+                "/v1/namespaces/ml/trainingjobs/ghost/progress",
+                Some("mnist-token"),
+                report(2, 1)
+            )
+            .await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            post(&hub, MNIST, Some("mnist-token"), report(2, 1)).await,
+            StatusCode::NO_CONTENT
+        );
+        let metrics = hub.metrics();
+        assert!(
+            metrics.contains("ferrotrain_progress_reports_total{result=\"accepted\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("reason=\"bad_token\"} 3"), "{metrics}");
+        assert!(metrics.contains("reason=\"missing_token\"} 1"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn oversized_malformed_and_stale_bodies_are_refused() {
+        let hub = Arc::new(ProgressHub::default());
+        assert_eq!(
+            post(
+                &hub,
+                MNIST,
+                Some("mnist-token"),
+                vec![b' '; MAX_BODY_BYTES + 10]
+            )
+            .await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            post(&hub, MNIST, Some("mnist-token"), b"{\"step\":".to_vec()).await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(&hub, MNIST, Some("mnist-token"), report(1, 5)).await,
+            StatusCode::CONFLICT,
+            "attempt 1 is over"
+        );
+    }
+
+    #[tokio::test]
+    async fn reports_are_coalesced_and_written_at_most_every_five_seconds_by_the_leader() {
+        let hub = Arc::new(ProgressHub::default());
+        for step in [10, 20, 30] {
+            assert_eq!(
+                post(&hub, MNIST, Some("mnist-token"), report(2, step)).await,
+                StatusCode::NO_CONTENT
+            );
+        }
+        let t0 = Timestamp::now();
+        assert!(
+            hub.due_writes(t0).is_empty(),
+            "a replica that does not lead writes nothing"
+        );
+        hub.leader.store(true, Ordering::SeqCst);
+        let due = hub.due_writes(t0);
+        assert_eq!(due.len(), 1, "three reports, one write");
+        assert_eq!(due[0].0, ("ml".to_string(), "mnist".to_string()));
+        assert_eq!(
+            due[0].1.progress.as_ref().map(|p| p.step),
+            Some(30),
+            "the latest report wins"
+        );
+        assert!(hub.due_writes(t0).is_empty(), "nothing new");
+        post(&hub, MNIST, Some("mnist-token"), report(2, 40)).await;
+        assert!(
+            hub.due_writes(t0 + jiff::SignedDuration::from_secs(2))
+                .is_empty(),
+            "within 5 s of the last write"
+        );
+        assert_eq!(
+            hub.due_writes(t0 + jiff::SignedDuration::from_secs(5))
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness() {
+        let hub = Arc::new(ProgressHub::default());
+        let get = |path: &'static str| {
+            let hub = Arc::clone(&hub);
+            async move {
+                router(hub, Arc::new(Fixed))
+                    .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+                    .await
+                    .expect("response")
+                    .status()
+            }
+        };
+        assert_eq!(get("/healthz").await, StatusCode::OK);
+        assert_eq!(get("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+        hub.ready.store(true, Ordering::SeqCst);
+        assert_eq!(get("/readyz").await, StatusCode::OK);
+        assert_eq!(get("/metrics").await, StatusCode::OK);
+    }
+}
