@@ -365,6 +365,35 @@ pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<Worke
     })
 }
 
+/// Drops everything [`worker_view`] does not read (container specs, volumes, env, managed
+/// fields, annotations), so that a cache of pods stays small.
+pub fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            ..PodSpec::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.container_statuses = status.container_statuses.take().map(|statuses| {
+            statuses
+                .into_iter()
+                .filter(|c| c.name == "trainer")
+                .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
+                    state: c.state,
+                    name: c.name,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        status.init_container_statuses = None;
+        status.pod_ips = None;
+        status.host_ips = None;
+    }
+}
+
 /// Why a Failed pod failed.
 pub fn failure_cause(pod: &Pod) -> FailureCause {
     let status = pod.status.clone().unwrap_or_default();
@@ -642,6 +671,24 @@ mod tests {
         let mut foreign = pod("Running", "");
         foreign.metadata.labels = None;
         assert_eq!(worker_view(&foreign, ready), None);
+    }
+
+    #[test]
+    fn slimming_keeps_what_the_lifecycle_reads() {
+        let full = worker_pod(&job(""), &settings(), 1, 2, 0);
+        let mut slim = full.clone();
+        slim_pod(&mut slim);
+        assert!(
+            serde_json::to_vec(&slim).expect("json").len() * 5
+                < serde_json::to_vec(&full).expect("json").len()
+        );
+        let mut failed = pod(
+            "Failed",
+            ", containerStatuses: [{name: trainer, image: x, imageID: '', ready: false, restartCount: 0, state: {terminated: {exitCode: 137, reason: OOMKilled}}}]",
+        );
+        let before = worker_view(&failed, |_| true);
+        slim_pod(&mut failed);
+        assert_eq!(worker_view(&failed, |_| true), before);
     }
 
     #[test]
