@@ -25,6 +25,13 @@ cargo run --quiet --locked -p ferrotrain -- validate examples/*.yaml
 step "cargo test"
 cargo test --workspace --locked
 
+step "Helm chart: lint (helm 3, 4), kubernetes-validate, shellcheck, RBAC and Pod Security tests"
+helm4=$(bash scripts/check-chart.sh)
+FERROTRAIN_HELM="$helm4" cargo test --locked -p ferrotrain-tests --test chart -- --ignored
+
+step "kind e2e suite (runs only where Docker and kind exist)"
+bash tests/e2e/run.sh
+
 step "S3 tests against a local SeaweedFS"
 trap 'scripts/s3-server.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"

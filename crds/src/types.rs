@@ -197,9 +197,9 @@ pub struct TrainerSpec {
     /// Learning-rate schedule. Default: constant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_schedule: Option<LrScheduleSpec>,
-    /// Clip gradients to this global L2 norm. Unset: no clipping.
+    /// Clip gradients to this global L2 norm (greater than 0). Unset: no clipping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.000001))]
+    #[schemars(range(min = 0.0))]
     pub grad_clip_norm: Option<f64>,
     /// Compute precision. bf16/fp16 apply on GPU with fp32 master weights; on CPU the trainer
     /// runs fp32 and says so in its log. Default: fp32.

@@ -288,6 +288,12 @@ fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldError>) {
             "lenet needs 28×28 single-channel images; use dataset type mnist or idx, or model mlp for CSV features",
         ));
     }
+    if trainer.grad_clip_norm.is_some_and(|n| n <= 0.0) {
+        errors.push(FieldError::new(
+            format!("{base}.gradClipNorm"),
+            "must be greater than 0; remove it to train without clipping",
+        ));
+    }
     let optimizer = trainer.optimizer_or_default();
     let lr = optimizer.lr_or_default();
     if lr <= 0.0 {

