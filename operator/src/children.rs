@@ -323,6 +323,41 @@ pub fn worker_pod(
     }
 }
 
+/// The Volcano PodGroup that makes the scheduler place a gang all at once (only for jobs with
+/// `schedulerName: volcano`), named like the pods' `scheduling.k8s.io/group-name` annotation.
+pub fn pod_group(job: &TrainingJob, attempt: u32, world_size: u32) -> Option<serde_json::Value> {
+    let policy = job.spec.run_policy.clone().unwrap_or_default();
+    if policy.scheduler_name.as_deref() != Some("volcano") {
+        return None;
+    }
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let mut spec = serde_json::json!({"minMember": world_size});
+    if let Some(queue) = &policy.queue {
+        spec["queue"] = serde_json::json!(queue);
+    }
+    if let Some(class) = job
+        .spec
+        .workers
+        .template
+        .as_ref()
+        .and_then(|t| t.priority_class_name.clone())
+        .or(policy.priority_class_name)
+    {
+        spec["priorityClassName"] = serde_json::json!(class);
+    }
+    Some(serde_json::json!({
+        "apiVersion": "scheduling.volcano.sh/v1beta1",
+        "kind": "PodGroup",
+        "metadata": {
+            "name": format!("{name}-{attempt}"),
+            "namespace": job.metadata.namespace,
+            "labels": base_labels(&name),
+            "ownerReferences": owner(job).map(|o| vec![o]),
+        },
+        "spec": spec,
+    }))
+}
+
 /// Reads a pod as a worker; `None` for pods without our rank and attempt labels.
 /// `node_ready` tells whether a node is Ready (unknown nodes count as ready).
 pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<WorkerView> {
@@ -594,6 +629,25 @@ mod tests {
                 .get("scheduling.k8s.io/group-name")
                 .map(String::as_str),
             Some("mnist-2")
+        );
+    }
+
+    #[test]
+    fn volcano_jobs_get_a_pod_group_per_attempt() {
+        assert_eq!(pod_group(&job(""), 1, 2), None);
+        let group = pod_group(
+            &job("  runPolicy: {schedulerName: volcano, queue: team-ml}\n"),
+            3,
+            4,
+        )
+        .expect("pod group");
+        assert_eq!(group["metadata"]["name"], "mnist-3");
+        assert_eq!(group["spec"]["minMember"], 4);
+        assert_eq!(group["spec"]["queue"], "team-ml");
+        assert_eq!(group["spec"]["priorityClassName"], "high");
+        assert_eq!(
+            group["metadata"]["ownerReferences"][0]["kind"],
+            "TrainingJob"
         );
     }
 

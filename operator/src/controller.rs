@@ -35,6 +35,7 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "services", &["create", "patch"]),
     ("", "secrets", &["get", "create"]),
     ("", "nodes", &["get"]),
+    ("scheduling.volcano.sh", "podgroups", &["create", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
     (
         "coordination.k8s.io",
@@ -206,6 +207,9 @@ async fn reconcile_as_leader(
                 attempt,
                 world_size,
             } => {
+                if let Some(group) = children::pod_group(job, *attempt, *world_size) {
+                    apply_pod_group(&ctx.client, &namespace, &group).await?;
+                }
                 for rank in 0..*world_size {
                     let pod = children::worker_pod(job, &ctx.settings, *attempt, *world_size, rank);
                     create_if_absent(&pods, &pod, "create worker pod").await?;
@@ -311,6 +315,30 @@ async fn ensure_support(job: &TrainingJob, ctx: &Context) -> Result<(), Error> {
         )
         .await?;
     }
+    Ok(())
+}
+
+async fn apply_pod_group(
+    client: &Client,
+    namespace: &str,
+    group: &serde_json::Value,
+) -> Result<(), Error> {
+    let gvk = kube::api::GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "podgroups");
+    let groups: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = group["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    groups
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(group),
+        )
+        .await
+        .map_err(kube_error("apply volcano pod group"))?;
     Ok(())
 }
 

@@ -262,3 +262,32 @@ async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     ];
     run(job(restarting), script).await;
 }
+
+#[tokio::test]
+async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
+    let mut job = job(Value::Null);
+    job.spec.run_policy = Some(ferrotrain_crds::RunPolicy {
+        scheduler_name: Some("volcano".into()),
+        queue: Some("research".into()),
+        ..Default::default()
+    });
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml"}});
+    let script = vec![
+        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token").answer(200, secret),
+        expect(Method::PATCH, "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1?&force=true&fieldManager=ferrotrain-operator")
+            .check(|b| {
+                assert_eq!(b["spec"]["minMember"], 2);
+                assert_eq!(b["spec"]["queue"], "research");
+            }),
+        expect(Method::POST, PODS).check(|b| {
+            assert_eq!(b["spec"]["schedulerName"], "volcano");
+            assert_eq!(b["metadata"]["annotations"]["scheduling.k8s.io/group-name"], "mnist-1");
+        }),
+        expect(Method::POST, PODS),
+        expect(Method::PATCH, STATUS),
+        expect(Method::POST, EVENTS),
+    ];
+    run(job, script).await;
+}
