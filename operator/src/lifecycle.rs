@@ -285,15 +285,24 @@ impl Decider<'_> {
     /// Old attempts' workers never run alongside the current gang.
     fn delete_stale(&mut self, observed: &Observed) {
         let attempt = self.attempt();
-        let stale: Vec<String> = observed
+        let stale: Vec<&WorkerView> = observed
             .workers
             .iter()
-            .filter(|w| w.attempt != attempt && !matches!(w.state, WorkerState::Terminating { .. }))
+            .filter(|w| w.attempt != attempt)
+            .collect();
+        self.delete_gracefully(stale);
+    }
+
+    /// Deletes workers (SIGTERM first) unless they are already being deleted.
+    fn delete_gracefully(&mut self, workers: Vec<&WorkerView>) {
+        let names: Vec<String> = workers
+            .into_iter()
+            .filter(|w| !matches!(w.state, WorkerState::Terminating { .. }))
             .map(|w| w.name.clone())
             .collect();
-        if !stale.is_empty() {
+        if !names.is_empty() {
             self.actions.push(Action::DeleteWorkers {
-                names: stale,
+                names,
                 force: false,
             });
         }
@@ -383,18 +392,7 @@ impl Decider<'_> {
             );
             self.set_condition("Running", false, "Suspended", "the job is suspended");
         }
-        let running: Vec<String> = self
-            .current(observed)
-            .into_iter()
-            .filter(|w| !matches!(w.state, WorkerState::Terminating { .. }))
-            .map(|w| w.name.clone())
-            .collect();
-        if !running.is_empty() {
-            self.actions.push(Action::DeleteWorkers {
-                names: running,
-                force: false,
-            });
-        }
+        self.delete_gracefully(self.current(observed));
     }
 
     /// Creates the gang once every older worker is gone (worker names repeat across attempts).
@@ -719,18 +717,7 @@ impl Decider<'_> {
 
     /// Deletes the current gang and prepares the next attempt with `world_size` workers.
     fn release_gang(&mut self, observed: &Observed, world_size: u32) {
-        let names: Vec<String> = self
-            .current(observed)
-            .into_iter()
-            .filter(|w| !matches!(w.state, WorkerState::Terminating { .. }))
-            .map(|w| w.name.clone())
-            .collect();
-        if !names.is_empty() {
-            self.actions.push(Action::DeleteWorkers {
-                names,
-                force: false,
-            });
-        }
+        self.delete_gracefully(self.current(observed));
         self.new_attempt(world_size);
         self.requeue_in(2.0);
     }

@@ -76,6 +76,15 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
     }
 }
 
+/// Rank 0's final JSON line.
+fn completion_line(lines: &[String]) -> serde_json::Value {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "completed")
+        .expect("rank 0 prints a completion line")
+}
+
 #[test]
 fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
     let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001}\nseed: 3\n";
@@ -90,11 +99,7 @@ fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
         .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
         .collect();
     assert_eq!(codes, vec![Some(0); 3], "every rank succeeds");
-    let completed: serde_json::Value = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "completed")
-        .expect("rank 0 prints a completion line");
+    let completed = completion_line(&lines);
     let accuracy = completed["metrics"]["valAccuracy"]
         .as_f64()
         .expect("accuracy");
@@ -122,11 +127,7 @@ fn asynchronous_local_sgd_converges() {
         .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
         .collect();
     assert_eq!(codes, vec![Some(0); 3]);
-    let completed: serde_json::Value = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["event"] == "completed")
-        .expect("completion line");
+    let completed = completion_line(&lines);
     let accuracy = completed["metrics"]["valAccuracy"]
         .as_f64()
         .expect("accuracy");
