@@ -1,7 +1,12 @@
 //! Ferrotrain's operator and command-line interface.
 //!
-//! Today this crate admits TrainingJob manifests offline ([`manifest`]) and powers
-//! `ferrotrain validate` and `ferrotrain crd` ([`cli`]).
+//! - [`manifest`]: offline admission of TrainingJob manifests (schema, CEL, semantic checks);
+//! - [`lifecycle`]: the pure state machine `decide` shared by the controller and the local runner;
+//! - [`children`]: the Service, Secret, pods and Volcano PodGroup of a job, and pods read back;
+//! - [`controller`]: the Kubernetes reconciler (observe → decide → apply) and its RBAC list;
+//! - [`progress`], [`server`], [`leader`]: progress reports, the HTTP server, leader election;
+//! - [`local`], [`curve`]: `ferrotrain run`, its training curve;
+//! - [`cli`]: `ferrotrain validate`.
 
 pub mod children;
 pub mod cli;
