@@ -263,8 +263,8 @@ pub fn train(
     let epochs = spec.epochs.map(|e| e.max(1) as u64);
     let max_steps = spec.max_steps.map(|s| s.max(1) as u64);
     let remaining_by_epochs = epochs.map(|e| {
-        (e.saturating_sub(state.epoch)) * steps_per_epoch
-            - (state.samples_in_epoch / global_batch as u64).min(steps_per_epoch)
+        (e.saturating_sub(state.epoch) * steps_per_epoch)
+            .saturating_sub((state.samples_in_epoch / global_batch as u64).min(steps_per_epoch))
     });
     let total_steps = match (remaining_by_epochs, max_steps) {
         (Some(r), Some(m)) => (state.step + r).min(m),
