@@ -19,15 +19,17 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "ferrotrain validate examples/*.yaml"
-cargo run --quiet --locked -p ferrotrain -- validate examples/*.yaml
-
 step "cargo test"
 cargo test --workspace --locked
 
+# The binary the tests just built (with the same features, so nothing is compiled again).
+step "ferrotrain validate examples/*.yaml"
+"${CARGO_TARGET_DIR:-target}/debug/ferrotrain" validate examples/*.yaml
+
 step "Helm chart: lint (helm 3, 4), kubernetes-validate, shellcheck, RBAC and Pod Security tests"
 helm4=$(bash scripts/check-chart.sh)
-FERROTRAIN_HELM="$helm4" cargo test --locked -p ferrotrain-tests --test chart -- --ignored
+# `--workspace` keeps the feature set of the main test build, so nothing is compiled again.
+FERROTRAIN_HELM="$helm4" cargo test --workspace --locked --test chart -- --ignored
 
 step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
@@ -35,8 +37,7 @@ bash tests/e2e/run.sh
 step "S3 tests against a local SeaweedFS"
 trap 'scripts/s3-server.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
-cargo test --locked -p ferrotrain-trainer --test s3 -- --ignored
-cargo test --locked -p ferrotrain --test local_run -- --ignored
+cargo test --workspace --locked --test s3 --test local_run -- --ignored
 
 step "done"
 echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"
