@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::manifest::{Admission, Layer, ManifestError, parse_documents};
+use crate::manifest::{Admission, parse_documents};
 
 /// Outcome of `ferrotrain validate` over a set of files.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -60,22 +60,13 @@ pub fn validate_files(
                 Err(errors) => {
                     summary.invalid += 1;
                     for error in errors {
-                        write_error(out, &name, &error)?;
+                        writeln!(out, "{}", error.in_file(&name))?;
                     }
                 }
             }
         }
     }
     Ok(summary)
-}
-
-fn write_error(out: &mut impl Write, file: &str, error: &ManifestError) -> std::io::Result<()> {
-    match (error.field.is_empty(), error.layer) {
-        (true, _) => writeln!(out, "{file}: {}", error.message),
-        (false, Layer::Document | Layer::Schema | Layer::Cel | Layer::Semantic) => {
-            writeln!(out, "{file}: {}: {}", error.field, error.message)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -65,13 +65,7 @@ pub enum RunError {
 fn render(file: &str, errors: &[ManifestError]) -> String {
     errors
         .iter()
-        .map(|e| {
-            if e.field.is_empty() {
-                format!("{file}: {}", e.message)
-            } else {
-                format!("{file}: {}: {}", e.field, e.message)
-            }
-        })
+        .map(|e| e.in_file(file))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -54,6 +54,17 @@ impl ManifestError {
     }
 }
 
+impl ManifestError {
+    /// The line `ferrotrain validate` and `ferrotrain run` print: `FILE: FIELD: MESSAGE`.
+    pub fn in_file(&self, file: &str) -> String {
+        if self.field.is_empty() {
+            format!("{file}: {}", self.message)
+        } else {
+            format!("{file}: {}: {}", self.field, self.message)
+        }
+    }
+}
+
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.message)

@@ -76,6 +76,22 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
     }
 }
 
+/// Runs a 3-rank gang to the end, checks every rank exits 0, and returns rank 0's stdout lines.
+fn run_to_completion(yaml: &str) -> Vec<String> {
+    let mut gang = spawn_gang(3, yaml, &[]);
+    let stdout = gang[0].stdout.take().expect("rank 0 stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let codes: Vec<Option<i32>> = gang
+        .iter_mut()
+        .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
+        .collect();
+    assert_eq!(codes, vec![Some(0); 3], "every rank succeeds");
+    lines
+}
+
 /// Rank 0's final JSON line.
 fn completion_line(lines: &[String]) -> serde_json::Value {
     lines
@@ -88,17 +104,7 @@ fn completion_line(lines: &[String]) -> serde_json::Value {
 #[test]
 fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
     let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001}\nseed: 3\n";
-    let mut gang = spawn_gang(3, yaml, &[]);
-    let stdout = gang[0].stdout.take().expect("rank 0 stdout");
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    let codes: Vec<Option<i32>> = gang
-        .iter_mut()
-        .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
-        .collect();
-    assert_eq!(codes, vec![Some(0); 3], "every rank succeeds");
+    let lines = run_to_completion(yaml);
     let completed = completion_line(&lines);
     let accuracy = completed["metrics"]["valAccuracy"]
         .as_f64()
@@ -116,17 +122,7 @@ fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
 #[test]
 fn asynchronous_local_sgd_converges() {
     let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001}\nmode: {type: async, maxStaleness: 3}\n";
-    let mut gang = spawn_gang(3, yaml, &[]);
-    let stdout = gang[0].stdout.take().expect("rank 0 stdout");
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    let codes: Vec<Option<i32>> = gang
-        .iter_mut()
-        .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
-        .collect();
-    assert_eq!(codes, vec![Some(0); 3]);
+    let lines = run_to_completion(yaml);
     let completed = completion_line(&lines);
     let accuracy = completed["metrics"]["valAccuracy"]
         .as_f64()
