@@ -289,9 +289,14 @@ pub fn run(
                                 .join("logs")
                                 .join(format!("attempt-{attempt}-rank-{rank}.log")),
                         )?;
-                        let child = Command::new(&options.worker[0])
-                            .args(&options.worker[1..])
-                            .envs(env.to_env())
+                        let mut command = Command::new(&options.worker[0]);
+                        command.args(&options.worker[1..]).envs(env.to_env());
+                        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+                            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+                            let threads = compute_threads_per_worker(cpus, *world_size);
+                            command.env("RAYON_NUM_THREADS", threads.to_string());
+                        }
+                        let child = command
                             .stdin(Stdio::null())
                             .stdout(log.try_clone()?)
                             .stderr(log)
@@ -348,6 +353,12 @@ pub fn run(
         workers.retain(|w| !(w.deleting_since.is_some() && w.exited.is_some()));
         std::thread::sleep(options.tick);
     }
+}
+
+/// Workers on one machine share its CPUs: each gets an equal share of compute threads, at least
+/// one.
+pub fn compute_threads_per_worker(cpus: usize, workers: u32) -> usize {
+    (cpus / usize::try_from(workers.max(1)).unwrap_or(1)).max(1)
 }
 
 fn reap(workers: &mut [Worker]) {
@@ -645,5 +656,19 @@ impl Display {
 impl Drop for Display {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_share_the_cpus() {
+        assert_eq!(compute_threads_per_worker(16, 4), 4);
+        assert_eq!(compute_threads_per_worker(2, 2), 1);
+        assert_eq!(compute_threads_per_worker(2, 3), 1);
+        assert_eq!(compute_threads_per_worker(7, 2), 3);
+        assert_eq!(compute_threads_per_worker(8, 0), 8);
     }
 }

@@ -59,10 +59,21 @@ fn main() -> anyhow::Result<()> {
 
 /// Training samples per second of one process: forward, backward and Adam, no evaluation.
 fn throughput(data: &Splits) -> anyhow::Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new().build()?;
+    println!("compute threads: {}", pool.current_num_threads());
+    pool.install(|| throughput_on_pool(data))
+}
+
+fn throughput_on_pool(data: &Splits) -> anyhow::Result<()> {
+    // `bench throughput mlp` measures one model only.
+    let only = std::env::args().nth(2);
     for (name, yaml, steps) in [
         ("mlp 784-256-128-10", MLP, 3000u64),
         ("lenet-5", LENET, 400),
     ] {
+        if only.as_deref().is_some_and(|only| !name.starts_with(only)) {
+            continue;
+        }
         let spec: TrainerSpec = serde_yaml::from_str(&format!("{yaml}epochs: 1\n"))?;
         let net = Network::new(&spec.model, data.train.dim, data.classes())?;
         let mut params = net.init_params(1);
@@ -184,6 +195,7 @@ fn gang(
     data: &Splits,
     rt: &tokio::runtime::Runtime,
     ranks: u32,
+    threads_per_rank: usize,
     yaml: &str,
 ) -> anyhow::Result<Summary> {
     let spec: TrainerSpec = serde_yaml::from_str(yaml)?;
@@ -213,6 +225,7 @@ fn gang(
                         stop: Arc::new(AtomicBool::new(false)),
                         stop_after_step: None,
                         grace: Duration::from_secs(30),
+                        threads: threads_per_rank,
                     };
                     match train(job, data, &mut ring, &handle)? {
                         Outcome::Completed(s) | Outcome::Preempted(s) => Ok(s),
@@ -228,30 +241,33 @@ fn gang(
     })
 }
 
-/// Samples per second of 1 and 2 ranks on the same fixed number of samples.
+/// Samples per second of 1 and 2 ranks with one compute thread each on the same fixed number of
+/// samples, and of 1 rank using every CPU.
 fn scaling(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     for (name, yaml, samples) in [("mlp", MLP, 64 * 2400u64), ("lenet", LENET, 64 * 300)] {
         let mut rates = Vec::new();
-        for ranks in [1u32, 2] {
+        for (ranks, threads) in [(1u32, 1usize), (2, 1), (1, cpus)] {
             let steps = samples / (64 * u64::from(ranks));
             let summary = gang(
                 data,
                 rt,
                 ranks,
+                threads,
                 &format!("{yaml}maxSteps: {steps}\nevalEverySteps: {}\n", steps * 10),
             )?;
             let rate = samples as f64 / summary.wall_seconds;
             println!(
-                "scaling {name} ranks={ranks}: {:.0} samples/s wall ({} steps of global batch {})",
-                rate,
+                "scaling {name} ranks={ranks} threads/rank={threads}: {rate:.0} samples/s wall ({} steps of global batch {})",
                 summary.step,
                 64 * ranks
             );
             rates.push(rate);
         }
         println!(
-            "scaling {name}: 2-rank speed-up {:.2}x",
-            rates[1] / rates[0]
+            "scaling {name}: 2 ranks vs 1 rank at 1 thread each {:.2}x; vs 1 rank on {cpus} threads {:.2}x",
+            rates[1] / rates[0],
+            rates[1] / rates[2]
         );
     }
     Ok(())
@@ -304,6 +320,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
         stop: Arc::new(AtomicBool::new(false)),
         stop_after_step: Some(200),
         grace: Duration::from_secs(120),
+        threads: 0,
     };
     let summary = match train(job, data, &mut Ring::single(), rt.handle())? {
         Outcome::Completed(s) | Outcome::Preempted(s) => s,
@@ -380,7 +397,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
 /// Test accuracy of the MLP after 3 epochs and LeNet after 3 epochs, single process.
 fn accuracy(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     for (name, yaml) in [("mlp", MLP), ("lenet", LENET)] {
-        let summary = gang(data, rt, 1, &format!("{yaml}epochs: 3\nseed: 42\n"))?;
+        let summary = gang(data, rt, 1, 0, &format!("{yaml}epochs: 3\nseed: 42\n"))?;
         println!(
             "accuracy {name}: {:.2} % MNIST test accuracy after 3 epochs ({:.0} s, {:.0} samples/s)",
             summary.metrics.get("valAccuracy").copied().unwrap_or(0.0) * 100.0,

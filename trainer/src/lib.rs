@@ -13,6 +13,7 @@ pub mod data;
 pub mod exit;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod progress;
 pub mod rng;
 pub mod run;

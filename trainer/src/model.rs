@@ -3,13 +3,14 @@
 //! fused optimiser and the checkpoint writer work on, with no copies in between.
 //!
 //! Activations are batch-major and channels-last (`[batch, height, width, channels]`). Matrix
-//! products go through ndarray's `general_mat_mul` (matrixmultiply's AVX2/FMA kernels), whose
-//! accumulation order does not depend on the data, so results are bit-for-bit reproducible.
+//! products go through ndarray's `general_mat_mul` (matrixmultiply's AVX2/FMA kernels), split across
+//! threads by output element (`parallel`); the accumulation order depends neither on the data nor
+//! on the thread count, so results are bit-for-bit reproducible.
 
 use ferrotrain_crds::{ModelKind, ModelSpec};
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use crate::parallel::gemm;
 use crate::rng::{Rng, Stream};
 
 /// One layer and where its parameters live in the flat vector.
@@ -314,8 +315,7 @@ impl Network {
                     bias,
                 } => {
                     let w = view(&params[weight..weight + inputs * outputs], outputs, inputs);
-                    let mut out = view_mut(y, batch, outputs);
-                    general_mat_mul(1.0, &view(x, batch, inputs), &w.t(), 0.0, &mut out);
+                    gemm(view(x, batch, inputs), w.t(), view_mut(y, batch, outputs));
                     add_bias(y, &params[bias..bias + outputs]);
                 }
                 Layer::Relu => {
@@ -358,8 +358,7 @@ impl Network {
                     let rows = geometry.rows();
                     let k = geometry.patch();
                     let w = view(&params[weight..weight + out_channels * k], out_channels, k);
-                    let mut out = view_mut(y, rows, out_channels);
-                    general_mat_mul(1.0, &view(cols, rows, k), &w.t(), 0.0, &mut out);
+                    gemm(view(cols, rows, k), w.t(), view_mut(y, rows, out_channels));
                     add_bias(y, &params[bias..bias + out_channels]);
                 }
                 Layer::MaxPool {
@@ -416,17 +415,15 @@ impl Network {
                 } => {
                     let dy_view = view(dy, batch, outputs);
                     let (gw, gb) = grads[weight..bias + outputs].split_at_mut(inputs * outputs);
-                    general_mat_mul(
-                        1.0,
-                        &dy_view.t(),
-                        &view(x, batch, inputs),
-                        0.0,
-                        &mut view_mut(gw, outputs, inputs),
+                    gemm(
+                        dy_view.t(),
+                        view(x, batch, inputs),
+                        view_mut(gw, outputs, inputs),
                     );
                     column_sums(dy, outputs, gb);
                     if need_input_grad {
                         let w = view(&params[weight..weight + inputs * outputs], outputs, inputs);
-                        general_mat_mul(1.0, &dy_view, &w, 0.0, &mut view_mut(dx, batch, inputs));
+                        gemm(dy_view, w, view_mut(dx, batch, inputs));
                     }
                 }
                 Layer::Relu => {
@@ -464,18 +461,16 @@ impl Network {
                     let dy_view = view(dy, rows, out_channels);
                     let (gw, gb) =
                         grads[weight..bias + out_channels].split_at_mut(out_channels * k);
-                    general_mat_mul(
-                        1.0,
-                        &dy_view.t(),
-                        &view(cols, rows, k),
-                        0.0,
-                        &mut view_mut(gw, out_channels, k),
+                    gemm(
+                        dy_view.t(),
+                        view(cols, rows, k),
+                        view_mut(gw, out_channels, k),
                     );
                     column_sums(dy, out_channels, gb);
                     if need_input_grad {
                         // The columns are no longer needed: reuse them for dLoss/dcolumns.
                         let w = view(&params[weight..weight + out_channels * k], out_channels, k);
-                        general_mat_mul(1.0, &dy_view, &w, 0.0, &mut view_mut(cols, rows, k));
+                        gemm(dy_view, w, view_mut(cols, rows, k));
                         col2im(cols, &geometry, dx);
                     }
                 }
@@ -720,6 +715,46 @@ mod tests {
         let net = Network::new(&spec(ModelKind::Lenet, None, None), 784, 10).expect("builds");
         assert_eq!(net.num_params, 156 + 2416 + 48120 + 10164 + 850);
         check_gradients(&net, 784, 2);
+    }
+
+    /// Gradients and a few optimiser steps on pools of 1, 2 and 3 threads are bit-for-bit equal.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let models = [
+            (spec(ModelKind::Mlp, Some(vec![256, 128]), Some(0.1)), 784),
+            (spec(ModelKind::Lenet, None, None), 784),
+        ];
+        for (model, inputs) in models {
+            let net = Network::new(&model, inputs, 10).expect("builds");
+            let mut rng = Rng::new(5);
+            let batch = 64;
+            let x: Vec<f32> = (0..batch * inputs).map(|_| rng.next_f32()).collect();
+            let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                pool.install(|| {
+                    let optimizer_spec: ferrotrain_crds::OptimizerSpec =
+                        serde_yaml::from_str("type: adam").expect("spec");
+                    let mut optimizer =
+                        crate::optim::Optimizer::new(&optimizer_spec, net.num_params);
+                    let mut params = net.init_params(7);
+                    let mut grads = vec![0.0; net.num_params];
+                    let mut ws = Workspace::default();
+                    for step in 0..3 {
+                        let mut dropout = Rng::new(step);
+                        net.train_step(&params, &mut grads, &x, &labels, &mut dropout, &mut ws);
+                        optimizer.step(&mut params, &grads, 1e-3);
+                    }
+                    (params, grads)
+                })
+            };
+            let one = run(1);
+            assert_eq!(run(2), one, "{:?} on 2 threads", model.kind);
+            assert_eq!(run(3), one, "{:?} on 3 threads", model.kind);
+        }
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         stop,
         stop_after_step: options.stop_after_step,
         grace: options.grace,
+        threads: 0,
     };
     match train(job, &data, &mut ring, runtime.handle()) {
         Ok(Outcome::Completed(summary)) => {
@@ -190,6 +191,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
                 TrainError::Comm(_) => exit::PEER_LOST,
                 TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
                 TrainError::Model(_) | TrainError::Config(_) => exit::BAD_CONFIG,
+                TrainError::Threads(_) => exit::INTERNAL,
             }
         }
     }

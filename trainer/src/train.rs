@@ -65,6 +65,9 @@ pub struct Job {
     pub stop_after_step: Option<u64>,
     /// How long the emergency checkpoint may take.
     pub grace: Duration,
+    /// Compute threads of this rank; 0 takes `RAYON_NUM_THREADS`, else every CPU the process may
+    /// use (its cgroup's CPU limit in a pod).
+    pub threads: usize,
 }
 
 /// How a run ended.
@@ -135,6 +138,9 @@ pub enum TrainError {
     /// The configuration cannot work with this data.
     #[error("{0}")]
     Config(String),
+    /// The compute threads could not start.
+    #[error("cannot start the compute threads: {0}")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
 }
 
 /// An upload in progress: its step, start time and task.
@@ -202,8 +208,23 @@ impl Uploader {
     }
 }
 
-/// Runs the loop of one rank over `data`, with collectives on `ring`.
+/// Runs the loop of one rank over `data`, with collectives on `ring`, on a pool of `job.threads`
+/// compute threads.
 pub fn train(
+    job: Job,
+    data: &Splits,
+    ring: &mut Ring,
+    runtime: &Handle,
+) -> Result<Outcome, TrainError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(job.threads)
+        .thread_name(|i| format!("compute-{i}"))
+        .build()?;
+    tracing::info!(threads = pool.current_num_threads(), "compute threads");
+    pool.install(|| train_on_pool(job, data, ring, runtime))
+}
+
+fn train_on_pool(
     mut job: Job,
     data: &Splits,
     ring: &mut Ring,

@@ -96,6 +96,7 @@ impl Fixture {
             stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
             grace: Duration::from_secs(30),
+            threads: 0,
         };
         train(job, &data, &mut Ring::single(), self.runtime.handle())
     }
