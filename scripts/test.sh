@@ -26,6 +26,12 @@ cargo test --workspace --locked
 step "ferrotrain validate examples/*.yaml"
 "${CARGO_TARGET_DIR:-target}/debug/ferrotrain" validate examples/*.yaml
 
+# The GPU engine: lints of the `cuda` build (burn's CUDA backend compiles without a CUDA toolkit),
+# and its tests on burn's CPU backend, which compare it with the native kernels. No GPU is needed.
+step "trainer GPU engine: clippy --features cuda, tests --features burn"
+cargo clippy -p ferrotrain-trainer --all-targets --locked --features cuda -- -D warnings
+cargo test -p ferrotrain-trainer --locked --features burn --lib
+
 step "Helm chart: lint (helm 3, 4), kubernetes-validate, shellcheck, RBAC and Pod Security tests"
 helm4=$(bash scripts/check-chart.sh)
 # `--workspace` keeps the feature set of the main test build, so nothing is compiled again.

@@ -20,7 +20,8 @@ use ferrotrain_crds::TrainerSpec;
 use ferrotrain_trainer::checkpoint::CheckpointStore;
 use ferrotrain_trainer::comm::{RendezvousConfig, Ring};
 use ferrotrain_trainer::data::load::{self, Splits};
-use ferrotrain_trainer::model::{Network, Workspace};
+use ferrotrain_trainer::engine::{Engine, Native};
+use ferrotrain_trainer::model::Network;
 use ferrotrain_trainer::optim::Optimizer;
 use ferrotrain_trainer::rng::Rng;
 use ferrotrain_trainer::run::config_hash;
@@ -76,29 +77,40 @@ fn throughput_on_pool(data: &Splits) -> anyhow::Result<()> {
         }
         let spec: TrainerSpec = serde_yaml::from_str(&format!("{yaml}epochs: 1\n"))?;
         let net = Network::new(&spec.model, data.train.dim, data.classes())?;
-        let mut params = net.init_params(1);
-        let mut grads = vec![0.0; net.num_params];
-        let mut optimizer = Optimizer::new(&spec.optimizer_or_default(), net.num_params);
-        let mut ws = Workspace::default();
-        let batch = 64;
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        let mut run = |steps: u64| {
-            for step in 0..steps {
-                let start = (step as usize * batch) % (data.train.len() - batch);
-                let rows: Vec<usize> = (start..start + batch).collect();
-                data.train.gather(&rows, &mut x, &mut y);
-                net.train_step(&params, &mut grads, &x, &y, &mut Rng::new(step), &mut ws);
-                optimizer.step(&mut params, &grads, 1e-3);
-            }
-        };
-        run(steps / 10);
-        let started = Instant::now();
-        run(steps);
-        let seconds = started.elapsed().as_secs_f64();
-        println!(
-            "throughput {name}: {:.0} samples/s (batch 64, {steps} steps, 1 process)",
-            (steps as usize * batch) as f64 / seconds
-        );
+        #[cfg_attr(not(feature = "burn"), allow(unused_mut))]
+        let mut engines: Vec<(&str, Box<dyn Engine>)> =
+            vec![("native", Box::new(Native::new(net.clone())))];
+        // With `--features burn`, the burn engine on burn's CPU backend, side by side.
+        #[cfg(feature = "burn")]
+        engines.push((
+            "burn flex",
+            Box::new(ferrotrain_trainer::burn_engine::flex(&net)),
+        ));
+        for (engine_name, mut engine) in engines {
+            let mut params = net.init_params(1);
+            let mut grads = vec![0.0; net.num_params];
+            let mut optimizer = Optimizer::new(&spec.optimizer_or_default(), net.num_params);
+            let batch = 64;
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            let mut run = |steps: u64| -> anyhow::Result<()> {
+                for step in 0..steps {
+                    let start = (step as usize * batch) % (data.train.len() - batch);
+                    let rows: Vec<usize> = (start..start + batch).collect();
+                    data.train.gather(&rows, &mut x, &mut y);
+                    engine.train_step(&params, &mut grads, &x, &y, &mut Rng::new(step))?;
+                    optimizer.step(&mut params, &grads, 1e-3);
+                }
+                Ok(())
+            };
+            run(steps / 10)?;
+            let started = Instant::now();
+            run(steps)?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "throughput {name} ({engine_name}): {:.0} samples/s (batch 64, {steps} steps, 1 process)",
+                (steps as usize * batch) as f64 / seconds
+            );
+        }
     }
     Ok(())
 }
@@ -225,6 +237,7 @@ fn gang(
                         stop: Arc::new(AtomicBool::new(false)),
                         stop_after_step: None,
                         grace: Duration::from_secs(30),
+                        compute: ferrotrain_trainer::device::Compute::Cpu,
                         threads: threads_per_rank,
                     };
                     match train(job, data, &mut ring, &handle)? {
@@ -320,6 +333,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
         stop: Arc::new(AtomicBool::new(false)),
         stop_after_step: Some(200),
         grace: Duration::from_secs(120),
+        compute: ferrotrain_trainer::device::Compute::Cpu,
         threads: 0,
     };
     let summary = match train(job, data, &mut Ring::single(), rt.handle())? {

@@ -5,11 +5,15 @@
 //! and reports progress. Models are computed by Ferrotrain's own CPU kernels over flat parameter
 //! vectors (see `model`).
 
+#[cfg(feature = "burn")]
+pub mod burn_engine;
 pub mod checkpoint;
 pub mod cli;
 pub mod comm;
 pub mod config;
 pub mod data;
+pub mod device;
+pub mod engine;
 pub mod exit;
 pub mod model;
 pub mod optim;

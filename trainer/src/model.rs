@@ -15,7 +15,7 @@ use crate::rng::{Rng, Stream};
 
 /// One layer and where its parameters live in the flat vector.
 #[derive(Clone, Debug, PartialEq)]
-enum Layer {
+pub(crate) enum Layer {
     Linear {
         inputs: usize,
         outputs: usize,
@@ -209,6 +209,12 @@ impl Network {
             inputs,
             classes,
         })
+    }
+
+    /// The layers in order, with their parameter offsets (other engines build the same network).
+    #[cfg(feature = "burn")]
+    pub(crate) fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
     /// Initial parameters: uniform in ±1/√fan_in for weights and biases, as PyTorch does.
@@ -516,7 +522,11 @@ fn column_sums(matrix: &[f32], cols: usize, out: &mut [f32]) {
 }
 
 /// Loss of one row and its arg-max; with `grad`, writes (softmax − one-hot) × scale.
-fn softmax_loss(logits: &[f32], label: usize, grad: Option<(&mut [f32], f32)>) -> (f32, usize) {
+pub(crate) fn softmax_loss(
+    logits: &[f32],
+    label: usize,
+    grad: Option<(&mut [f32], f32)>,
+) -> (f32, usize) {
     let (mut predicted, mut max) = (0, f32::NEG_INFINITY);
     for (j, &v) in logits.iter().enumerate() {
         if v > max {

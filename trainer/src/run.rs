@@ -12,6 +12,7 @@ use ferrotrain_crds::{CheckpointSpec, ResumePolicy, TrainerSpec};
 use crate::checkpoint::{CheckpointStore, sha256_hex};
 use crate::comm::{RendezvousConfig, Ring};
 use crate::data::load::{self, Splits};
+use crate::device::{self, Compute};
 use crate::progress::Reporter;
 use crate::storage::{self, S3Options};
 use crate::train::{CheckpointPlan, Job, Outcome, TrainError, train};
@@ -91,17 +92,25 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         }
         Role::Standalone { spec, checkpoint } => (*spec, checkpoint.map(|c| *c), None, 1, None),
     };
-    tracing::info!(
-        device = "cpu",
-        "compute device: CPU (Ferrotrain's native kernels)"
-    );
-    if spec.precision_or_default() != ferrotrain_crds::Precision::Fp32 {
-        tracing::warn!(requested = ?spec.precision_or_default(), "reduced precision applies on GPU only; this run computes in fp32");
-    }
-    if spec.device_or_default() == ferrotrain_crds::Device::Cuda {
-        tracing::error!("device cuda was requested but this trainer build has no GPU backend");
-        return exit::BAD_CONFIG;
-    }
+    let compute = match device::select(
+        spec.device_or_default(),
+        spec.precision_or_default(),
+        &device::probe(),
+    ) {
+        Ok((compute, line)) => {
+            let reduced = spec.precision_or_default() != ferrotrain_crds::Precision::Fp32;
+            if compute == Compute::Cpu && reduced {
+                tracing::warn!(?compute, "{line}");
+            } else {
+                tracing::info!(?compute, "{line}");
+            }
+            compute
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "compute device");
+            return exit::BAD_CONFIG;
+        }
+    };
 
     let seed = spec.seed_or_default();
     let data_s3 = S3Options::default();
@@ -152,6 +161,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         stop,
         stop_after_step: options.stop_after_step,
         grace: options.grace,
+        compute,
         threads: 0,
     };
     match train(job, &data, &mut ring, runtime.handle()) {
@@ -191,7 +201,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
                 TrainError::Comm(_) => exit::PEER_LOST,
                 TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
                 TrainError::Model(_) | TrainError::Config(_) => exit::BAD_CONFIG,
-                TrainError::Threads(_) => exit::INTERNAL,
+                TrainError::Threads(_) | TrainError::Engine(_) => exit::INTERNAL,
             }
         }
     }

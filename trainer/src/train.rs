@@ -25,7 +25,9 @@ use tokio::task::JoinHandle;
 use crate::checkpoint::{CheckpointError, CheckpointStore, Committed, Snapshot, TrainingState};
 use crate::comm::{CommError, Ring};
 use crate::data::load::Splits;
-use crate::model::{BatchStats, ModelError, Network, Workspace};
+use crate::device::Compute;
+use crate::engine::{self, Engine, EngineError};
+use crate::model::{BatchStats, ModelError, Network};
 use crate::optim::{Optimizer, clip_grad_norm, learning_rate};
 use crate::progress::Reporter;
 use crate::rng::{Rng, Stream};
@@ -65,6 +67,8 @@ pub struct Job {
     pub stop_after_step: Option<u64>,
     /// How long the emergency checkpoint may take.
     pub grace: Duration,
+    /// The device that computes forward and backward passes.
+    pub compute: Compute,
     /// Compute threads of this rank; 0 takes `RAYON_NUM_THREADS`, else every CPU the process may
     /// use (its cgroup's CPU limit in a pod).
     pub threads: usize,
@@ -138,6 +142,9 @@ pub enum TrainError {
     /// The configuration cannot work with this data.
     #[error("{0}")]
     Config(String),
+    /// The compute device failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The compute threads could not start.
     #[error("cannot start the compute threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),
@@ -307,7 +314,7 @@ fn train_on_pool(
     };
     let mut last_checkpoint_at = Instant::now();
     let mut last_report_at: Option<Instant> = None;
-    let mut ws = Workspace::default();
+    let mut engine = engine::build(&net, job.compute)?;
     let mut grads = vec![0.0f32; n + CONTROL];
     let (mut batch_x, mut batch_y) = (Vec::new(), Vec::new());
     let mut order: Vec<usize> = Vec::new();
@@ -332,14 +339,8 @@ fn train_on_pool(
         data.train
             .gather(&order[offset..offset + batch], &mut batch_x, &mut batch_y);
         let mut dropout = Rng::derive(seed, Stream::Dropout, &[state.step, rank as u64]);
-        let stats = net.train_step(
-            &params,
-            &mut grads[..n],
-            &batch_x,
-            &batch_y,
-            &mut dropout,
-            &mut ws,
-        );
+        let stats =
+            engine.train_step(&params, &mut grads[..n], &batch_x, &batch_y, &mut dropout)?;
         let stop_requested =
             job.stop.load(Ordering::Relaxed) || job.stop_after_step == Some(state.step + 1);
         grads[n] = f32::from(u8::from(stop_requested));
@@ -357,11 +358,19 @@ fn train_on_pool(
         if let Some(max_norm) = spec.grad_clip_norm {
             clip_grad_norm(&mut grads[..n], max_norm as f32);
         }
-        optimizer.step(
-            &mut params,
-            &grads[..n],
-            learning_rate(base_lr, &schedule, state.step, total_steps),
-        );
+        // fp16: a step whose gradients overflowed is skipped on every rank (the all-reduced
+        // gradients are identical) and the loss scale backs off.
+        let apply = match engine.loss_scaler() {
+            Some(scaler) => scaler.update(grads[..n].iter().all(|g| g.is_finite())),
+            None => true,
+        };
+        if apply {
+            optimizer.step(
+                &mut params,
+                &grads[..n],
+                learning_rate(base_lr, &schedule, state.step, total_steps),
+            );
+        }
         state.step += 1;
         state.samples_in_epoch += global_batch as u64;
         state.optimizer_steps = optimizer.steps;
@@ -399,7 +408,7 @@ fn train_on_pool(
             }
         };
         if eval_due && !stopped {
-            let metrics = evaluate(&net, &params, data, ring, &mut ws)?;
+            let metrics = evaluate(engine.as_mut(), &params, data, ring)?;
             early_stopped = update_early_stopping(spec, &mut state, &metrics);
             state.metrics = metrics;
         }
@@ -568,11 +577,10 @@ fn snapshot(state: &TrainingState, params: &[f32], optimizer: &Optimizer) -> Sna
 
 /// Loss and accuracy on the evaluation split, each rank taking every world-th row.
 fn evaluate(
-    net: &Network,
+    engine: &mut dyn Engine,
     params: &[f32],
     data: &Splits,
     ring: &mut Ring,
-    ws: &mut Workspace,
 ) -> Result<BTreeMap<String, f64>, TrainError> {
     let (rank, world) = (ring.rank() as usize, ring.world_size() as usize);
     let rows: Vec<usize> = (rank..data.eval.len()).step_by(world).collect();
@@ -580,7 +588,7 @@ fn evaluate(
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for chunk in rows.chunks(EVAL_CHUNK) {
         data.eval.gather(chunk, &mut x, &mut y);
-        let s = net.evaluate(params, &x, &y, ws);
+        let s = engine.evaluate(params, &x, &y)?;
         total.loss_sum += s.loss_sum;
         total.correct += s.correct;
         total.count += s.count;

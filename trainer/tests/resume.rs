@@ -96,6 +96,7 @@ impl Fixture {
             stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
             grace: Duration::from_secs(30),
+            compute: ferrotrain_trainer::device::Compute::Cpu,
             threads: 0,
         };
         train(job, &data, &mut Ring::single(), self.runtime.handle())

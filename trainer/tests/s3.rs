@@ -192,6 +192,7 @@ fn training_resumes_from_s3_and_reads_its_dataset_from_s3() {
             stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
             grace: Duration::from_secs(30),
+            compute: ferrotrain_trainer::device::Compute::Cpu,
             threads: 0,
         };
         train(job, &data, &mut Ring::single(), rt.handle()).expect("train")

@@ -1,0 +1,175 @@
+//! The engine computes forward and backward passes over the flat parameter vector. Everything
+//! around it (all-reduce, optimiser, checkpoints) works on host `f32` buffers, so the engines are
+//! interchangeable: Ferrotrain's CPU kernels, or burn on a GPU (feature `cuda`; feature `burn`
+//! runs the same engine on burn's CPU backend, which is how it is tested without a GPU).
+
+use crate::device::Compute;
+use crate::model::{BatchStats, Network, Workspace};
+use crate::rng::Rng;
+
+/// One forward/backward implementation.
+pub trait Engine: Send {
+    /// Forward and backward over one batch: writes the mean loss gradient into `grads`
+    /// (overwriting it, unscaled, in fp32) and returns the batch's loss statistics.
+    fn train_step(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        labels: &[u8],
+        dropout: &mut Rng,
+    ) -> Result<BatchStats, EngineError>;
+
+    /// Loss and accuracy of a batch without dropout or gradients.
+    fn evaluate(
+        &mut self,
+        params: &[f32],
+        inputs: &[f32],
+        labels: &[u8],
+    ) -> Result<BatchStats, EngineError>;
+
+    /// The loss scaler, when this engine computes in fp16.
+    fn loss_scaler(&mut self) -> Option<&mut LossScaler> {
+        None
+    }
+}
+
+/// An engine failure (device errors; the native engine has none).
+#[derive(Debug, thiserror::Error)]
+#[error("compute device: {0}")]
+pub struct EngineError(pub String);
+
+/// Ferrotrain's own CPU kernels.
+pub struct Native {
+    net: Network,
+    ws: Workspace,
+}
+
+impl Native {
+    /// An engine for `net`.
+    pub fn new(net: Network) -> Self {
+        Self {
+            net,
+            ws: Workspace::default(),
+        }
+    }
+}
+
+impl Engine for Native {
+    fn train_step(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        labels: &[u8],
+        dropout: &mut Rng,
+    ) -> Result<BatchStats, EngineError> {
+        Ok(self
+            .net
+            .train_step(params, grads, inputs, labels, dropout, &mut self.ws))
+    }
+
+    fn evaluate(
+        &mut self,
+        params: &[f32],
+        inputs: &[f32],
+        labels: &[u8],
+    ) -> Result<BatchStats, EngineError> {
+        Ok(self.net.evaluate(params, inputs, labels, &mut self.ws))
+    }
+}
+
+/// The engine for `compute`.
+pub fn build(net: &Network, compute: Compute) -> Result<Box<dyn Engine>, EngineError> {
+    match compute {
+        Compute::Cpu => Ok(Box::new(Native::new(net.clone()))),
+        #[cfg(feature = "cuda")]
+        Compute::Cuda { index, precision } => crate::burn_engine::cuda(net, index, precision),
+        #[cfg(not(feature = "cuda"))]
+        Compute::Cuda { .. } => Err(EngineError(
+            "this trainer was built without the cuda feature".into(),
+        )),
+    }
+}
+
+/// Dynamic loss scaling for fp16: the loss is multiplied by `scale` before the backward pass so
+/// small gradients do not flush to zero; a step whose gradients overflow is skipped and the scale
+/// halved; after `growth_interval` clean steps it doubles. The defaults are PyTorch's GradScaler.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossScaler {
+    /// Current scale.
+    pub scale: f32,
+    growth_interval: u32,
+    clean_steps: u32,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        Self {
+            scale: 65_536.0,
+            growth_interval: 2000,
+            clean_steps: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    /// Records whether the (all-reduced) gradients of a step were finite; returns whether the
+    /// optimiser may apply them.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if finite {
+            self.clean_steps += 1;
+            if self.clean_steps >= self.growth_interval {
+                self.scale = (self.scale * 2.0).min(f32::MAX / 2.0);
+                self.clean_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.clean_steps = 0;
+        }
+        finite
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_halves_the_scale_and_clean_steps_grow_it() {
+        let mut scaler = LossScaler {
+            growth_interval: 3,
+            ..LossScaler::default()
+        };
+        assert!(!scaler.update(false));
+        assert_eq!(scaler.scale, 32_768.0);
+        assert!(scaler.update(true) && scaler.update(true));
+        assert_eq!(scaler.scale, 32_768.0);
+        assert!(scaler.update(true));
+        assert_eq!(scaler.scale, 65_536.0);
+        for _ in 0..40 {
+            scaler.update(false);
+        }
+        assert_eq!(scaler.scale, 1.0, "never below 1");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn the_cpu_build_refuses_cuda_without_the_feature() {
+        let spec = ferrotrain_crds::ModelSpec {
+            kind: ferrotrain_crds::ModelKind::Logistic,
+            hidden: None,
+            dropout: None,
+        };
+        let net = Network::new(&spec, 4, 2).expect("builds");
+        assert!(build(&net, Compute::Cpu).is_ok());
+        let cuda = build(
+            &net,
+            Compute::Cuda {
+                index: 0,
+                precision: ferrotrain_crds::Precision::Fp32,
+            },
+        );
+        assert!(cuda.is_err());
+    }
+}
