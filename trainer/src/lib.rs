@@ -2,8 +2,8 @@
 //!
 //! One process per rank: it loads its data shard, forms a ring with the other ranks, trains with
 //! synchronous data parallelism (gradients all-reduced every step), checkpoints to object storage
-//! and reports progress. Models are computed by Ferrotrain's own CPU kernels over flat parameter
-//! vectors (see `model`).
+//! and reports progress. Everything works on flat parameter and gradient vectors; an `engine`
+//! computes the passes: Ferrotrain's own CPU kernels (`model`), or burn on a GPU (feature `cuda`).
 
 #[cfg(feature = "burn")]
 pub mod burn_engine;

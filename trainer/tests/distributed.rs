@@ -240,3 +240,49 @@ fn sigterm_commits_an_emergency_checkpoint_and_the_rerun_resumes_from_it() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `device: cuda` never falls back: without a usable GPU the trainer exits with a config error
+/// naming the field; `device: auto` with bf16 trains on the CPU and says that it computes in fp32.
+#[test]
+fn the_device_choice_is_logged_and_cuda_without_a_gpu_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ferrotrain-device-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    let run = |device: &str| {
+        let config = dir.join(format!("{device}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "model: {{type: mlp, hidden: [32]}}\ndataset: {{type: mnist}}\nbatchSize: 32\n\
+                 maxSteps: 5\nprecision: bf16\ndevice: {device}\n"
+            ),
+        )
+        .expect("config");
+        Command::new(env!("CARGO_BIN_EXE_ferrotrain-trainer"))
+            .args(["--config", &config.display().to_string()])
+            .args(["--data-dir", &data_dir.display().to_string()])
+            // Hides any GPU, so the test means the same on a GPU machine.
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .output()
+            .expect("trainer runs")
+    };
+    let refused = run("cuda");
+    let log = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(
+        refused.status.code(),
+        Some(i32::from(exit::BAD_CONFIG)),
+        "{log}"
+    );
+    assert!(log.contains("spec.trainer.device is cuda but"), "{log}");
+
+    let fallback = run("auto");
+    let log = String::from_utf8_lossy(&fallback.stderr);
+    assert_eq!(fallback.status.code(), Some(0), "{log}");
+    assert!(log.contains("compute device: CPU"), "{log}");
+    assert!(
+        log.contains("bf16 was requested but the CPU computes in fp32"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
