@@ -11,7 +11,7 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Int, Tensor, TensorData, activation, module};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, activation, module};
 
 use crate::engine::{Engine, EngineError, LossScaler};
 use crate::model::{BatchStats, Layer, Network, softmax_loss};
@@ -141,7 +141,8 @@ impl<B: AutodiffBackend> BurnEngine<B> {
                 }
             };
         }
-        x.rows(batch)
+        // The loss is computed in fp32 whatever the compute type, as mixed-precision training does.
+        x.rows(batch).cast(FloatDType::F32)
     }
 
     fn params_leaf(&self, params: &[f32]) -> Tensor<B, 1> {
