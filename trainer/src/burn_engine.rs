@@ -14,7 +14,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, activation, module};
 
 use crate::engine::{Engine, EngineError, LossScaler};
-use crate::model::{BatchStats, Layer, Network, softmax_loss};
+use crate::model::{BatchStats, Layer, Network, logit_stats};
 use crate::rng::Rng;
 
 /// An activation: rows of features, or images in burn's NCHW layout.
@@ -154,14 +154,7 @@ impl<B: AutodiffBackend> BurnEngine<B> {
 
     fn stats(&self, logits: Tensor<B, 2>, labels: &[u8]) -> Result<BatchStats, EngineError> {
         let logits = download(logits.inner().into_data())?;
-        let mut stats = BatchStats::default();
-        for (row, &label) in logits.chunks_exact(self.net.classes).zip(labels) {
-            let (loss, predicted) = softmax_loss(row, usize::from(label), None);
-            stats.loss_sum += f64::from(loss);
-            stats.correct += usize::from(predicted == usize::from(label));
-            stats.count += 1;
-        }
-        Ok(stats)
+        Ok(logit_stats(&logits, self.net.classes, labels))
     }
 }
 

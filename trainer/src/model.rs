@@ -281,14 +281,7 @@ impl Network {
     ) -> BatchStats {
         self.forward(params, inputs, labels.len(), None, ws);
         let logits = ws.activations.last().map(Vec::as_slice).unwrap_or_default();
-        let mut stats = BatchStats::default();
-        for (row, &label) in logits.chunks_exact(self.classes).zip(labels) {
-            let (loss, predicted) = softmax_loss(row, usize::from(label), None);
-            stats.loss_sum += f64::from(loss);
-            stats.correct += usize::from(predicted == usize::from(label));
-            stats.count += 1;
-        }
-        stats
+        logit_stats(logits, self.classes, labels)
     }
 
     fn forward(
@@ -392,9 +385,7 @@ impl Network {
             .zip(labels)
         {
             let (loss, predicted) = softmax_loss(row, usize::from(label), Some((grad, scale)));
-            stats.loss_sum += f64::from(loss);
-            stats.correct += usize::from(predicted == usize::from(label));
-            stats.count += 1;
+            stats.record(loss, predicted, label);
         }
         stats
     }
@@ -519,6 +510,24 @@ fn column_sums(matrix: &[f32], cols: usize, out: &mut [f32]) {
             *o += v;
         }
     }
+}
+
+impl BatchStats {
+    fn record(&mut self, loss: f32, predicted: usize, label: u8) {
+        self.loss_sum += f64::from(loss);
+        self.correct += usize::from(predicted == usize::from(label));
+        self.count += 1;
+    }
+}
+
+/// Loss and accuracy of a batch from its logits (`classes` per row).
+pub(crate) fn logit_stats(logits: &[f32], classes: usize, labels: &[u8]) -> BatchStats {
+    let mut stats = BatchStats::default();
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let (loss, predicted) = softmax_loss(row, usize::from(label), None);
+        stats.record(loss, predicted, label);
+    }
+    stats
 }
 
 /// Loss of one row and its arg-max; with `grad`, writes (softmax − one-hot) × scale.
