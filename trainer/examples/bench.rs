@@ -130,16 +130,7 @@ fn allreduce() -> anyhow::Result<()> {
             let handles: Vec<_> = (0..ranks)
                 .map(|rank| {
                     std::thread::spawn(move || -> anyhow::Result<f64> {
-                        let cfg = RendezvousConfig {
-                            rank,
-                            world_size: ranks,
-                            attempt: 1,
-                            addr: "127.0.0.1".into(),
-                            port,
-                            rendezvous_timeout: Duration::from_secs(30),
-                            peer_timeout: Duration::from_secs(60),
-                        };
-                        let mut ring = Ring::connect(&cfg)?;
+                        let mut ring = loopback_ring(rank, ranks, port)?;
                         let mut data = vec![1.0f32; floats];
                         ring.all_reduce_sum(&mut data)?;
                         let started = Instant::now();
@@ -169,6 +160,19 @@ fn allreduce() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Rank `rank` of a ring of `ranks` on loopback, rendezvous on `port`.
+fn loopback_ring(rank: u32, ranks: u32, port: u16) -> anyhow::Result<Ring> {
+    Ok(Ring::connect(&RendezvousConfig {
+        rank,
+        world_size: ranks,
+        attempt: 1,
+        addr: "127.0.0.1".into(),
+        port,
+        rendezvous_timeout: Duration::from_secs(30),
+        peer_timeout: Duration::from_secs(60),
+    })?)
 }
 
 fn loopback_bandwidth(bytes: usize) -> anyhow::Result<f64> {
@@ -218,16 +222,7 @@ fn gang(
                 let spec = spec.clone();
                 let handle = rt.handle().clone();
                 scope.spawn(move || -> anyhow::Result<Summary> {
-                    let cfg = RendezvousConfig {
-                        rank,
-                        world_size: ranks,
-                        attempt: 1,
-                        addr: "127.0.0.1".into(),
-                        port,
-                        rendezvous_timeout: Duration::from_secs(30),
-                        peer_timeout: Duration::from_secs(60),
-                    };
-                    let mut ring = Ring::connect(&cfg)?;
+                    let mut ring = loopback_ring(rank, ranks, port)?;
                     let job = Job {
                         spec,
                         attempt: 1,
