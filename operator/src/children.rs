@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
@@ -198,7 +199,10 @@ pub fn worker_pod(
     let mut volumes = vec![
         Volume {
             name: "scratch".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(scratch_limit(workers)),
+                ..EmptyDirVolumeSource::default()
+            }),
             ..Volume::default()
         },
         Volume {
@@ -300,6 +304,11 @@ pub fn worker_pod(
                 .clone()
                 .or(policy.priority_class_name.clone()),
             service_account_name: overlay.service_account_name.clone(),
+            // Our trainer never calls the API: no token unless the user names an account.
+            automount_service_account_token: overlay
+                .service_account_name
+                .is_none()
+                .then_some(false),
             node_selector: Some(overlay.node_selector.clone()).filter(|m| !m.is_empty()),
             tolerations: Some(overlay.tolerations.clone()).filter(|t| !t.is_empty()),
             affinity: overlay.affinity.clone(),
@@ -358,6 +367,21 @@ pub fn pod_group(job: &TrainingJob, attempt: u32, world_size: u32) -> Option<ser
     }))
 }
 
+/// Default size limit of a worker's scratch volume when its resources set no ephemeral storage.
+pub const DEFAULT_SCRATCH_LIMIT: &str = "8Gi";
+
+/// The scratch volume is bounded by the workers' ephemeral-storage limit (or request), else by
+/// [`DEFAULT_SCRATCH_LIMIT`]: an unbounded emptyDir can fill the node's disk.
+fn scratch_limit(workers: &ferrotrain_crds::WorkersSpec) -> Quantity {
+    let resources = workers.resources.as_ref();
+    let from = |map: Option<&BTreeMap<String, Quantity>>| {
+        map.and_then(|m| m.get("ephemeral-storage")).cloned()
+    };
+    from(resources.and_then(|r| r.limits.as_ref()))
+        .or_else(|| from(resources.and_then(|r| r.requests.as_ref())))
+        .unwrap_or_else(|| Quantity(DEFAULT_SCRATCH_LIMIT.into()))
+}
+
 /// Reads a pod as a worker; `None` for pods without our rank and attempt labels.
 /// `node_ready` tells whether a node is Ready (unknown nodes count as ready).
 pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<WorkerView> {
@@ -375,9 +399,16 @@ pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<Worke
     };
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let state = if let Some(deleted) = &pod.metadata.deletion_timestamp {
+        // The deletion timestamp is when the grace period ends, not when deletion began.
+        let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+        let disrupted = disruption_cause(&status);
         WorkerState::Terminating {
-            since: deleted.0,
+            since: deleted.0 - jiff::SignedDuration::from_secs(grace),
             node_ready: node.as_deref().is_none_or(&node_ready),
+            cause: match status.phase.as_deref() {
+                Some("Failed") => Some(failure_cause(pod)),
+                _ => disrupted,
+            },
         }
     } else {
         match status.phase.as_deref() {
@@ -398,6 +429,27 @@ pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<Worke
         attempt,
         state,
     })
+}
+
+/// Whether an object's controller owner reference points at the job with this UID.
+pub fn owned_by(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    uid: &str,
+) -> bool {
+    metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// A worker of an earlier job with the same name (deleted, its pods not yet collected) is never
+/// this job's: it is read as attempt 0, a stale attempt that is deleted and waited for.
+pub fn of_this_job(mut worker: WorkerView, pod: &Pod, job_uid: &str) -> WorkerView {
+    if !owned_by(&pod.metadata, job_uid) {
+        worker.attempt = 0;
+    }
+    worker
 }
 
 /// Drops everything [`worker_view`] does not read (container specs, volumes, env, managed
@@ -429,20 +481,28 @@ pub fn slim_pod(pod: &mut Pod) {
     }
 }
 
-/// Why a Failed pod failed.
-pub fn failure_cause(pod: &Pod) -> FailureCause {
-    let status = pod.status.clone().unwrap_or_default();
-    if let Some(disruption) = status
+/// The cause a `DisruptionTarget` condition names: set by the scheduler (preemption), the
+/// Eviction API (drain), the taint manager and PodGC (node loss) and the kubelet before they
+/// delete or stop a pod.
+fn disruption_cause(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<FailureCause> {
+    let disruption = status
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
-    {
-        return if disruption.reason.as_deref() == Some("PreemptionByScheduler") {
-            FailureCause::Preempted
-        } else {
-            FailureCause::DisruptionTarget
-        };
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")?;
+    Some(match disruption.reason.as_deref() {
+        Some("PreemptionByScheduler" | "PreemptionByKubeScheduler") => FailureCause::Preempted,
+        Some("DeletionByTaintManager" | "DeletionByPodGC") => FailureCause::NodeLost,
+        Some("TerminationByKubelet") => FailureCause::Evicted,
+        _ => FailureCause::DisruptionTarget,
+    })
+}
+
+/// Why a Failed pod failed.
+pub fn failure_cause(pod: &Pod) -> FailureCause {
+    let status = pod.status.clone().unwrap_or_default();
+    if let Some(cause) = disruption_cause(&status) {
+        return cause;
     }
     match status.reason.as_deref() {
         Some("Evicted") => return FailureCause::Evicted,
@@ -719,7 +779,40 @@ mod tests {
             worker_view(&deleting, |node| node != "n1").map(|w| w.state),
             Some(WorkerState::Terminating {
                 since: jiff::Timestamp::UNIX_EPOCH,
-                node_ready: false
+                node_ready: false,
+                cause: None,
+            })
+        );
+        // What scheduler preemption leaves: DisruptionTarget, then a deletion whose timestamp
+        // already includes the 30 s grace period.
+        let mut preempted = pod(
+            "Running",
+            ", conditions: [{type: DisruptionTarget, status: 'True', reason: PreemptionByScheduler}]",
+        );
+        preempted.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(30),
+            ));
+        preempted.metadata.deletion_grace_period_seconds = Some(30);
+        assert_eq!(
+            worker_view(&preempted, ready).map(|w| w.state),
+            Some(WorkerState::Terminating {
+                since: jiff::Timestamp::UNIX_EPOCH,
+                node_ready: true,
+                cause: Some(FailureCause::Preempted),
+            })
+        );
+        let mut drained = pod(
+            "Failed",
+            ", conditions: [{type: DisruptionTarget, status: 'True', reason: EvictionByEvictionAPI}]",
+        );
+        drained.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
+        assert_eq!(
+            worker_view(&drained, ready).map(|w| w.state),
+            Some(WorkerState::Terminating {
+                since: jiff::Timestamp::UNIX_EPOCH,
+                node_ready: true,
+                cause: Some(FailureCause::DisruptionTarget),
             })
         );
         let mut foreign = pod("Running", "");

@@ -19,6 +19,14 @@ use crate::lifecycle::{Action, Observed, decide};
 use crate::progress::random_token;
 use crate::server::{JobDirectory, JobInfo, ProgressHub};
 
+/// Selects rustls' ring provider for this process. Dependencies enable both of rustls' providers
+/// (ring for the Kubernetes client, aws-lc-rs through the S3 client), and rustls then refuses to
+/// pick one: the first TLS connection to the API server would panic. Call before any client.
+pub fn install_tls_provider() {
+    // An error means a provider is installed already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "ferrotrain-operator";
 
@@ -35,7 +43,11 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "services", &["create", "patch"]),
     ("", "secrets", &["get", "create"]),
     ("", "nodes", &["get"]),
-    ("scheduling.volcano.sh", "podgroups", &["create", "patch"]),
+    (
+        "scheduling.volcano.sh",
+        "podgroups",
+        &["create", "patch", "delete"],
+    ),
     ("events.k8s.io", "events", &["create", "patch"]),
     (
         "coordination.k8s.io",
@@ -62,6 +74,12 @@ pub enum Error {
     /// The object has no namespace or name.
     #[error("TrainingJob without {0}")]
     Incomplete(&'static str),
+    /// The status write lost a race: the job changed since the cached copy was read.
+    #[error("the job changed since it was read (status write conflict); reconciling again")]
+    Conflict,
+    /// A child of another job with the same name (deleted, not yet collected) is in the way.
+    #[error("{0} still belongs to an earlier job of the same name; waiting for it to be collected")]
+    ForeignChild(String),
 }
 
 impl Error {
@@ -70,6 +88,18 @@ impl Error {
         match self {
             Error::Kube { .. } => "kube_api",
             Error::Incomplete(_) => "invalid_object",
+            Error::Conflict => "conflict",
+            Error::ForeignChild(_) => "foreign_child",
+        }
+    }
+
+    /// How long to wait before reconciling again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            // The watch delivers the newer object within moments.
+            Error::Conflict => Duration::from_millis(500),
+            Error::ForeignChild(_) => Duration::from_secs(2),
+            Error::Kube { .. } | Error::Incomplete(_) => Duration::from_secs(15),
         }
     }
 }
@@ -165,7 +195,7 @@ async fn reconcile_as_leader(
             );
             status.phase = Some(Phase::Failed);
             status.message = Some(message);
-            write_status(&jobs, &name, &status).await?;
+            write_status(&jobs, job, &status).await?;
         }
         return Ok((Requeue::await_change(), Some(status)));
     }
@@ -183,16 +213,20 @@ async fn reconcile_as_leader(
         .filter(|p| p.metadata.deletion_timestamp.is_some())
     {
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
-            && !node_is_ready(&nodes, &node).await?
+            && node_is_ready(&nodes, &node).await? == Some(false)
         {
             not_ready.push(node);
         }
     }
+    let uid = job.metadata.uid.clone().unwrap_or_default();
     let observed = Observed {
         workers: listed
             .items
             .iter()
-            .filter_map(|p| children::worker_view(p, |n| !not_ready.iter().any(|x| x == n)))
+            .filter_map(|p| {
+                children::worker_view(p, |n| !not_ready.iter().any(|x| x == n))
+                    .map(|w| children::of_this_job(w, p, &uid))
+            })
             .collect(),
     };
 
@@ -200,6 +234,8 @@ async fn reconcile_as_leader(
     let decision = decide(job, &observed, now);
 
     // Apply.
+    let mut decision = decision;
+    let mut refused: Option<CreationRefused> = None;
     for action in &decision.actions {
         match action {
             Action::EnsureSupport => ensure_support(job, ctx).await?,
@@ -209,10 +245,28 @@ async fn reconcile_as_leader(
             } => {
                 if let Some(group) = children::pod_group(job, *attempt, *world_size) {
                     apply_pod_group(&ctx.client, &namespace, &group).await?;
+                    if *attempt > 1 {
+                        delete_pod_group(
+                            &ctx.client,
+                            &namespace,
+                            &format!("{name}-{}", attempt - 1),
+                        )
+                        .await?;
+                    }
                 }
+                // Every rank is tried: creation is idempotent, and one refusal (quota, Pod
+                // Security, a webhook) is reported on the job instead of hiding the others.
                 for rank in 0..*world_size {
                     let pod = children::worker_pod(job, &ctx.settings, *attempt, *world_size, rank);
-                    create_if_absent(&pods, &pod, "create worker pod").await?;
+                    match pods.create(&PostParams::default(), &pod).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(status)) if status.code == 409 => {}
+                        Err(kube::Error::Api(status)) if refused.is_none() => {
+                            refused = Some(CreationRefused::from_status(rank, &status));
+                        }
+                        Err(kube::Error::Api(_)) => {}
+                        Err(e) => return Err(kube_error("create worker pod")(e)),
+                    }
                 }
             }
             Action::DeleteWorkers { names, force } => {
@@ -233,10 +287,50 @@ async fn reconcile_as_leader(
             }
         }
     }
+    if let Some(refused) = &refused {
+        crate::lifecycle::set_condition(
+            &mut decision.status.conditions,
+            "WorkersCreated",
+            false,
+            &refused.reason,
+            &refused.message,
+            now,
+            job.metadata.generation,
+        );
+        decision.events.push(crate::lifecycle::Event {
+            warning: true,
+            reason: refused.reason.clone(),
+            message: refused.message.clone(),
+        });
+        decision.requeue_after = Some(
+            decision
+                .requeue_after
+                .map_or(CREATE_RETRY, |r| r.min(CREATE_RETRY)),
+        );
+    } else if decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateWorkers { .. }))
+        && decision
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "WorkersCreated" && c.status == "False")
+    {
+        crate::lifecycle::set_condition(
+            &mut decision.status.conditions,
+            "WorkersCreated",
+            true,
+            "Created",
+            "every worker of the attempt was created",
+            now,
+            job.metadata.generation,
+        );
+    }
     if !decision.actions.contains(&Action::DeleteJob)
         && job.status.as_ref() != Some(&decision.status)
     {
-        write_status(&jobs, &name, &decision.status).await?;
+        write_status(&jobs, job, &decision.status).await?;
     }
     let reference = job.object_ref(&());
     for event in &decision.events {
@@ -248,7 +342,12 @@ async fn reconcile_as_leader(
             },
             reason: event.reason.clone(),
             note: Some(event.message.clone()),
-            action: "Reconcile".into(),
+            // kube-runtime's recorder folds events with the same action and reason into one
+            // series that keeps the first message: one series per attempt keeps each failure's.
+            action: format!(
+                "Attempt{}",
+                job.status.as_ref().and_then(|s| s.attempt).unwrap_or(1)
+            ),
             secondary: None,
         };
         // Events are best effort: a failure to record one must not stall the job.
@@ -263,24 +362,66 @@ async fn reconcile_as_leader(
     Ok((requeue, Some(decision.status)))
 }
 
-/// Retry a failed reconcile after a short pause.
-pub fn error_policy(_job: Arc<TrainingJob>, error: &Error, _ctx: Arc<Context>) -> Requeue {
-    tracing::warn!(error = %error, category = error.metric_label(), "reconcile failed");
-    Requeue::requeue(Duration::from_secs(15))
+/// How soon a gang whose pods the API server refused is tried again.
+const CREATE_RETRY: Duration = Duration::from_secs(15);
+
+/// Why the API server refused a worker pod, as a condition reason and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreationRefused {
+    /// CamelCase reason: QuotaExceeded, PodSecurityRejected, InvalidPod, or the API's own.
+    pub reason: String,
+    /// The API server's message, with the rank.
+    pub message: String,
 }
 
-async fn node_is_ready(nodes: &Api<Node>, name: &str) -> Result<bool, Error> {
-    let node = nodes
-        .get_opt(name)
-        .await
-        .map_err(kube_error(format!("get node {name}")))?;
-    Ok(node.is_some_and(|n| {
+impl CreationRefused {
+    /// Classifies the API server's answer to a pod creation.
+    pub fn from_status(rank: u32, status: &kube::core::Status) -> Self {
+        let reason = if status.message.contains("exceeded quota") {
+            "QuotaExceeded".to_string()
+        } else if status.message.contains("violates PodSecurity") {
+            "PodSecurityRejected".to_string()
+        } else if status.code == 422 {
+            "InvalidPod".to_string()
+        } else if status.reason.is_empty() {
+            format!("CreateFailed{}", status.code)
+        } else {
+            status.reason.clone()
+        };
+        Self {
+            reason,
+            message: format!("worker rank {rank} was refused: {}", status.message),
+        }
+    }
+}
+
+/// Retry a failed reconcile after a pause that fits the failure.
+pub fn error_policy(_job: Arc<TrainingJob>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(error = %error, category = error.metric_label(), "reconcile failed");
+    Requeue::requeue(error.retry_after())
+}
+
+/// Whether a node is Ready: `None` when this operator may not read nodes (a namespaced
+/// install without the nodes ClusterRole), so stuck pods are left to the cluster.
+async fn node_is_ready(nodes: &Api<Node>, name: &str) -> Result<Option<bool>, Error> {
+    let node = match nodes.get_opt(name).await {
+        Ok(node) => node,
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::warn!(
+                node = name,
+                "may not read nodes: the readiness of this pod's node is unknown, so it is not force-deleted"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(kube_error(format!("get node {name}"))(e)),
+    };
+    Ok(Some(node.is_some_and(|n| {
         n.status
             .and_then(|s| s.conditions)
             .into_iter()
             .flatten()
             .any(|c| c.type_ == "Ready" && c.status == "True")
-    }))
+    })))
 }
 
 async fn ensure_support(job: &TrainingJob, ctx: &Context) -> Result<(), Error> {
@@ -299,12 +440,19 @@ async fn ensure_support(job: &TrainingJob, ctx: &Context) -> Result<(), Error> {
     // The token is generated once; re-applying would rotate it under running workers.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret_name = children::token_secret_name(&job.name_any());
-    if secrets
+    let existing = secrets
         .get_opt(&secret_name)
         .await
-        .map_err(kube_error("get token secret"))?
-        .is_none()
+        .map_err(kube_error("get token secret"))?;
+    if let Some(secret) = &existing
+        && !children::owned_by(
+            &secret.metadata,
+            job.metadata.uid.as_deref().unwrap_or_default(),
+        )
     {
+        return Err(Error::ForeignChild(format!("Secret {secret_name}")));
+    }
+    if existing.is_none() {
         let token = random_token().ok_or(Error::Incomplete(
             "system randomness for the progress token",
         ))?;
@@ -342,6 +490,15 @@ async fn apply_pod_group(
     Ok(())
 }
 
+/// The Volcano PodGroup of an attempt that is over: one group per attempt would pile up.
+async fn delete_pod_group(client: &Client, namespace: &str, name: &str) -> Result<(), Error> {
+    let gvk = kube::api::GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "podgroups");
+    let groups: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    delete_if_present(&groups, name, &DeleteParams::background()).await
+}
+
 async fn create_if_absent<K>(api: &Api<K>, object: &K, action: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -364,24 +521,41 @@ where
     }
 }
 
-async fn write_status(
-    jobs: &Api<TrainingJob>,
-    name: &str,
-    status: &TrainingJobStatus,
-) -> Result<(), Error> {
-    let patch = serde_json::json!({
+/// The reconciler's status apply: everything but `progress` and `checkpoint` (the progress
+/// writer's fields), with the resourceVersion the decision was made from as a precondition, so a
+/// decision taken on a stale copy of the job is never written.
+pub fn status_patch(job: &TrainingJob, status: &TrainingJobStatus) -> serde_json::Value {
+    let mut status = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = status.as_object_mut() {
+        fields.remove("progress");
+        fields.remove("checkpoint");
+    }
+    serde_json::json!({
         "apiVersion": "ferrotrain.io/v1alpha1",
         "kind": "TrainingJob",
+        "metadata": {"resourceVersion": job.metadata.resource_version},
         "status": status,
-    });
-    jobs.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_error("apply status"))?;
-    Ok(())
+    })
+}
+
+async fn write_status(
+    jobs: &Api<TrainingJob>,
+    job: &TrainingJob,
+    status: &TrainingJobStatus,
+) -> Result<(), Error> {
+    let name = job.name_any();
+    match jobs
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&status_patch(job, status)),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
+        Err(e) => Err(kube_error("apply status")(e)),
+    }
 }
 
 /// Writes coalesced progress into each job's status, at most every few seconds per job, while
@@ -458,9 +632,23 @@ pub async fn run(
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     hub.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let context = Arc::new(Context::new(client, settings, hub));
-    Controller::new(jobs, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(LABEL_JOB))
+    let context = Arc::new(Context::new(client, settings, Arc::clone(&hub)));
+    let controller = Controller::new(jobs, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(LABEL_JOB));
+    // Deleted jobs are never reconciled again: drop their metric series against the job cache.
+    let store = controller.store();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let live: std::collections::HashSet<String> = store
+                .state()
+                .iter()
+                .map(|j| format!("{}/{}", j.namespace().unwrap_or_default(), j.name_any()))
+                .collect();
+            hub.retain_jobs(|key| live.contains(key));
+        }
+    });
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

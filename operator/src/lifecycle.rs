@@ -44,6 +44,8 @@ pub enum FailureCause {
     PreemptedAfterCheckpoint,
     /// The worker vanished (deleted by someone else).
     Missing,
+    /// Someone other than the operator deleted the worker (no disruption reason given).
+    Deleted,
     /// A local worker process was killed by this signal (for example the kernel's OOM killer).
     Signal(i32),
     /// The trainer exited with this code.
@@ -76,6 +78,7 @@ impl FailureCause {
             FailureCause::OomKilled => "OOMKilled".into(),
             FailureCause::PreemptedAfterCheckpoint => "PreemptedAfterCheckpoint".into(),
             FailureCause::Missing => "WorkerMissing".into(),
+            FailureCause::Deleted => "WorkerDeleted".into(),
             FailureCause::Signal(signal) => format!("KilledBySignal{signal}"),
             FailureCause::ExitCode(code) => format!("ExitCode{code}"),
         }
@@ -105,6 +108,8 @@ pub enum WorkerState {
         since: Timestamp,
         /// Whether its node is Ready.
         node_ready: bool,
+        /// Why, when the cluster said so (a `DisruptionTarget` condition or a Failed phase).
+        cause: Option<FailureCause>,
     },
 }
 
@@ -315,6 +320,7 @@ impl Decider<'_> {
             if let WorkerState::Terminating {
                 since,
                 node_ready: false,
+                ..
             } = w.state
             {
                 match seconds_between(since, self.now) {
@@ -410,7 +416,9 @@ impl Decider<'_> {
             self.requeue_in(wait);
             return;
         }
-        if !self.current(observed).is_empty() {
+        let world_size = self.desired();
+        let present = self.current(observed).len() as u32;
+        if present >= world_size {
             // Already created (a repeated decision before the pods were observed as such).
             self.transition(
                 Phase::Scheduling,
@@ -419,7 +427,24 @@ impl Decider<'_> {
             );
             return;
         }
-        let world_size = self.desired();
+        if present > 0 {
+            // A creation that stopped part-way (quota, admission, API errors): creating is
+            // idempotent, so create the rest and keep the attempt's clock if it started.
+            self.actions.push(Action::CreateWorkers {
+                attempt: self.attempt(),
+                world_size,
+            });
+            if self.status.attempt_start_time.is_none() {
+                self.status.attempt_start_time = Some(Time(self.now));
+            }
+            self.transition(
+                Phase::Scheduling,
+                "GangCreated",
+                &format!("creating the missing workers of attempt {}", self.attempt()),
+            );
+            self.requeue_in(self.policy.schedule_timeout_seconds_or_default() as f64);
+            return;
+        }
         self.actions.push(Action::CreateWorkers {
             attempt: self.attempt(),
             world_size,
@@ -451,6 +476,13 @@ impl Decider<'_> {
             return;
         }
         let desired = self.desired() as usize;
+        if !current.is_empty() && current.len() < desired {
+            // Part of the gang exists: the rest failed to be created (quota, admission).
+            self.actions.push(Action::CreateWorkers {
+                attempt: self.attempt(),
+                world_size: self.desired(),
+            });
+        }
         let running = current
             .iter()
             .filter(|w| {
@@ -867,30 +899,42 @@ impl Decider<'_> {
     }
 }
 
-/// The failed worker that explains the gang's failure: a worker that merely lost its peer (exit 4)
-/// is a consequence, so any other failure wins; then the lowest rank. With `desired`, a worker
-/// missing from the running gang counts as failed.
+/// The failed worker that explains the gang's failure. The operator deletes the current
+/// attempt's workers only after it has moved on to the next attempt, so a current worker being
+/// deleted was disrupted (preemption, drain, node loss) or deleted by someone else. A worker that
+/// merely lost its peer (exit 4) is a consequence, never the cause while another explanation
+/// exists: in order, a failure of its own, a disruption, a worker missing from the running gang
+/// (with `desired`), then the lowest rank.
 fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<(String, FailureCause)> {
-    let mut failed: Vec<&&WorkerView> = current
+    let peer_lost = FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST);
+    let mut failed: Vec<(u8, u32, String, FailureCause)> = current
         .iter()
-        .filter(|w| matches!(w.state, WorkerState::Failed(_)))
+        .filter_map(|w| match w.state {
+            WorkerState::Failed(cause) if cause == peer_lost => {
+                Some((3, w.rank, w.name.clone(), cause))
+            }
+            WorkerState::Failed(cause) => Some((0, w.rank, w.name.clone(), cause)),
+            WorkerState::Terminating { cause, .. } => Some((
+                1,
+                w.rank,
+                w.name.clone(),
+                cause.unwrap_or(FailureCause::Deleted),
+            )),
+            _ => None,
+        })
         .collect();
-    let peer_lost =
-        WorkerState::Failed(FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST));
-    failed.sort_by_key(|w| (w.state == peer_lost, w.rank));
-    if let Some(w) = failed.first()
-        && let WorkerState::Failed(cause) = w.state
-    {
-        return Some((w.name.clone(), cause));
-    }
     if let Some(desired) = desired
         && (current.len() as u32) < desired
     {
         let present: Vec<u32> = current.iter().map(|w| w.rank).collect();
         let missing = (0..desired).find(|r| !present.contains(r)).unwrap_or(0);
-        return Some((format!("rank {missing}"), FailureCause::Missing));
+        failed.push((2, missing, format!("rank {missing}"), FailureCause::Missing));
     }
-    None
+    failed.sort_by_key(|(order, rank, ..)| (*order, *rank));
+    failed
+        .into_iter()
+        .next()
+        .map(|(_, _, name, cause)| (name, cause))
 }
 
 /// Sets a condition, keeping lastTransitionTime when the status does not change.

@@ -168,6 +168,7 @@ fn the_next_gang_waits_for_old_workers_to_exit() {
     let terminating = WorkerState::Terminating {
         since: at(60),
         node_ready: true,
+        cause: None,
     };
     let d = step(&mut j, gang(2, 1, terminating), 80);
     assert_eq!(created(&d), None);
@@ -470,6 +471,7 @@ fn restarting_recreates_the_gang_once_the_old_one_is_gone() {
             WorkerState::Terminating {
                 since: at(20),
                 node_ready: true,
+                cause: None,
             },
         )],
         21,
@@ -714,6 +716,7 @@ fn regression_a_pod_stuck_terminating_on_a_dead_node_is_force_deleted() {
     let stuck = WorkerState::Terminating {
         since: at(20),
         node_ready: false,
+        cause: None,
     };
     let d = step(&mut j, vec![w(1, 1, stuck)], 100);
     assert!(
@@ -739,6 +742,7 @@ fn a_terminating_pod_on_a_ready_node_is_left_to_finish() {
             WorkerState::Terminating {
                 since: at(0),
                 node_ready: true,
+                cause: None,
             },
         )],
         1000,
@@ -852,4 +856,101 @@ fn the_root_cause_wins_over_peers_that_lost_it() {
             .iter()
             .any(|e| e.message.contains("j-worker-1 failed: Evicted"))
     );
+}
+
+// ---- what a real cluster shows (issue: operator correctness against Kubernetes) --------------
+
+fn terminating(since: i64, cause: Option<FailureCause>) -> WorkerState {
+    WorkerState::Terminating {
+        since: at(since),
+        node_ready: true,
+        cause,
+    }
+}
+
+#[test]
+fn a_preempted_pod_still_terminating_is_the_cause_not_its_peers_exit() {
+    // Scheduler preemption sets DisruptionTarget, then deletes: the victim is Terminating while
+    // its peer exits 4 (peer lost). The gang restart is a preemption, charged to infrastructure.
+    let mut j = running_job("maxAppRestarts: 0", 2);
+    let d = step(
+        &mut j,
+        vec![
+            w(0, 1, WorkerState::Failed(FailureCause::ExitCode(4))),
+            w(1, 1, terminating(19, Some(FailureCause::Preempted))),
+        ],
+        20,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!(
+        (
+            restarts(&d).app,
+            restarts(&d).infra,
+            restarts(&d).preemption
+        ),
+        (0, 1, 1)
+    );
+    assert_eq!(
+        deleted(&d),
+        vec!["j-worker-0"],
+        "the victim is already being deleted"
+    );
+}
+
+#[test]
+fn a_drained_pod_is_an_infrastructure_failure() {
+    let mut j = running_job("", 2);
+    let d = step(
+        &mut j,
+        vec![
+            w(0, 1, RUNNING),
+            w(1, 1, terminating(19, Some(FailureCause::DisruptionTarget))),
+        ],
+        20,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).app, restarts(&d).infra), (0, 1));
+}
+
+#[test]
+fn a_worker_deleted_by_someone_else_is_an_infrastructure_failure() {
+    let mut j = running_job("", 2);
+    let d = step(
+        &mut j,
+        vec![w(0, 1, RUNNING), w(1, 1, terminating(19, None))],
+        20,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).app, restarts(&d).infra), (0, 1));
+    assert!(d.events.iter().any(|e| e.message.contains("WorkerDeleted")));
+}
+
+#[test]
+fn a_peer_lost_exit_after_a_vanished_worker_is_not_a_second_cause() {
+    let mut j = running_job("maxAppRestarts: 0", 2);
+    let d = step(
+        &mut j,
+        vec![w(0, 1, WorkerState::Failed(FailureCause::ExitCode(4)))],
+        20,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).app, restarts(&d).infra), (0, 1));
+}
+
+#[test]
+fn a_partly_created_gang_is_completed() {
+    // Pod creation stopped at rank 1 (quota exceeded) before the status was written.
+    let mut j = job("", 3, None);
+    let d = step(&mut j, vec![w(0, 1, BOUND)], 0);
+    assert_eq!(created(&d), Some((1, 3)), "the missing ranks are created");
+    assert_eq!(phase(&d), Phase::Scheduling);
+    assert!(
+        d.status.attempt_start_time.is_some(),
+        "the gang timeout runs"
+    );
+    let d = step(&mut j, vec![w(0, 1, BOUND), w(1, 1, BOUND)], 5);
+    assert_eq!(created(&d), Some((1, 3)), "still missing while scheduling");
+    assert_eq!(d.status.attempt_start_time.map(|t| t.0), Some(at(0)));
+    let d = step(&mut j, gang(3, 1, BOUND), 6);
+    assert_eq!(created(&d), None);
 }

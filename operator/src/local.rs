@@ -236,6 +236,7 @@ pub fn run(
                         (Some(since), _) => WorkerState::Terminating {
                             since,
                             node_ready: true,
+                            cause: None,
                         },
                         (None, Some(state)) => state,
                         (None, None) => WorkerState::Running { ready: true },

@@ -84,6 +84,17 @@ enum Command {
         /// This replica's identity in the Lease.
         #[arg(long, env = "POD_NAME", default_value = "ferrotrain-operator")]
         identity: String,
+        /// Name of the leader-election Lease: one per installation (the chart uses its release name).
+        #[arg(
+            long,
+            env = "OPERATOR_LEASE_NAME",
+            default_value = "ferrotrain-operator"
+        )]
+        lease_name: String,
+        /// This replica's own progress endpoint (`http://POD_IP:8080`), to which the other replicas
+        /// forward the reports they receive while this one leads.
+        #[arg(long, env = "OPERATOR_ADVERTISE_URL")]
+        advertise_url: Option<String>,
     },
     /// Run one worker (started by `ferrotrain run` or the operator).
     #[cfg(feature = "worker")]
@@ -125,6 +136,8 @@ fn main() -> anyhow::Result<ExitCode> {
             listen,
             lease_namespace,
             identity,
+            lease_name,
+            advertise_url,
         } => {
             tracing_subscriber::fmt()
                 .json()
@@ -137,12 +150,18 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(operator(
-                trainer_image,
-                progress_base_url,
+                ferrotrain::children::Settings {
+                    default_image: trainer_image,
+                    progress_base_url,
+                },
                 namespace,
                 listen,
                 lease_namespace,
-                identity,
+                ferrotrain::leader::Candidate {
+                    lease: lease_name,
+                    identity,
+                    progress_url: advertise_url,
+                },
             ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -159,14 +178,14 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 async fn operator(
-    trainer_image: String,
-    progress_base_url: String,
+    settings: ferrotrain::children::Settings,
     namespace: Option<String>,
     listen: String,
     lease_namespace: String,
-    identity: String,
+    candidate: ferrotrain::leader::Candidate,
 ) -> anyhow::Result<()> {
     use ferrotrain::{controller, leader, server};
+    controller::install_tls_provider();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -183,20 +202,20 @@ async fn operator(
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    let leases = kube::Api::namespaced(client.clone(), &lease_namespace);
-    tokio::spawn(leader::run(
-        leases,
-        "ferrotrain-operator".into(),
-        identity,
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), &lease_namespace);
+    let election = tokio::spawn(leader::run(
+        leases.clone(),
+        candidate.clone(),
         Arc::clone(&hub),
     ));
     tokio::spawn(controller::write_progress(client.clone(), Arc::clone(&hub)));
-    let settings = ferrotrain::children::Settings {
-        default_image: trainer_image,
-        progress_base_url,
-    };
     // Returns on SIGTERM once in-flight reconciles finish.
-    controller::run(client, settings, namespace, hub).await;
+    controller::run(client, settings, namespace, Arc::clone(&hub)).await;
+    // Hand over at once instead of leaving the others to wait for the lease to expire.
+    election.abort();
+    hub.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+    leader::release(&leases, &candidate).await;
     Ok(())
 }
 

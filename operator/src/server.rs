@@ -51,6 +51,7 @@ struct JobProgress {
 #[derive(Default)]
 struct Counters {
     accepted: u64,
+    forwarded: BTreeMap<u16, u64>,
     rejected: BTreeMap<&'static str, u64>,
     reconcile_errors: BTreeMap<&'static str, u64>,
     reconciles: u64,
@@ -69,9 +70,34 @@ pub struct ProgressHub {
     pub leader: AtomicBool,
     /// Whether the controller has started (readiness).
     pub ready: AtomicBool,
+    /// The leader's progress endpoint while another replica leads (from the Lease).
+    leader_url: Mutex<Option<String>>,
 }
 
 impl ProgressHub {
+    /// A hub of a replica that leads from the start (tests, and the local runner's reports).
+    pub fn leading() -> Self {
+        let hub = Self::default();
+        hub.leader.store(true, Ordering::SeqCst);
+        hub
+    }
+
+    /// Records where the current leader takes progress reports (`None`: unknown or this replica).
+    pub fn set_leader_url(&self, url: Option<String>) {
+        *self.leader_url.lock().unwrap_or_else(|e| e.into_inner()) = url;
+    }
+
+    /// Where to forward progress reports, while another replica leads.
+    pub fn leader_url(&self) -> Option<String> {
+        if self.leader.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.leader_url
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Records one POST; returns the HTTP status to answer with.
     pub fn accept(
         &self,
@@ -112,6 +138,12 @@ impl ProgressHub {
         }
     }
 
+    /// Counts a report this follower forwarded (or refused for want of a leader), by answer.
+    pub fn count_forward(&self, status: StatusCode) {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *counters.forwarded.entry(status.as_u16()).or_default() += 1;
+    }
+
     /// Jobs whose progress should be written now, each with the status fields to apply; marks them
     /// written. Nothing while this replica does not lead.
     pub fn due_writes(&self, now: Timestamp) -> Vec<((String, String), TrainingJobStatus)> {
@@ -133,6 +165,20 @@ impl ProgressHub {
             }
         }
         due
+    }
+
+    /// Keeps the per-job metric series and progress of the jobs for which `live` holds.
+    pub fn retain_jobs(&self, live: impl Fn(&str) -> bool) {
+        {
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            c.phases.retain(|job, _| live(job));
+            c.restarts.retain(|job, _| live(job));
+            c.goodput.retain(|job, _| live(job));
+        }
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(namespace, name), _| live(&format!("{namespace}/{name}")));
     }
 
     /// Records a reconcile for `/metrics`.
@@ -210,6 +256,12 @@ impl ProgressHub {
             let n: i64 = c.restarts.values().map(|r| r[i]).sum();
             out.push_str(&format!("ferrotrain_restarts{{cause=\"{cause}\"}} {n}\n"));
         }
+        out.push_str("# HELP ferrotrain_progress_forwarded_total Reports a follower passed to the leader, by the answer.\n# TYPE ferrotrain_progress_forwarded_total counter\n");
+        for (code, n) in &c.forwarded {
+            out.push_str(&format!(
+                "ferrotrain_progress_forwarded_total{{code=\"{code}\"}} {n}\n"
+            ));
+        }
         out.push_str("# HELP ferrotrain_progress_reports_total Progress reports by outcome.\n# TYPE ferrotrain_progress_reports_total counter\n");
         out.push_str(&format!(
             "ferrotrain_progress_reports_total{{result=\"accepted\"}} {}\n",
@@ -230,9 +282,13 @@ impl ProgressHub {
     }
 }
 
+/// Marks a report one replica forwarded to another, so it is never forwarded twice.
+const FORWARDED_HEADER: &str = "x-ferrotrain-forwarded";
+
 struct AppState<D> {
     hub: Arc<ProgressHub>,
     directory: Arc<D>,
+    forwarder: reqwest::Client,
 }
 
 impl<D> Clone for AppState<D> {
@@ -240,6 +296,7 @@ impl<D> Clone for AppState<D> {
         Self {
             hub: Arc::clone(&self.hub),
             directory: Arc::clone(&self.directory),
+            forwarder: self.forwarder.clone(),
         }
     }
 }
@@ -256,15 +313,33 @@ pub fn router<D: JobDirectory>(hub: Arc<ProgressHub>, directory: Arc<D>) -> Rout
         .route("/readyz", get(ready::<D>))
         // One byte over the limit is enough to refuse; the handler answers 413 itself.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES + 1))
-        .with_state(AppState { hub, directory })
+        .with_state(AppState {
+            hub,
+            directory,
+            forwarder: reqwest::Client::new(),
+        })
 }
 
+/// Only the leader writes status, and a Service spreads trainers' connections over every ready
+/// replica: a follower forwards each report to the leader. Without a known leader it answers 503
+/// so the trainer's next report tries again.
 async fn progress<D: JobDirectory>(
     State(state): State<AppState<D>>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    if !state.hub.leader.load(Ordering::SeqCst) {
+        let leader = state.hub.leader_url();
+        let status = match leader {
+            Some(url) if !headers.contains_key(FORWARDED_HEADER) => {
+                forward(&state.forwarder, &url, &namespace, &name, &headers, body).await
+            }
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        state.hub.count_forward(status);
+        return status;
+    }
     let info = state.directory.lookup(&namespace, &name).await;
     let token = bearer(
         headers
@@ -278,6 +353,41 @@ async fn progress<D: JobDirectory>(
         &body,
         Timestamp::now(),
     )
+}
+
+async fn forward(
+    client: &reqwest::Client,
+    leader: &str,
+    namespace: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let url = format!(
+        "{}/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
+        leader.trim_end_matches('/')
+    );
+    let mut request = client
+        .post(url)
+        .header(FORWARDED_HEADER, "1")
+        .header(header::CONTENT_TYPE.as_str(), "application/json")
+        .timeout(Duration::from_secs(5))
+        .body(body);
+    if let Some(authorization) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        request = request.header(header::AUTHORIZATION.as_str(), authorization);
+    }
+    match request.send().await {
+        Ok(response) => {
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY)
+        }
+        Err(e) => {
+            tracing::warn!(leader, error = %e, "cannot forward a progress report to the leader");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
 }
 
 async fn metrics<D: JobDirectory>(
@@ -359,7 +469,7 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_are_checked_per_job() {
-        let hub = Arc::new(ProgressHub::default());
+        let hub = Arc::new(ProgressHub::leading());
         assert_eq!(
             post(&hub, MNIST, None, report(2, 1)).await,
             StatusCode::UNAUTHORIZED
@@ -398,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_malformed_and_stale_bodies_are_refused() {
-        let hub = Arc::new(ProgressHub::default());
+        let hub = Arc::new(ProgressHub::leading());
         assert_eq!(
             post(
                 &hub,
@@ -422,7 +532,7 @@ mod tests {
 
     #[tokio::test]
     async fn reports_are_coalesced_and_written_at_most_every_five_seconds_by_the_leader() {
-        let hub = Arc::new(ProgressHub::default());
+        let hub = Arc::new(ProgressHub::leading());
         for step in [10, 20, 30] {
             assert_eq!(
                 post(&hub, MNIST, Some("mnist-token"), report(2, step)).await,
@@ -430,6 +540,7 @@ mod tests {
             );
         }
         let t0 = Timestamp::now();
+        hub.leader.store(false, Ordering::SeqCst);
         assert!(
             hub.due_writes(t0).is_empty(),
             "a replica that does not lead writes nothing"
@@ -454,6 +565,44 @@ mod tests {
             hub.due_writes(t0 + jiff::SignedDuration::from_secs(5))
                 .len(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_follower_forwards_reports_to_the_leader() {
+        // The leader: a real server on a loopback port.
+        let leader = Arc::new(ProgressHub::leading());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = router(Arc::clone(&leader), Arc::new(Fixed));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let follower = Arc::new(ProgressHub::default());
+        assert_eq!(
+            post(&follower, MNIST, Some("mnist-token"), report(2, 7)).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader known: the trainer tries again, nothing is lost silently"
+        );
+        follower.set_leader_url(Some(format!("http://{address}")));
+        assert_eq!(
+            post(&follower, MNIST, Some("mnist-token"), report(2, 7)).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            post(&follower, MNIST, Some("wrong"), report(2, 8)).await,
+            StatusCode::UNAUTHORIZED,
+            "the leader checks the token"
+        );
+        let due = leader.due_writes(Timestamp::now());
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.progress.as_ref().map(|p| p.step), Some(7));
+        assert!(follower.due_writes(Timestamp::now()).is_empty());
+        assert!(
+            follower
+                .metrics()
+                .contains("ferrotrain_progress_forwarded_total{code=\"204\"} 1")
         );
     }
 

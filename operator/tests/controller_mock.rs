@@ -135,7 +135,7 @@ fn job_json(status: Value) -> Value {
     let mut value = json!({
         "apiVersion": "ferrotrain.io/v1alpha1",
         "kind": "TrainingJob",
-        "metadata": {"name": "mnist", "namespace": "ml", "uid": "0b0e", "generation": 1},
+        "metadata": {"name": "mnist", "namespace": "ml", "uid": "0b0e", "generation": 1, "resourceVersion": "7"},
         "spec": {
             "workers": {"replicas": 2},
             "trainer": {"model": {"type": "mlp"}, "dataset": {"type": "mnist"}, "batchSize": 8, "epochs": 1},
@@ -148,7 +148,15 @@ fn job_json(status: Value) -> Value {
     value
 }
 
+fn owner(uid: &str) -> Value {
+    json!([{"apiVersion": "ferrotrain.io/v1alpha1", "kind": "TrainingJob", "name": "mnist", "uid": uid, "controller": true}])
+}
+
 fn pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>) -> Value {
+    owned_pod(rank, attempt, phase, exit_code, "0b0e")
+}
+
+fn owned_pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>, uid: &str) -> Value {
     let mut status = json!({"phase": phase});
     if let Some(code) = exit_code {
         status["containerStatuses"] = json!([{"name": "trainer", "image": "t", "imageID": "", "ready": false, "restartCount": 0,
@@ -156,7 +164,7 @@ fn pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>) -> Value {
     }
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("mnist-worker-{rank}"), "namespace": "ml",
+        "metadata": {"name": format!("mnist-worker-{rank}"), "namespace": "ml", "ownerReferences": owner(uid),
             "labels": {"ferrotrain.io/job": "mnist", "ferrotrain.io/rank": rank.to_string(), "ferrotrain.io/attempt": attempt.to_string()}},
         "spec": {"containers": []},
         "status": status
@@ -218,6 +226,8 @@ async fn a_new_job_gets_its_service_secret_and_gang() {
 #[tokio::test]
 async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
     let running = json!({"phase": "Running", "attempt": 1,
+        "progress": {"step": 40, "lastUpdateTime": "2026-01-01T00:00:05Z"},
+        "checkpoint": {"uri": "s3://ckpt/mnist/step-40", "step": 40},
         "conditions": [{"type": "Running", "status": "True", "reason": "GangRunning", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
     let script = vec![
         expect(Method::GET, PODS).answer(
@@ -235,6 +245,11 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
             assert_eq!(b["status"]["phase"], "Restarting");
             assert_eq!(b["status"]["attempt"], 2);
             assert_eq!(b["status"]["restarts"]["app"], 1);
+            // The decision is only written onto the object it was made from.
+            assert_eq!(b["metadata"]["resourceVersion"], "7");
+            // Progress belongs to the progress writer's field manager.
+            assert!(b["status"].get("progress").is_none(), "{b}");
+            assert!(b["status"].get("checkpoint").is_none(), "{b}");
         }),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "WorkerFailed")),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Restarting")),
@@ -245,7 +260,7 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
 #[tokio::test]
 async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml"}});
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
     let script = vec![
         expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
@@ -271,7 +286,7 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         queue: Some("research".into()),
         ..Default::default()
     });
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml"}});
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
     let script = vec![
         expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
@@ -290,4 +305,73 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         expect(Method::POST, EVENTS),
     ];
     run(job, script).await;
+}
+
+#[tokio::test]
+async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
+    // The job was deleted and created again: its predecessor's pods (another owner UID) still
+    // terminate. They are deleted and waited for; the new gang is not created over them.
+    let script = vec![
+        expect(Method::GET, PODS).answer(
+            200,
+            pod_list(vec![
+                owned_pod(0, 1, "Running", None, "old-uid"),
+                owned_pod(1, 1, "Running", None, "old-uid"),
+            ]),
+        ),
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
+            .answer(200, owned_pod(0, 1, "Running", None, "old-uid")),
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
+            .answer(200, owned_pod(1, 1, "Running", None, "old-uid")),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token").answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}}),
+        ),
+        expect(Method::PATCH, STATUS).check(|b| {
+            assert_eq!(b["status"]["phase"], "Pending");
+            assert_eq!(b["status"]["workers"]["created"], 0);
+        }),
+    ];
+    run(job(Value::Null), script).await;
+}
+
+#[tokio::test]
+async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
+    let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": "pods \"mnist-worker-0\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
+    let script = vec![
+        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(
+            Method::GET,
+            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
+        )
+        .answer(200, secret),
+        expect(Method::POST, PODS).answer(403, quota.clone()),
+        expect(Method::POST, PODS).answer(403, quota),
+        expect(Method::PATCH, STATUS).check(|b| {
+            assert_eq!(b["status"]["phase"], "Scheduling");
+            assert!(
+                b["status"]["attemptStartTime"].is_string(),
+                "the gang timeout runs"
+            );
+            let created = b["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "WorkersCreated").cloned())
+                .expect("WorkersCreated condition");
+            assert_eq!(created["status"], "False");
+            assert_eq!(created["reason"], "QuotaExceeded");
+            assert!(
+                created["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("exceeded quota")
+            );
+        }),
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Scheduling")),
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "QuotaExceeded")),
+    ];
+    run(job(Value::Null), script).await;
 }

@@ -1,6 +1,7 @@
 //! Helpers for Ferrotrain's cross-crate integration tests: locating workspace files and checking
 //! a CRD schema against the API server's structural-schema rules.
 
+pub mod cluster;
 pub mod pss;
 pub mod structural;
 

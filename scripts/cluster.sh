@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane for Ferrotrain's tests, built from upstream sources:
+# etcd, kube-apiserver, kube-scheduler, kube-controller-manager, and kwok as the kubelet of fake nodes.
+#   scripts/cluster.sh build   # compile the components into a cache keyed by tests/cluster/*/go.sum
+#   scripts/cluster.sh start   # start everything on 127.0.0.1; prints the environment to eval
+#   scripts/cluster.sh env     # print that environment again for a running cluster
+#   scripts/cluster.sh stop    # stop every process by PID
+# Environment: FERROTRAIN_CLUSTER_CACHE (default ~/.cache/ferrotrain-cluster),
+# FERROTRAIN_CLUSTER_NODES (fake nodes, default 8), FERROTRAIN_CLUSTER_DIR (state, default .tools/cluster).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+modules=(etcd kube kwok)
+cache_root=${FERROTRAIN_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrotrain-cluster}
+state=${FERROTRAIN_CLUSTER_DIR:-$root/.tools/cluster}
+nodes=${FERROTRAIN_CLUSTER_NODES:-8}
+kube_version=v1.37.2
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "cluster: $*"; exit 1; }
+
+# The cache key: every module's go.mod and go.sum, and the Go version that compiles them.
+cache_key() {
+  { for m in "${modules[@]}"; do cat "tests/cluster/$m/go.mod" "tests/cluster/$m/go.sum"; done
+    go env GOVERSION; } | sha256sum | cut -c1-16
+}
+bin_dir() { echo "$cache_root/$(cache_key)/bin"; }
+
+build() {
+  command -v go >/dev/null 2>&1 || die "go is not installed (Go 1.26 builds the control plane)"
+  local bin started
+  bin=$(bin_dir)
+  if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-scheduler" ] && [ -x "$bin/kube-controller-manager" ] \
+    && [ -x "$bin/etcd" ] && [ -x "$bin/kwok" ]; then
+    log "cluster: components cached in $bin"
+    return
+  fi
+  started=$(date +%s)
+  mkdir -p "$bin.partial"
+  # -mod=readonly: go.sum is the pin; a build never rewrites it. Stripped binaries link faster.
+  local flags=(-mod=readonly -trimpath -ldflags "-s -w")
+  local version_flags="-s -w -X k8s.io/component-base/version.gitVersion=$kube_version
+    -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
+    -X k8s.io/component-base/version.gitTreeState=clean"
+  (cd tests/cluster/etcd && go build "${flags[@]}" -o "$bin.partial/etcd" .)
+  log "cluster: etcd built ($(( $(date +%s) - started ))s)"
+  for cmd in kube-apiserver kube-scheduler kube-controller-manager; do
+    (cd tests/cluster/kube && go build -mod=readonly -trimpath -ldflags "$version_flags" \
+      -o "$bin.partial/$cmd" "k8s.io/kubernetes/cmd/$cmd")
+    log "cluster: $cmd built ($(( $(date +%s) - started ))s)"
+  done
+  (cd tests/cluster/kwok && go build "${flags[@]}" -o "$bin.partial/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  rm -rf "$bin" && mv "$bin.partial" "$bin"
+  log "cluster: built the control plane in $(( $(date +%s) - started ))s into $bin"
+}
+
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts a component in the background, its output in logs/NAME.log, its PID in pids/NAME.
+launch() { # name, command...
+  local name=$1
+  shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name"
+}
+
+# Fails with the component's log tail when it has exited.
+check_alive() {
+  local name=$1 pid
+  pid=$(cat "$state/pids/$name")
+  kill -0 "$pid" 2>/dev/null && return
+  log "cluster: $name exited; last lines of $state/logs/$name.log:"
+  tail -20 "$state/logs/$name.log" >&2
+  stop_all
+  exit 1
+}
+
+wait_until() { # description, seconds, command...
+  local what=$1 seconds=$2 deadline
+  shift 2
+  deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    for pid_file in "$state"/pids/*; do check_alive "$(basename "$pid_file")"; done
+    if ((SECONDS >= deadline)); then
+      log "cluster: $what not ready after ${seconds}s"
+      stop_all
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
+
+certificates() {
+  local pki=$state/pki
+  mkdir -p "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=ferrotrain-test-ca" \
+    -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+  sign() { # name, subject, extensions
+    openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
+    openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
+      -days 2 -extfile <(printf '%s\n' "$3") -out "$pki/$1.crt" 2>/dev/null
+  }
+  sign apiserver "/CN=kube-apiserver" \
+    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+extendedKeyUsage=serverAuth"
+  sign admin "/O=system:masters/CN=ferrotrain-test-admin" "extendedKeyUsage=clientAuth"
+  openssl genrsa -out "$pki/service-account.key" 2048 2>/dev/null
+  openssl rsa -in "$pki/service-account.key" -pubout -out "$pki/service-account.pub" 2>/dev/null
+}
+
+kubeconfig() { # server
+  local pki=$state/pki
+  cat >"$state/kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: ferrotrain-test
+  cluster:
+    server: $1
+    certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
+users:
+- name: admin
+  user:
+    client-certificate-data: $(base64 -w0 "$pki/admin.crt")
+    client-key-data: $(base64 -w0 "$pki/admin.key")
+contexts:
+- name: ferrotrain-test
+  context: {cluster: ferrotrain-test, user: admin}
+current-context: ferrotrain-test
+YAML
+}
+
+# kwok plays the kubelet with the stages its own release ships (read from the pinned module, not
+# copied): nodes become Ready and keep a Lease; bound pods become Running; terminating pods are
+# deleted at once. A test that must hold a pod Terminating (as a kubelet does during the grace
+# period) annotates it kwok.x-k8s.io/status=custom and gives it a finalizer: the pod stages skip it.
+kwok_config() {
+  local stages
+  stages="$(cd tests/cluster/kwok && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+  echo "apiVersion: config.kwok.x-k8s.io/v1alpha1"
+  echo "kind: KwokConfiguration"
+  # kwok leaves these at 0 (and refuses to start) when a configuration file is given.
+  echo "options: {podPlayStageParallelism: 4, nodePlayStageParallelism: 4, nodeLeaseParallelism: 4, podsOnNodeSyncParallelism: 1}"
+  for file in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml; do
+    echo "---"
+    cat "$stages/$file"
+  done
+  for file in pod/fast/pod-ready.yaml pod/fast/pod-delete.yaml; do
+    echo "---"
+    sed "s|^    matchExpressions:|    matchExpressions:\n    - key: '.metadata.annotations[\"kwok.x-k8s.io/status\"]'\n      operator: 'DoesNotExist'|" \
+      "$stages/$file"
+  done
+}
+
+# Fake nodes for kwok: 16 CPUs, 64 GiB, 8 GPUs each; the even ones labelled as GPU nodes.
+# The last node is tainted for the tests that need a node of their own (preemption, node loss).
+node_manifests() {
+  for i in $(seq 0 $((nodes - 1))); do
+    local gpu_label="" taints="[]"
+    ((i % 2 == 0)) && gpu_label='nvidia.com/gpu.present: "true"'
+    if ((i == nodes - 1)); then
+      taints='[{key: ferrotrain.io/dedicated, value: "true", effect: NoSchedule}]'
+      gpu_label='ferrotrain.io/dedicated: "true"'
+    fi
+    cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-$i
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: kwok-node-$i
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    $gpu_label
+spec:
+  taints: $taints
+status:
+  allocatable: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "8"}
+  capacity: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "8"}
+YAML
+  done
+}
+
+environment() {
+  cat <<ENV
+export KUBECONFIG=$state/kubeconfig
+export FERROTRAIN_CLUSTER_DIR=$state
+export FERROTRAIN_CLUSTER_KUBECTL=$root/.tools/bin/kubectl
+ENV
+}
+
+start() {
+  build
+  bash scripts/install-tools.sh
+  local bin started
+  bin=$(bin_dir)
+  started=$(date +%s.%N)
+  stop_all 2>/dev/null || true
+  rm -rf "$state" && mkdir -p "$state/logs" "$state/pids" "$state/etcd"
+  certificates
+  local etcd_port peer_port api_port scheduler_port manager_port kwok_port pki=$state/pki
+  etcd_port=$(free_port) peer_port=$(free_port) api_port=$(free_port)
+  scheduler_port=$(free_port) manager_port=$(free_port) kwok_port=$(free_port)
+  launch etcd "$bin/etcd" --name=ferrotrain-test --data-dir="$state/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
+    --initial-cluster="ferrotrain-test=http://127.0.0.1:$peer_port" --unsafe-no-fsync=true
+  wait_until etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+  launch kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$pki/service-account.pub" \
+    --service-account-signing-key-file="$pki/service-account.key" \
+    --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
+    --authorization-mode=RBAC --enable-admission-plugins=PodSecurity --profiling=false
+  kubeconfig "https://127.0.0.1:$api_port"
+  local kubectl=(.tools/bin/kubectl --kubeconfig="$state/kubeconfig")
+  wait_until kube-apiserver 90 "${kubectl[@]}" get --raw /readyz
+  local delegation=(--kubeconfig="$state/kubeconfig" --authentication-kubeconfig="$state/kubeconfig"
+    --authorization-kubeconfig="$state/kubeconfig" --bind-address=127.0.0.1 --leader-elect=false)
+  launch kube-scheduler "$bin/kube-scheduler" "${delegation[@]}" --secure-port="$scheduler_port"
+  launch kube-controller-manager "$bin/kube-controller-manager" "${delegation[@]}" \
+    --secure-port="$manager_port" --service-account-private-key-file="$pki/service-account.key" \
+    --root-ca-file="$pki/ca.crt" --use-service-account-credentials=true \
+    --node-monitor-grace-period=20s --node-monitor-period=2s
+  kwok_config >"$state/kwok.yaml"
+  launch kwok "$bin/kwok" --kubeconfig="$state/kubeconfig" --config="$state/kwok.yaml" --manage-all-nodes=false \
+    --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake --manage-nodes-with-label-selector= \
+    --manage-single-node= --server-address="127.0.0.1:$kwok_port" --cidr=10.244.0.0/16 \
+    --node-ip=10.0.0.1 --node-lease-duration-seconds=40
+  node_manifests | "${kubectl[@]}" apply -f - >/dev/null
+  wait_until "kwok nodes" 60 "${kubectl[@]}" wait --for=condition=Ready node --all --timeout=1s
+  wait_until "default ServiceAccount" 60 "${kubectl[@]}" get serviceaccount default -n default
+  wait_until kube-scheduler 30 curl -skf "https://127.0.0.1:$scheduler_port/healthz"
+  log "cluster: ready in $(python3 -c "print(round($(date +%s.%N) - $started, 1))")s with $nodes kwok nodes; logs in $state/logs"
+  environment
+}
+
+stop_all() {
+  [ -d "$state/pids" ] || return 0
+  local order=(kwok kube-controller-manager kube-scheduler kube-apiserver etcd) pid
+  for name in "${order[@]}"; do
+    [ -f "$state/pids/$name" ] || continue
+    pid=$(cat "$state/pids/$name")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$state/pids/$name"
+  done
+}
+
+case "${1:-}" in
+  build) build ;;
+  start) start ;;
+  stop) stop_all ;;
+  env) [ -f "$state/kubeconfig" ] || die "no cluster in $state"; environment ;;
+  *) echo "usage: $0 build|start|stop|env" >&2; exit 2 ;;
+esac
