@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::lifecycle::{FailureCause, WorkerState, WorkerView};
+use crate::lifecycle::{FailureCause, StuckReason, WorkerState, WorkerView};
 
 /// Label: the job a child belongs to.
 pub const LABEL_JOB: &str = "ferrotrain.io/job";
@@ -418,6 +418,23 @@ pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<Worke
             Some("Succeeded") => WorkerState::Succeeded,
             Some("Failed") => WorkerState::Failed(failure_cause(pod)),
             Some("Unknown") => WorkerState::Failed(FailureCause::NodeLost),
+            _ if status.conditions.iter().flatten().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("SchedulingGated")
+            }) =>
+            {
+                WorkerState::Gated
+            }
+            _ if let Some(reason) = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+                .find_map(StuckReason::parse) =>
+            {
+                WorkerState::Stuck(reason)
+            }
             _ => WorkerState::Pending {
                 scheduled: condition("PodScheduled").is_some(),
             },
@@ -814,6 +831,22 @@ mod tests {
                 node_ready: true,
                 cause: Some(FailureCause::DisruptionTarget),
             })
+        );
+        let gated = pod(
+            "Pending",
+            ", conditions: [{type: PodScheduled, status: 'False', reason: SchedulingGated}]",
+        );
+        assert_eq!(
+            worker_view(&gated, ready).map(|w| w.state),
+            Some(WorkerState::Gated)
+        );
+        let stuck = pod(
+            "Pending",
+            ", conditions: [{type: PodScheduled, status: 'True'}], containerStatuses: [{name: trainer, image: x, imageID: '', ready: false, restartCount: 0, state: {waiting: {reason: CreateContainerConfigError, message: 'key \"id\" not found'}}}]",
+        );
+        assert_eq!(
+            worker_view(&stuck, ready).map(|w| w.state),
+            Some(WorkerState::Stuck(StuckReason::CreateContainerConfigError))
         );
         let mut foreign = pod("Running", "");
         foreign.metadata.labels = None;

@@ -26,6 +26,8 @@ pub const FORCE_DELETE_AFTER: Duration = Duration::from_secs(300);
 pub const GANG_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest backoff between gang attempts.
 pub const MAX_GANG_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a worker's "peer lost" exit waits for the failure that caused it to be reported.
+pub const PEER_LOST_GRACE: Duration = Duration::from_secs(30);
 
 /// Why a worker ended badly, as far as the platform can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +87,51 @@ impl FailureCause {
     }
 }
 
+/// Why a scheduled worker's container cannot start: the kubelet's waiting reason. None of them
+/// goes away by recreating the gang (a wrong image or a missing Secret key stays wrong).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StuckReason {
+    /// The image cannot be pulled.
+    ErrImagePull,
+    /// Pulls keep failing; the kubelet backs off.
+    ImagePullBackOff,
+    /// The image reference is malformed.
+    InvalidImageName,
+    /// `imagePullPolicy: Never` and the image is not on the node.
+    ErrImageNeverPull,
+    /// The container's configuration cannot be built (a missing Secret or key, for example).
+    CreateContainerConfigError,
+    /// The runtime refused to create the container.
+    CreateContainerError,
+}
+
+impl StuckReason {
+    /// Reads a container's waiting reason; `None` for the ordinary ones (ContainerCreating).
+    pub fn parse(reason: &str) -> Option<Self> {
+        Some(match reason {
+            "ErrImagePull" => Self::ErrImagePull,
+            "ImagePullBackOff" => Self::ImagePullBackOff,
+            "InvalidImageName" => Self::InvalidImageName,
+            "ErrImageNeverPull" => Self::ErrImageNeverPull,
+            "CreateContainerConfigError" => Self::CreateContainerConfigError,
+            "CreateContainerError" => Self::CreateContainerError,
+            _ => return None,
+        })
+    }
+
+    /// The reason as the kubelet writes it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::ErrImagePull => "ErrImagePull",
+            Self::ImagePullBackOff => "ImagePullBackOff",
+            Self::InvalidImageName => "InvalidImageName",
+            Self::ErrImageNeverPull => "ErrImageNeverPull",
+            Self::CreateContainerConfigError => "CreateContainerConfigError",
+            Self::CreateContainerError => "CreateContainerError",
+        }
+    }
+}
+
 /// What a worker (pod or process) is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
@@ -93,6 +140,10 @@ pub enum WorkerState {
         /// Bound to a node.
         scheduled: bool,
     },
+    /// Held by a scheduling gate: a queue (Kueue) has not admitted it yet.
+    Gated,
+    /// Bound to a node, but its container cannot start.
+    Stuck(StuckReason),
     /// Running; `ready` when its readiness check passes.
     Running {
         /// Ready.
@@ -369,7 +420,10 @@ impl Decider<'_> {
                 (CleanPodPolicy::All, _) => true,
                 (CleanPodPolicy::Running, state) => matches!(
                     state,
-                    WorkerState::Pending { .. } | WorkerState::Running { .. }
+                    WorkerState::Pending { .. }
+                        | WorkerState::Gated
+                        | WorkerState::Stuck(_)
+                        | WorkerState::Running { .. }
                 ),
             })
             .map(|w| w.name.clone())
@@ -472,7 +526,9 @@ impl Decider<'_> {
         let current = self.current(observed);
         // Workers not observed yet are still being created, not missing.
         if let Some(failed) = first_failure(&current, None) {
-            self.restart_after_failure(observed, failed);
+            if !self.wait_for_cause(&current, failed.1) {
+                self.restart_after_failure(observed, failed);
+            }
             return;
         }
         let desired = self.desired() as usize;
@@ -482,6 +538,56 @@ impl Decider<'_> {
                 attempt: self.attempt(),
                 world_size: self.desired(),
             });
+        }
+        let timeout = self.policy.schedule_timeout_seconds_or_default() as f64;
+        let gated = current
+            .iter()
+            .filter(|w| w.state == WorkerState::Gated)
+            .count();
+        if gated > 0 {
+            // Waiting in a queue is not failing to schedule: no gang timeout until admitted.
+            self.set_condition(
+                "Scheduled",
+                false,
+                "Queued",
+                &format!("{gated} of {desired} workers wait for admission by the queue"),
+            );
+            self.requeue_in(timeout);
+            return;
+        }
+        if self.condition_reason("Scheduled") == Some("Queued") {
+            // Just admitted: the gang timeout counts from here.
+            self.status.attempt_start_time = Some(Time(self.now));
+            self.set_condition(
+                "Scheduled",
+                false,
+                "Admitted",
+                "the queue admitted the gang; waiting for every worker to run",
+            );
+        }
+        let waited = self
+            .status
+            .attempt_start_time
+            .as_ref()
+            .and_then(|t| seconds_between(t.0, self.now))
+            .unwrap_or(0.0);
+        if let Some((worker, reason)) = current.iter().find_map(|w| match w.state {
+            WorkerState::Stuck(reason) => Some((w.name.clone(), reason.reason())),
+            _ => None,
+        }) {
+            // Recreating the gang cannot fix a wrong image or a missing Secret key.
+            let message = format!("worker {worker} cannot start its container: {reason}");
+            if waited >= timeout {
+                self.fail(
+                    observed,
+                    reason,
+                    format!("{message}; gave up after gang.scheduleTimeoutSeconds ({timeout}s)"),
+                );
+                return;
+            }
+            self.set_condition("Scheduled", false, reason, &message);
+            self.requeue_in(timeout - waited);
+            return;
         }
         let running = current
             .iter()
@@ -524,22 +630,12 @@ impl Decider<'_> {
             self.stall_requeue();
             return;
         }
-        let timeout = self.policy.schedule_timeout_seconds_or_default() as f64;
-        let waited = self
-            .status
-            .attempt_start_time
-            .as_ref()
-            .and_then(|t| seconds_between(t.0, self.now))
-            .unwrap_or(0.0);
         if waited < timeout {
             self.requeue_in(timeout - waited);
             return;
         }
         self.add_goodput(0.0, waited);
-        let scheduled = current
-            .iter()
-            .filter(|w| !matches!(w.state, WorkerState::Pending { scheduled: false }))
-            .count() as u32;
+        let scheduled = current.iter().filter(|w| is_scheduled(w.state)).count() as u32;
         let min = self.job.spec.workers.min_replicas.map(|m| m.max(1) as u32);
         if let Some(min) = min
             && scheduled >= min
@@ -596,7 +692,9 @@ impl Decider<'_> {
     fn running(&mut self, observed: &Observed) {
         let current = self.current(observed);
         if let Some(failed) = first_failure(&current, Some(self.desired())) {
-            self.restart_after_failure(observed, failed);
+            if !self.wait_for_cause(&current, failed.1) {
+                self.restart_after_failure(observed, failed);
+            }
             return;
         }
         let desired = self.desired() as usize;
@@ -681,6 +779,46 @@ impl Decider<'_> {
         }
     }
 
+    /// A worker that exited because it lost its peer is a consequence, and kubelets report pods
+    /// independently: the victim's own failure may show a moment later. While another worker of
+    /// the gang still runs, wait up to [`PEER_LOST_GRACE`] for it (condition `GangDisrupted`).
+    fn wait_for_cause(&mut self, current: &[&WorkerView], cause: FailureCause) -> bool {
+        let peer_lost = FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST);
+        let others_run = current.iter().any(|w| {
+            matches!(
+                w.state,
+                WorkerState::Running { .. } | WorkerState::Pending { .. }
+            )
+        });
+        if cause != peer_lost || !others_run {
+            return false;
+        }
+        let grace = PEER_LOST_GRACE.as_secs_f64();
+        let waited = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "GangDisrupted" && c.status == "True")
+            .and_then(|c| seconds_between(c.last_transition_time.0, self.now));
+        match waited {
+            Some(waited) if waited >= grace => false,
+            Some(waited) => {
+                self.requeue_in(grace - waited);
+                true
+            }
+            None => {
+                self.set_condition(
+                    "GangDisrupted",
+                    true,
+                    "PeerLost",
+                    "a worker lost its peer; waiting for the cause to be reported",
+                );
+                self.requeue_in(grace);
+                true
+            }
+        }
+    }
+
     fn restart_after_failure(
         &mut self,
         observed: &Observed,
@@ -755,6 +893,19 @@ impl Decider<'_> {
     }
 
     fn new_attempt(&mut self, world_size: u32) {
+        if self
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "GangDisrupted" && c.status == "True")
+        {
+            self.set_condition(
+                "GangDisrupted",
+                false,
+                "GangReleased",
+                "the disrupted gang was released",
+            );
+        }
         self.status.attempt = Some(self.attempt() as i32 + 1);
         self.status.attempt_start_time = None;
         let counts = self
@@ -819,6 +970,14 @@ impl Decider<'_> {
         };
     }
 
+    fn condition_reason(&self, kind: &str) -> Option<&str> {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .map(|c| c.reason.as_str())
+    }
+
     fn condition_since(&self, kind: &str) -> Option<Timestamp> {
         self.status
             .conditions
@@ -879,7 +1038,7 @@ impl Decider<'_> {
         let counts = WorkerCounts {
             desired,
             created: current.len() as i32,
-            scheduled: count(&|s| !matches!(s, WorkerState::Pending { scheduled: false })),
+            scheduled: count(&|s| is_scheduled(*s)),
             running: count(&|s| matches!(s, WorkerState::Running { .. })),
             ready: count(&|s| matches!(s, WorkerState::Running { ready: true })),
             succeeded: count(&|s| *s == WorkerState::Succeeded),
@@ -897,6 +1056,14 @@ impl Decider<'_> {
             requeue_after: self.requeue,
         }
     }
+}
+
+/// Bound to a node (or past that).
+fn is_scheduled(state: WorkerState) -> bool {
+    !matches!(
+        state,
+        WorkerState::Pending { scheduled: false } | WorkerState::Gated
+    )
 }
 
 /// The failed worker that explains the gang's failure. The operator deletes the current

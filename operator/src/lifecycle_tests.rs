@@ -954,3 +954,95 @@ fn a_partly_created_gang_is_completed() {
     let d = step(&mut j, gang(3, 1, BOUND), 6);
     assert_eq!(created(&d), None);
 }
+
+#[test]
+fn a_gang_held_by_a_queue_is_not_timed_out() {
+    // Kueue gates the pods until the queue admits the whole group: that is waiting in a queue,
+    // not failing to schedule. The gang timeout counts from admission.
+    let mut j = job("gang: {scheduleTimeoutSeconds: 60}", 2, None);
+    step(&mut j, vec![], 0);
+    let d = step(&mut j, gang(2, 1, WorkerState::Gated), 600);
+    assert_eq!(phase(&d), Phase::Scheduling);
+    assert_eq!(restarts(&d).schedule_timeouts, 0);
+    assert_eq!(deleted(&d), Vec::<String>::new());
+    assert_eq!(
+        condition(&d, "Scheduled").map(|c| c.reason.as_str()),
+        Some("Queued")
+    );
+    // Admitted at t=600: bound but not yet running at t=650 is within the timeout.
+    let d = step(&mut j, gang(2, 1, BOUND), 650);
+    assert_eq!(phase(&d), Phase::Scheduling);
+    assert_eq!(restarts(&d).schedule_timeouts, 0);
+    let d = step(&mut j, gang(2, 1, BOUND), 709);
+    assert_eq!(restarts(&d).schedule_timeouts, 0);
+    let d = step(&mut j, gang(2, 1, BOUND), 711);
+    assert_eq!(restarts(&d).schedule_timeouts, 1);
+}
+
+#[test]
+fn a_worker_that_cannot_start_its_container_is_named_and_fails_the_job() {
+    let mut j = job("gang: {scheduleTimeoutSeconds: 60}", 2, None);
+    step(&mut j, vec![], 0);
+    let stuck = WorkerState::Stuck(StuckReason::ImagePullBackOff);
+    let d = step(&mut j, vec![w(0, 1, RUNNING), w(1, 1, stuck)], 10);
+    assert_eq!(phase(&d), Phase::Scheduling);
+    let scheduled = condition(&d, "Scheduled").expect("Scheduled condition");
+    assert_eq!(scheduled.reason, "ImagePullBackOff");
+    assert!(
+        scheduled.message.contains("j-worker-1"),
+        "{}",
+        scheduled.message
+    );
+    // Past the gang timeout a retry cannot help: the job fails with the reason named.
+    let d = step(&mut j, vec![w(0, 1, RUNNING), w(1, 1, stuck)], 61);
+    assert_eq!(phase(&d), Phase::Failed);
+    let failed = condition(&d, "Failed").expect("Failed condition");
+    assert_eq!(failed.reason, "ImagePullBackOff");
+    assert!(failed.message.contains("j-worker-1"), "{}", failed.message);
+    assert_eq!(restarts(&d).schedule_timeouts, 0);
+}
+
+#[test]
+fn a_peer_lost_exit_waits_briefly_for_its_cause() {
+    // Kubelets report pods independently: the survivor's exit 4 (peer lost) can reach the API
+    // server before the victim's own status. The decision waits for the cause.
+    let peer_lost = WorkerState::Failed(FailureCause::ExitCode(4));
+    let mut j = running_job("maxAppRestarts: 0", 2);
+    let d = step(&mut j, vec![w(0, 1, peer_lost), w(1, 1, RUNNING)], 20);
+    assert_eq!(
+        phase(&d),
+        Phase::Running,
+        "no decision on a consequence alone"
+    );
+    assert!(deleted(&d).is_empty());
+    assert!(d.requeue_after.is_some_and(|r| r <= PEER_LOST_GRACE));
+    let d = step(
+        &mut j,
+        vec![
+            w(0, 1, peer_lost),
+            w(1, 1, WorkerState::Failed(FailureCause::OomKilled)),
+        ],
+        22,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).app, restarts(&d).infra), (0, 1));
+    assert_eq!(
+        condition(&d, "GangDisrupted").map(|c| c.status.as_str()),
+        Some("False"),
+        "cleared for the next attempt"
+    );
+}
+
+#[test]
+fn a_peer_lost_exit_without_a_cause_is_decided_after_the_grace() {
+    let peer_lost = WorkerState::Failed(FailureCause::ExitCode(4));
+    let mut j = running_job("", 2);
+    step(&mut j, vec![w(0, 1, peer_lost), w(1, 1, RUNNING)], 20);
+    let d = step(
+        &mut j,
+        vec![w(0, 1, peer_lost), w(1, 1, RUNNING)],
+        20 + PEER_LOST_GRACE.as_secs() as i64,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).app, restarts(&d).infra), (1, 0));
+}

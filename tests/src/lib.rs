@@ -2,6 +2,7 @@
 //! a CRD schema against the API server's structural-schema rules.
 
 pub mod cluster;
+pub mod kubelet;
 pub mod pss;
 pub mod structural;
 

@@ -1135,3 +1135,129 @@ async fn two_replicas_hand_over_and_lose_no_progress() {
     wait_phase(&client, &namespace, "led", "Succeeded", 60).await;
     assert!(!third.exited());
 }
+
+/// Real training on the control plane: examples/mnist-k8s.yaml (namespace, storage endpoint,
+/// credentials and length adapted) runs as real `ferrotrain worker` processes started for its pods by the
+/// test's kubelet, checkpointing to the local S3 server; one worker is killed with SIGKILL after
+/// the first checkpoint, and attempt 2 resumes from it and trains to ≥ 97 % accuracy.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh and the S3 server of scripts/s3-server.sh"]
+async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
+    use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
+    let s3 = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} unset: run `eval \"$(scripts/s3-server.sh start)\"` first")
+        })
+    };
+    let (endpoint, bucket) = (
+        s3("FERROTRAIN_TEST_S3_ENDPOINT"),
+        s3("FERROTRAIN_TEST_S3_BUCKET"),
+    );
+    let cluster = Cluster::from_env();
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let installed = install_operator(&cluster, &[], &[]).await;
+    let namespace = test_namespace(&client, "train", "restricted").await;
+    let credentials: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": s3("AWS_ACCESS_KEY_ID"),
+            "AWS_SECRET_ACCESS_KEY": s3("AWS_SECRET_ACCESS_KEY"),
+        },
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &credentials)
+        .await
+        .expect("credentials");
+    let text =
+        std::fs::read_to_string(workspace_root().join("examples/mnist-k8s.yaml")).expect("example");
+    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
+    manifest["metadata"]["namespace"] = serde_json::json!(namespace);
+    manifest["spec"]["checkpoint"]["uri"] =
+        serde_json::json!(format!("s3://{bucket}/{namespace}/mnist"));
+    manifest["spec"]["checkpoint"]["endpoint"] = serde_json::json!(endpoint);
+    manifest["spec"]["checkpoint"]["secretRef"]["name"] = serde_json::json!("s3-credentials");
+    // Three epochs take about 5 s here: long enough a run that the kill lands mid-training.
+    manifest["spec"]["trainer"]["epochs"] = serde_json::json!(20);
+    create_job(&client, &namespace, &manifest).await;
+    let work_dir = cluster.dir.join(&namespace);
+    let kubelet = Kubelet::start(
+        client.clone(),
+        &namespace,
+        "mnist",
+        KubeletConfig {
+            binary: ferrotrain_tests::cluster::ferrotrain_binary(),
+            data_dir: workspace_root().join("data"),
+            work_dir: work_dir.clone(),
+            threads: 1,
+        },
+    );
+    wait_phase(&client, &namespace, "mnist", "Running", 60).await;
+    let checkpointed = wait_for(
+        "a checkpoint in status",
+        Duration::from_secs(300),
+        || async {
+            let job = job_status(&client, &namespace, "mnist").await?;
+            let step = job.status?.checkpoint?.step?;
+            (step > 0).then_some(step)
+        },
+    )
+    .await;
+    let victim = kubelet.pid("mnist-worker-1").expect("rank 1 runs");
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status();
+    wait_attempt_running(&client, &namespace, "mnist", 2, 120).await;
+    let job = wait_phase(&client, &namespace, "mnist", "Succeeded", 600).await;
+    drop(kubelet);
+    let status = job.status.unwrap_or_default();
+    let accuracy = status
+        .progress
+        .as_ref()
+        .and_then(|p| p.metrics.get("valAccuracy").copied())
+        .expect("valAccuracy in status.progress.metrics");
+    println!(
+        "mnist on the control plane: valAccuracy {accuracy:.4}, checkpoint at step {checkpointed} before the kill, restarts {:?}",
+        status.restarts
+    );
+    assert!(accuracy >= 0.97, "accuracy {accuracy}");
+    let restarts = status.restarts.unwrap_or_default();
+    assert_eq!(
+        (restarts.app, restarts.infra),
+        (0, 1),
+        "a SIGKILL is not the application's fault"
+    );
+    // Attempt 2 started from the checkpoint, not from step 0.
+    let logs: String = walk(&work_dir)
+        .into_iter()
+        .filter(|p| p.ends_with("worker.log"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect();
+    let resumed = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "completed")
+        .filter_map(|v| v["resumedFrom"].as_i64())
+        .max()
+        .expect("a completed worker that resumed");
+    assert!(
+        resumed >= checkpointed,
+        "resumed from {resumed}, checkpoint was {checkpointed}"
+    );
+    assert!(installed.operator.forbidden().is_empty());
+    delete_namespace(&client, &namespace).await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
