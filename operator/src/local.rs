@@ -292,6 +292,13 @@ pub fn run(
                         )?;
                         let mut command = Command::new(&options.worker[0]);
                         command.args(&options.worker[1..]).envs(env.to_env());
+                        if let Some(gpu) = gpu_of_worker(
+                            std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+                            gpu_device_nodes(),
+                            rank,
+                        ) {
+                            command.env("CUDA_VISIBLE_DEVICES", gpu);
+                        }
                         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
                             let cpus = std::thread::available_parallelism().map_or(1, usize::from);
                             let threads = compute_threads_per_worker(cpus, *world_size);
@@ -660,8 +667,55 @@ impl Drop for Display {
     }
 }
 
+/// GPU device nodes (`/dev/nvidiaN`) on this machine.
+fn gpu_device_nodes() -> usize {
+    std::fs::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|name| {
+                        name.strip_prefix("nvidia")
+                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The GPU a local worker gets when the machine has several: ranks are spread over the visible
+/// GPUs (the entries of `CUDA_VISIBLE_DEVICES`, or every GPU device node), so the gang does not
+/// all land on GPU 0. With one GPU or none, nothing is set.
+pub fn gpu_of_worker(visible: Option<&str>, device_nodes: usize, rank: u32) -> Option<String> {
+    let listed: Vec<String> = match visible {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => (0..device_nodes).map(|i| i.to_string()).collect(),
+    };
+    (listed.len() > 1).then(|| listed[rank as usize % listed.len()].clone())
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn local_workers_are_spread_over_the_gpus() {
+        assert_eq!(gpu_of_worker(None, 0, 3), None);
+        assert_eq!(
+            gpu_of_worker(None, 1, 3),
+            None,
+            "one GPU: every worker shares it"
+        );
+        assert_eq!(gpu_of_worker(None, 2, 3).as_deref(), Some("1"));
+        assert_eq!(gpu_of_worker(Some("4,6"), 8, 0).as_deref(), Some("4"));
+        assert_eq!(gpu_of_worker(Some("4,6"), 8, 3).as_deref(), Some("6"));
+        assert_eq!(gpu_of_worker(Some("GPU-5d7c"), 8, 1), None);
+    }
     use super::*;
 
     #[test]

@@ -11,7 +11,7 @@
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{FloatDType, Int, Tensor, TensorData, activation, module};
+use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData, activation, module};
 
 use crate::engine::{Engine, EngineError, LossScaler};
 use crate::model::{BatchStats, Layer, Network, logit_stats};
@@ -46,28 +46,62 @@ impl<B: AutodiffBackend> Activation<B> {
     }
 }
 
-/// The burn engine on backend `B`.
+/// The burn engine on backend `B`, computing in `dtype`.
 pub struct BurnEngine<B: AutodiffBackend> {
     net: Network,
     device: B::Device,
+    dtype: FloatDType,
     scaler: Option<LossScaler>,
 }
 
 impl<B: AutodiffBackend> BurnEngine<B> {
-    /// An engine for `net` on `device`; `loss_scaling` for fp16.
-    pub fn new(net: &Network, device: B::Device, loss_scaling: bool) -> Self {
+    /// An engine for `net` on `device` computing in `dtype`; `loss_scaling` for fp16.
+    pub fn new(net: &Network, device: B::Device, dtype: FloatDType, loss_scaling: bool) -> Self {
         Self {
             net: net.clone(),
             device,
+            dtype,
             scaler: loss_scaling.then(LossScaler::default),
         }
     }
 
+    /// Every float tensor is created with the engine's type explicitly: burn's default float
+    /// type of a device is whatever the first tensor on it had.
     fn upload(&self, values: &[f32], shape: [usize; 2]) -> Tensor<B, 2> {
-        Tensor::from_data(TensorData::new(values.to_vec(), shape), &self.device)
+        Tensor::from_data(
+            TensorData::new(values.to_vec(), shape),
+            (&self.device, DType::from(self.dtype)),
+        )
     }
 
+    /// The type the network's activations are computed in (before the fp32 loss).
+    pub fn computed_dtype(&self, params: &[f32], inputs: &[f32], batch: usize) -> DType {
+        let leaf = self.params_leaf(params);
+        self.activations(&leaf, inputs, batch, None).dtype()
+    }
+
+    /// Logits in fp32, from activations computed in the engine's type; an error if burn computed
+    /// in another type.
     fn forward(
+        &self,
+        params: &Tensor<B, 1>,
+        inputs: &[f32],
+        batch: usize,
+        dropout: Option<&mut Rng>,
+    ) -> Result<Tensor<B, 2>, EngineError> {
+        let logits = self.activations(params, inputs, batch, dropout);
+        if logits.dtype() != DType::from(self.dtype) {
+            return Err(EngineError(format!(
+                "computed in {:?} instead of {:?}",
+                logits.dtype(),
+                self.dtype
+            )));
+        }
+        // The loss is computed in fp32 whatever the compute type, as mixed-precision training does.
+        Ok(logits.cast(FloatDType::F32))
+    }
+
+    fn activations(
         &self,
         params: &Tensor<B, 1>,
         inputs: &[f32],
@@ -141,14 +175,13 @@ impl<B: AutodiffBackend> BurnEngine<B> {
                 }
             };
         }
-        // The loss is computed in fp32 whatever the compute type, as mixed-precision training does.
-        x.rows(batch).cast(FloatDType::F32)
+        x.rows(batch)
     }
 
     fn params_leaf(&self, params: &[f32]) -> Tensor<B, 1> {
         Tensor::from_data(
             TensorData::new(params.to_vec(), [params.len()]),
-            &self.device,
+            (&self.device, DType::from(self.dtype)),
         )
     }
 
@@ -175,7 +208,7 @@ impl<B: AutodiffBackend> Engine for BurnEngine<B> {
     ) -> Result<BatchStats, EngineError> {
         let batch = labels.len();
         let leaf = self.params_leaf(params).require_grad();
-        let logits = self.forward(&leaf, inputs, batch, Some(dropout));
+        let logits = self.forward(&leaf, inputs, batch, Some(dropout))?;
         let stats = self.stats(logits.clone(), labels)?;
         let targets: Vec<i32> = labels.iter().map(|&l| i32::from(l)).collect();
         let targets =
@@ -209,7 +242,7 @@ impl<B: AutodiffBackend> Engine for BurnEngine<B> {
         labels: &[u8],
     ) -> Result<BatchStats, EngineError> {
         let leaf = self.params_leaf(params);
-        let logits = self.forward(&leaf, inputs, labels.len(), None);
+        let logits = self.forward(&leaf, inputs, labels.len(), None)?;
         self.stats(logits, labels)
     }
 
@@ -220,7 +253,7 @@ impl<B: AutodiffBackend> Engine for BurnEngine<B> {
 
 /// The burn engine on burn's CPU backend.
 pub fn flex(net: &Network) -> BurnEngine<Autodiff<burn::backend::Flex>> {
-    BurnEngine::new(net, Default::default(), false)
+    BurnEngine::new(net, Default::default(), FloatDType::F32, false)
 }
 
 /// The burn engine on CUDA GPU `index`, computing in `precision`.
@@ -235,23 +268,45 @@ pub fn cuda(
     use ferrotrain_crds::Precision;
 
     let device = CudaDevice::new(index);
-    // The CUDA runtime loads on first use and panics when it cannot: touch it once here so a
-    // broken driver is a clean error, not a crash mid-training.
-    let touched = std::panic::catch_unwind(|| {
-        let probe = Tensor::<Cuda, 1>::from_data(TensorData::new(vec![1.0f32; 4], [4]), &device);
-        // A computation, not only an upload, so NVRTC (the kernel compiler) loads too.
-        probe.clone().add(probe).sum().into_data()
-    });
-    if touched.is_err() {
-        return Err(EngineError(format!(
-            "CUDA device {index} could not be initialised (see the panic message above)"
-        )));
-    }
-    Ok(match precision {
-        Precision::Fp32 => Box::new(BurnEngine::<Autodiff<Cuda<f32>>>::new(net, device, false)),
-        Precision::Bf16 => Box::new(BurnEngine::<Autodiff<Cuda<bf16>>>::new(net, device, false)),
-        Precision::Fp16 => Box::new(BurnEngine::<Autodiff<Cuda<f16>>>::new(net, device, true)),
+    let mut engine: Box<dyn Engine> = match precision {
+        Precision::Fp32 => Box::new(BurnEngine::<Autodiff<Cuda<f32>>>::new(
+            net,
+            device,
+            FloatDType::F32,
+            false,
+        )),
+        Precision::Bf16 => Box::new(BurnEngine::<Autodiff<Cuda<bf16>>>::new(
+            net,
+            device,
+            FloatDType::BF16,
+            false,
+        )),
+        Precision::Fp16 => Box::new(BurnEngine::<Autodiff<Cuda<f16>>>::new(
+            net,
+            device,
+            FloatDType::F16,
+            true,
+        )),
+    };
+    // The CUDA runtime and NVRTC load on first use and panic when they cannot. One real training
+    // step in the requested type, under a panic guard, turns a broken driver, a missing NVRTC or
+    // missing CUDA headers into a clean error before training starts.
+    startup_step(engine.as_mut(), net)
+        .map_err(|e| EngineError(format!("CUDA device {index} failed its start-up step: {e}")))?;
+    Ok(engine)
+}
+
+/// One training step on a two-sample batch of zeros, with panics turned into errors.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub fn startup_step(engine: &mut dyn Engine, net: &Network) -> Result<(), EngineError> {
+    let params = net.init_params(0);
+    let mut grads = vec![0.0; net.num_params];
+    let inputs = vec![0.0; 2 * net.inputs];
+    let labels = [0u8, 1];
+    crate::engine::guarded(|| {
+        engine.train_step(&params, &mut grads, &inputs, &labels, &mut Rng::new(0))
     })
+    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -319,6 +374,39 @@ mod tests {
         }
     }
 
+    /// burn fixes a device's default float type at the first tensor created on it, so a tensor
+    /// made without an explicit type can silently compute in fp32. A bf16 engine must compute in
+    /// bf16: its loss differs from the fp32 engine's (and stays close to it).
+    #[test]
+    fn a_bf16_engine_computes_in_bf16() {
+        let net = network(ModelKind::Mlp, Some(vec![32, 16]), None);
+        let params = net.init_params(5);
+        let (x, y) = batch(&net, 16);
+        let mut losses = Vec::new();
+        // fp32 first: it claims the device's default type, as the start-up check did on CUDA.
+        for dtype in [FloatDType::F32, FloatDType::BF16] {
+            let mut engine: BurnEngine<Autodiff<burn::backend::Flex>> =
+                BurnEngine::new(&net, Default::default(), dtype, false);
+            let mut grads = vec![0.0; net.num_params];
+            let stats = engine
+                .train_step(&params, &mut grads, &x, &y, &mut Rng::new(1))
+                .expect("step");
+            assert_eq!(engine.computed_dtype(&params, &x, 16), DType::from(dtype));
+            losses.push(stats.loss_sum);
+        }
+        assert_ne!(losses[0], losses[1], "bf16 computed the fp32 result");
+        assert!(
+            (losses[0] - losses[1]).abs() < 0.02 * losses[0].abs(),
+            "{losses:?}"
+        );
+    }
+
+    #[test]
+    fn a_working_engine_passes_its_start_up_step() {
+        let net = network(ModelKind::Lenet, None, None);
+        startup_step(&mut flex(&net), &net).expect("a working engine passes its start-up step");
+    }
+
     /// A scaled loss gives the same (unscaled) gradient.
     #[test]
     fn loss_scaling_returns_unscaled_gradients() {
@@ -331,7 +419,7 @@ mod tests {
             .train_step(&params, &mut plain, &x, &y, &mut Rng::new(1))
             .expect("plain");
         let mut engine: BurnEngine<Autodiff<burn::backend::Flex>> =
-            BurnEngine::new(&net, Default::default(), true);
+            BurnEngine::new(&net, Default::default(), FloatDType::F32, true);
         assert_eq!(engine.loss_scaler().map(|s| s.scale), Some(65_536.0));
         engine
             .train_step(&params, &mut scaled, &x, &y, &mut Rng::new(1))

@@ -17,6 +17,8 @@ pub enum Compute {
         index: usize,
         /// Compute precision.
         precision: Precision,
+        /// `device: auto`: if the GPU engine fails to start, train on the CPU instead of exiting.
+        cpu_fallback: bool,
     },
 }
 
@@ -70,6 +72,7 @@ pub fn select(
                 Compute::Cuda {
                     index: 0,
                     precision,
+                    cpu_fallback: requested == Device::Auto,
                 },
                 format!(
                     "compute device: CUDA GPU 0 of {} ({library}), {} compute, fp32 master weights",
@@ -110,15 +113,28 @@ pub fn probe() -> Probe {
     )
 }
 
-/// Library directories the dynamic loader searches on the distributions our images use.
-const LIBRARY_DIRS: [&str; 6] = [
+/// Library directories the dynamic loader searches on the distributions our images use. CUDA's
+/// `compat` directory is not one of them: the loader finds it only through LD_LIBRARY_PATH or its
+/// cache, which the probe reads too.
+const LIBRARY_DIRS: [&str; 5] = [
     "usr/lib/x86_64-linux-gnu",
     "usr/lib/aarch64-linux-gnu",
     "usr/lib64",
     "usr/lib",
     "usr/local/nvidia/lib64",
-    "usr/local/cuda/compat",
 ];
+
+/// `libcuda.so.1` as the loader cache (`/etc/ld.so.cache`, written by ldconfig) lists it: the
+/// NVIDIA container toolkit may mount the driver into a directory known only to the cache.
+fn from_loader_cache(root: &Path) -> Option<std::path::PathBuf> {
+    let cache = std::fs::read(root.join("etc/ld.so.cache")).ok()?;
+    cache
+        .split(|byte| *byte == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .filter(|entry| entry.starts_with('/') && entry.ends_with("/libcuda.so.1"))
+        .map(|entry| root.join(entry.trim_start_matches('/')))
+        .find(|path| path.exists())
+}
 
 /// [`probe`] against a file system rooted at `root` (tests use a scratch directory).
 pub fn probe_under(root: &Path, ld_library_path: Option<&str>, visible: Option<&str>) -> Probe {
@@ -130,7 +146,8 @@ pub fn probe_under(root: &Path, ld_library_path: Option<&str>, visible: Option<&
     let driver_library = from_env
         .chain(LIBRARY_DIRS.iter().map(|d| root.join(d)))
         .map(|dir| dir.join("libcuda.so.1"))
-        .find(|path| path.exists());
+        .find(|path| path.exists())
+        .or_else(|| from_loader_cache(root));
     let device_nodes = std::fs::read_dir(root.join("dev"))
         .map(|entries| {
             entries
@@ -189,7 +206,8 @@ mod tests {
             compute,
             Compute::Cuda {
                 index: 0,
-                precision: Precision::Bf16
+                precision: Precision::Bf16,
+                cpu_fallback: true,
             }
         );
         assert!(
@@ -258,6 +276,21 @@ mod tests {
         );
         assert_eq!(probe.visible_gpus, 2);
         assert_eq!(probe_under(&root, None, None).driver_library, None);
+        // CUDA's compat directory is not searched by the loader: not by the probe either.
+        std::fs::create_dir_all(root.join("usr/local/cuda/compat")).expect("dirs");
+        std::fs::write(root.join("usr/local/cuda/compat/libcuda.so.1"), b"").expect("lib");
+        assert_eq!(probe_under(&root, None, None).driver_library, None);
+        // A driver directory known only to the loader cache is found through the cache.
+        std::fs::create_dir_all(root.join("etc")).expect("dirs");
+        std::fs::write(
+            root.join("etc/ld.so.cache"),
+            b"glibc-ld.so.cache1.1\0libcuda.so.1\0/opt/cuda/lib/libcuda.so.1\0libc.so.6\0/lib/libc.so.6\0",
+        )
+        .expect("cache");
+        assert_eq!(
+            probe_under(&root, None, None).driver_library,
+            Some(root.join("opt/cuda/lib/libcuda.so.1"))
+        );
         assert_eq!(probe_under(&root, None, Some("1")).visible_gpus, 1);
         assert_eq!(probe_under(&root, None, Some("0,7,1")).visible_gpus, 1);
         assert_eq!(probe_under(&root, None, Some("")).visible_gpus, 0);

@@ -79,16 +79,49 @@ impl Engine for Native {
     }
 }
 
-/// The engine for `compute`.
+/// The engine for `compute`. With `device: auto`, a GPU engine that fails to start (its start-up
+/// step panicked or failed) gives way to the CPU with a warning instead of ending the run.
 pub fn build(net: &Network, compute: Compute) -> Result<Box<dyn Engine>, EngineError> {
-    match compute {
-        Compute::Cpu => Ok(Box::new(Native::new(net.clone()))),
+    let started = match compute {
+        Compute::Cpu => return Ok(Box::new(Native::new(net.clone()))),
         #[cfg(feature = "cuda")]
-        Compute::Cuda { index, precision } => crate::burn_engine::cuda(net, index, precision),
+        Compute::Cuda {
+            index, precision, ..
+        } => crate::burn_engine::cuda(net, index, precision),
         #[cfg(not(feature = "cuda"))]
         Compute::Cuda { .. } => Err(EngineError(
             "this trainer was built without the cuda feature".into(),
         )),
+    };
+    match (started, compute) {
+        (
+            Err(e),
+            Compute::Cuda {
+                cpu_fallback: true, ..
+            },
+        ) => {
+            tracing::warn!(error = %e, "the GPU engine did not start; device auto trains on the CPU");
+            Ok(Box::new(Native::new(net.clone())))
+        }
+        (started, _) => started,
+    }
+}
+
+/// Runs `f`, turning a panic into an [`EngineError`]: burn and cubecl panic on device errors
+/// (a failed kernel launch or read-back) where the training loop needs an error it can act on.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(EngineError(format!(
+                "the compute engine panicked: {message}"
+            )))
+        }
     }
 }
 
@@ -163,13 +196,25 @@ mod tests {
         };
         let net = Network::new(&spec, 4, 2).expect("builds");
         assert!(build(&net, Compute::Cpu).is_ok());
-        let cuda = build(
-            &net,
-            Compute::Cuda {
-                index: 0,
-                precision: ferrotrain_crds::Precision::Fp32,
-            },
-        );
-        assert!(cuda.is_err());
+        let cuda = |cpu_fallback| {
+            build(
+                &net,
+                Compute::Cuda {
+                    index: 0,
+                    precision: ferrotrain_crds::Precision::Fp32,
+                    cpu_fallback,
+                },
+            )
+        };
+        // No GPU here: `device: cuda` fails, `device: auto` falls back to the CPU.
+        assert!(cuda(false).is_err());
+        assert!(cuda(true).is_ok());
+    }
+
+    #[test]
+    fn a_panic_in_the_engine_is_an_error() {
+        let error = guarded::<()>(|| panic!("CUDA_ERROR_ILLEGAL_ADDRESS")).expect_err("error");
+        assert!(error.0.contains("CUDA_ERROR_ILLEGAL_ADDRESS"), "{error:?}");
+        assert_eq!(guarded(|| Ok(7)).expect("value"), 7);
     }
 }

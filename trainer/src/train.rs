@@ -321,6 +321,7 @@ fn train_on_pool(
     let mut order_epoch = None;
     let mut train_seconds = 0.0f64;
     let mut trained_samples = 0u64;
+    let mut warmed_up = false;
     let mut early_stopped = false;
     let mut stopped = false;
 
@@ -339,8 +340,32 @@ fn train_on_pool(
         data.train
             .gather(&order[offset..offset + batch], &mut batch_x, &mut batch_y);
         let mut dropout = Rng::derive(seed, Stream::Dropout, &[state.step, rank as u64]);
-        let stats =
-            engine.train_step(&params, &mut grads[..n], &batch_x, &batch_y, &mut dropout)?;
+        let stats = match engine::guarded(|| {
+            engine.train_step(&params, &mut grads[..n], &batch_x, &batch_y, &mut dropout)
+        }) {
+            Ok(stats) => stats,
+            Err(failure) => {
+                // The parameters are those of the last completed step, the same on every rank:
+                // rank 0 commits them before the run ends, so the next attempt loses nothing.
+                if rank == 0
+                    && let Some(plan) = &job.checkpoint
+                {
+                    let _ = uploader.finish(Some(job.grace));
+                    if uploader.latest.as_ref().map(|c| c.step) != Some(state.step) {
+                        uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
+                        match uploader.finish(Some(job.grace)) {
+                            Ok(()) => {
+                                tracing::error!(step = state.step, error = %failure, "the compute engine failed; committed an emergency checkpoint")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the compute engine failed and the emergency checkpoint failed too")
+                            }
+                        }
+                    }
+                }
+                return Err(failure.into());
+            }
+        };
         let stop_requested =
             job.stop.load(Ordering::Relaxed) || job.stop_after_step == Some(state.step + 1);
         grads[n] = f32::from(u8::from(stop_requested));
@@ -375,15 +400,20 @@ fn train_on_pool(
         state.samples_in_epoch += global_batch as u64;
         state.optimizer_steps = optimizer.steps;
         state.loss = Some(f64::from(grads[n + 1]) / f64::from(grads[n + 3]).max(1.0));
-        if trained_samples == 0 {
+        if warmed_up {
+            train_seconds += step_started.elapsed().as_secs_f64();
+            trained_samples += global_batch as u64;
+        } else {
+            // The first step of an attempt compiles and autotunes GPU kernels and touches every
+            // page: throughput counts from the second.
+            warmed_up = true;
             tracing::info!(
                 step = state.step,
                 attempt = job.attempt,
-                "first step of this attempt done"
+                seconds = step_started.elapsed().as_secs_f64(),
+                "first step of this attempt done (not counted in samples/s)"
             );
         }
-        train_seconds += step_started.elapsed().as_secs_f64();
-        trained_samples += global_batch as u64;
         stopped = grads[n] > 0.0;
 
         let epoch_done = state.samples_in_epoch + global_batch as u64 > train_len as u64;
@@ -588,7 +618,7 @@ fn evaluate(
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for chunk in rows.chunks(EVAL_CHUNK) {
         data.eval.gather(chunk, &mut x, &mut y);
-        let s = engine.evaluate(params, &x, &y)?;
+        let s = engine::guarded(|| engine.evaluate(params, &x, &y))?;
         total.loss_sum += s.loss_sum;
         total.correct += s.correct;
         total.count += s.count;
