@@ -26,6 +26,8 @@ for helm in "$tools/helm3" "$tools/helm4"; do
     "$helm" lint --strict --quiet "$chart" $values >&2
   done
 done
+# Rendered as on a cluster with the Prometheus Operator, so the ServiceMonitor is validated too.
+value_sets+=("--set serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1/ServiceMonitor")
 for values in "${value_sets[@]}"; do
   for version in 1.30.0 1.37.0; do
     # shellcheck disable=SC2086

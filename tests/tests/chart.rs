@@ -126,3 +126,28 @@ fn every_pod_meets_the_restricted_pod_security_standard() {
         "worker pods"
     );
 }
+
+#[test]
+#[ignore = "needs helm: run through scripts/test.sh"]
+fn the_service_monitor_needs_the_prometheus_operators_crd() {
+    let kinds = |objects: Vec<Value>| {
+        objects
+            .iter()
+            .filter(|o| o["kind"] == "ServiceMonitor")
+            .count()
+    };
+    assert_eq!(
+        kinds(render(&["--set", "serviceMonitor.enabled=true"])),
+        0,
+        "without the CRD the install would fail"
+    );
+    assert_eq!(
+        kinds(render(&[
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--api-versions",
+            "monitoring.coreos.com/v1/ServiceMonitor",
+        ])),
+        1
+    );
+}
