@@ -621,6 +621,8 @@ async fn scheduler_preemption_is_a_preemption() {
     )
     .await;
     wait_phase(&client, &namespace, "preempt", "Running", 60).await;
+    // A kubelet keeps the victim Terminating for its grace period (the trainer checkpoints).
+    hold_pod(&client, &namespace, "preempt-worker-0").await;
     cluster.kubectl_ok(
         &["apply", "--server-side", "-f", "-"],
         Some("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: ferrotrain-test-high}\nvalue: 1000000\n"),
@@ -636,6 +638,7 @@ async fn scheduler_preemption_is_a_preemption() {
     .await;
     let restarts = restarts_of(&client, &namespace, "preempt").await;
     assert_eq!((restarts.app, restarts.infra), (0, 1), "{restarts:?}");
+    release_pod(&client, &namespace, "preempt-worker-0").await;
     cluster.kubectl_ok(
         &[
             "delete",
