@@ -586,6 +586,46 @@ mod tests {
             (Some("mnist-worker-1"), Some("mnist"))
         );
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(
+            spec.automount_service_account_token,
+            Some(false),
+            "the trainer never calls the API"
+        );
+        let scratch = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "scratch")
+            .and_then(|v| v.empty_dir.clone())
+            .expect("scratch emptyDir");
+        assert_eq!(
+            scratch.size_limit,
+            Some(Quantity(DEFAULT_SCRATCH_LIMIT.into()))
+        );
+        let mut bounded = job("");
+        if let Some(limits) = bounded
+            .spec
+            .workers
+            .resources
+            .as_mut()
+            .and_then(|r| r.limits.as_mut())
+        {
+            limits.insert("ephemeral-storage".into(), Quantity("20Gi".into()));
+        }
+        let bounded = worker_pod(&bounded, &settings(), 1, 2, 0);
+        let limit = bounded
+            .spec
+            .and_then(|s| s.volumes)
+            .into_iter()
+            .flatten()
+            .find(|v| v.name == "scratch")
+            .and_then(|v| v.empty_dir)
+            .and_then(|d| d.size_limit);
+        assert_eq!(
+            limit,
+            Some(Quantity("20Gi".into())),
+            "the workers' own limit bounds it"
+        );
         let vars: BTreeMap<String, String> = env_of(&pod)
             .into_iter()
             .filter_map(|(k, v)| v.value.map(|v| (k, v)))

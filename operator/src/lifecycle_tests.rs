@@ -306,10 +306,22 @@ fn eviction_is_charged_to_the_infrastructure_budget() {
     );
 }
 
+/// What a cluster shows of a disruption: the victim Terminating with the cause its
+/// `DisruptionTarget` condition names (the scheduler, the Eviction API and the taint manager
+/// delete the pod; it is never a plain Failed pod).
+fn disrupt_one(policy: &str, cause: FailureCause) -> Decision {
+    let mut j = running_job(policy, 2);
+    step(
+        &mut j,
+        vec![w(0, 1, RUNNING), w(1, 1, terminating(19, Some(cause)))],
+        20,
+    )
+}
+
 #[test]
 fn regression_preemption_does_not_consume_the_application_budget() {
     // volcano#2560: preemptions exhausted the job's retry budget.
-    let d = fail_one("maxAppRestarts: 0", FailureCause::Preempted);
+    let d = disrupt_one("maxAppRestarts: 0", FailureCause::Preempted);
     assert_eq!(phase(&d), Phase::Restarting);
     assert_eq!(
         (
@@ -323,7 +335,7 @@ fn regression_preemption_does_not_consume_the_application_budget() {
 
 #[test]
 fn disruption_target_counts_as_preemption() {
-    let d = fail_one("", FailureCause::DisruptionTarget);
+    let d = disrupt_one("", FailureCause::DisruptionTarget);
     assert_eq!((restarts(&d).infra, restarts(&d).preemption), (1, 1));
 }
 

@@ -667,21 +667,16 @@ impl Drop for Display {
     }
 }
 
-/// GPU device nodes (`/dev/nvidiaN`) on this machine.
+/// GPU device nodes (`/dev/nvidiaN`) on this machine, as the trainer's device probe counts them.
+#[cfg(feature = "worker")]
 fn gpu_device_nodes() -> usize {
-    std::fs::read_dir("/dev")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name().to_str().is_some_and(|name| {
-                        name.strip_prefix("nvidia")
-                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                    })
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    ferrotrain_trainer::device::probe_under(std::path::Path::new("/"), None, None).visible_gpus
+}
+
+/// Without the embedded trainer there are no local workers to place.
+#[cfg(not(feature = "worker"))]
+fn gpu_device_nodes() -> usize {
+    0
 }
 
 /// The GPU a local worker gets when the machine has several: ranks are spread over the visible

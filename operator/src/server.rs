@@ -607,6 +607,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn metric_series_of_deleted_jobs_are_dropped() {
+        let hub = Arc::new(ProgressHub::leading());
+        let status = TrainingJobStatus {
+            phase: Some(Phase::Running),
+            ..TrainingJobStatus::default()
+        };
+        hub.observe_reconcile("ml/mnist", 0.01, Some(&status), None);
+        hub.observe_reconcile("ml/gone", 0.01, Some(&status), None);
+        post(&hub, MNIST, Some("mnist-token"), report(2, 3)).await;
+        assert!(
+            hub.metrics()
+                .contains("ferrotrain_jobs{phase=\"Running\"} 2")
+        );
+        hub.retain_jobs(|job| job == "ml/mnist");
+        assert!(
+            hub.metrics()
+                .contains("ferrotrain_jobs{phase=\"Running\"} 1")
+        );
+        hub.retain_jobs(|_| false);
+        assert!(
+            hub.due_writes(Timestamp::now()).is_empty(),
+            "its progress is gone too"
+        );
+    }
+
+    #[tokio::test]
     async fn health_and_readiness() {
         let hub = Arc::new(ProgressHub::default());
         let get = |path: &'static str| {

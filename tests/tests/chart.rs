@@ -151,3 +151,32 @@ fn the_service_monitor_needs_the_prometheus_operators_crd() {
         1
     );
 }
+
+#[test]
+#[ignore = "needs helm: run through scripts/test.sh"]
+fn each_release_has_its_own_lease_and_replicas_advertise_their_progress_endpoint() {
+    let objects = render(&[]);
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("the operator Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--lease-name=ferrotrain"), "{args:?}");
+    assert!(
+        args.contains(&"--advertise-url=http://$(POD_IP):8080"),
+        "{args:?}"
+    );
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(env.contains(&"POD_IP"), "{env:?}");
+}

@@ -122,6 +122,31 @@ async fn running_pods(client: &Client, namespace: &str, job: &str, attempt: u32)
         .collect()
 }
 
+/// A scenario's setup: the chart's CRD, the operator running with the chart's RBAC, and a fresh
+/// namespace (Pod Security level `enforce`) for the job.
+struct Scenario {
+    cluster: Cluster,
+    client: Client,
+    installed: Installed,
+    namespace: String,
+}
+
+impl Scenario {
+    async fn start(prefix: &str, enforce: &str) -> Self {
+        let cluster = Cluster::from_env();
+        let client = cluster.admin().await;
+        install_crd(&client).await;
+        let installed = install_operator(&cluster, &[], &[]).await;
+        let namespace = test_namespace(&client, prefix, enforce).await;
+        Self {
+            cluster,
+            client,
+            installed,
+            namespace,
+        }
+    }
+}
+
 /// An operator installed the way the chart installs it: the chart's ServiceAccount and RBAC
 /// applied in a fresh namespace, the binary authenticating with that account's token.
 struct Installed {
@@ -406,11 +431,12 @@ async fn the_chart_is_admitted_in_restricted_namespaces() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_job_runs_to_success_with_the_charts_rbac() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "happy", "restricted").await;
+    let Scenario {
+        cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("happy", "restricted").await;
     create_job(&client, &namespace, &job_manifest("happy", 3, "")).await;
     let job = wait_phase(&client, &namespace, "happy", "Running", 60).await;
     assert_eq!(running_pods(&client, &namespace, "happy", 1).await.len(), 3);
@@ -475,11 +501,12 @@ async fn a_job_runs_to_success_with_the_charts_rbac() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_worker_exit_restarts_the_whole_gang() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "restart", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("restart", "restricted").await;
     create_job(&client, &namespace, &job_manifest("restart", 2, "")).await;
     wait_phase(&client, &namespace, "restart", "Running", 60).await;
     terminate_container(&client, &namespace, "restart-worker-1", 1).await;
@@ -502,11 +529,12 @@ async fn a_worker_exit_restarts_the_whole_gang() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn deleting_a_job_collects_its_children() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "gc", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("gc", "restricted").await;
     create_job(&client, &namespace, &job_manifest("gc", 2, "")).await;
     wait_phase(&client, &namespace, "gc", "Running", 60).await;
     Api::<TrainingJob>::namespaced(client.clone(), &namespace)
@@ -567,11 +595,12 @@ async fn wait_attempt_running(
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn an_eviction_is_charged_to_the_infrastructure_budget() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "evict", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("evict", "restricted").await;
     create_job(
         &client,
         &namespace,
@@ -604,11 +633,12 @@ async fn an_eviction_is_charged_to_the_infrastructure_budget() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn scheduler_preemption_is_a_preemption() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "preempt", "baseline").await;
+    let Scenario {
+        cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("preempt", "baseline").await;
     let node = dedicated_node(&client).await;
     create_job(
         &client,
@@ -659,11 +689,12 @@ async fn scheduler_preemption_is_a_preemption() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_lost_node_restarts_the_gang_as_infrastructure() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "nodelost", "restricted").await;
+    let Scenario {
+        cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("nodelost", "restricted").await;
     let node = dedicated_node(&client).await;
     let saved = cluster.kubectl_ok(&["get", "node", &node, "-o", "json"], None);
     create_job(
@@ -709,11 +740,12 @@ async fn a_lost_node_restarts_the_gang_as_infrastructure() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_gang_that_cannot_schedule_is_released_and_retried() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "gangtimeout", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("gangtimeout", "restricted").await;
     create_job(
         &client,
         &namespace,
@@ -751,11 +783,12 @@ async fn a_gang_that_cannot_schedule_is_released_and_retried() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn suspend_and_resume() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "suspend", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("suspend", "restricted").await;
     create_job(&client, &namespace, &job_manifest("pause", 2, "")).await;
     wait_phase(&client, &namespace, "pause", "Running", 60).await;
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
@@ -792,11 +825,12 @@ async fn suspend_and_resume() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn deadline_then_ttl() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "deadline", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("deadline", "restricted").await;
     create_job(
         &client,
         &namespace,
@@ -834,11 +868,12 @@ async fn deadline_then_ttl() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_job_recreated_under_the_same_name_starts_clean() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "recreate", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("recreate", "restricted").await;
     create_job(&client, &namespace, &job_manifest("again", 2, "")).await;
     wait_phase(&client, &namespace, "again", "Running", 60).await;
     for rank in 0..2 {
@@ -894,11 +929,12 @@ async fn a_job_recreated_under_the_same_name_starts_clean() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn an_elastic_job_shrinks_to_what_fits() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "elastic", "restricted").await;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("elastic", "restricted").await;
     create_job(
         &client,
         &namespace,
@@ -928,11 +964,12 @@ async fn an_elastic_job_shrinks_to_what_fits() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_quota_that_refuses_a_pod_is_reported() {
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let _installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "quota", "restricted").await;
+    let Scenario {
+        cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("quota", "restricted").await;
     cluster.kubectl_ok(
         &[
             "create",
@@ -1156,11 +1193,12 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
         s3("FERROTRAIN_TEST_S3_ENDPOINT"),
         s3("FERROTRAIN_TEST_S3_BUCKET"),
     );
-    let cluster = Cluster::from_env();
-    let client = cluster.admin().await;
-    install_crd(&client).await;
-    let installed = install_operator(&cluster, &[], &[]).await;
-    let namespace = test_namespace(&client, "train", "restricted").await;
+    let Scenario {
+        cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("train", "restricted").await;
     let credentials: Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "s3-credentials"},
         "stringData": {
@@ -1263,4 +1301,92 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A worker whose image cannot be pulled is named by its reason while the gang waits, and fails
+/// the job at the gang timeout (recreating the gang cannot fix an image). kwok runs no
+/// containers: the pods are kept from it (annotation) and the test writes the kubelet's status.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_worker_that_cannot_pull_its_image_fails_the_job_with_the_reason() {
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("stuck", "restricted").await;
+    create_job(
+        &client,
+        &namespace,
+        &job_with(
+            "stuck",
+            "replicas: 2, resources: {requests: {cpu: '1'}}, template: {annotations: {kwok.x-k8s.io/status: custom}}",
+            "gang: {scheduleTimeoutSeconds: 15}",
+        ),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    wait_for("both workers bound", Duration::from_secs(30), || async {
+        let bound = job_pods(&client, &namespace, "stuck")
+            .await
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        (bound == 2).then_some(())
+    })
+    .await;
+    let now = jiff::Timestamp::now().to_string();
+    let kubelet_status = |state: serde_json::Value, phase: &str| {
+        serde_json::json!({"status": {
+            "phase": phase,
+            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now}],
+            "containerStatuses": [{"name": "trainer", "image": "ferrotrain-trainer:missing",
+                "imageID": "", "ready": false, "restartCount": 0, "state": state}],
+        }})
+    };
+    pods.patch_status(
+        "stuck-worker-0",
+        &PatchParams::default(),
+        &Patch::Strategic(&kubelet_status(
+            serde_json::json!({"running": {"startedAt": now}}),
+            "Running",
+        )),
+    )
+    .await
+    .expect("rank 0 runs");
+    pods.patch_status(
+        "stuck-worker-1",
+        &PatchParams::default(),
+        &Patch::Strategic(&kubelet_status(
+            serde_json::json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}),
+            "Pending",
+        )),
+    )
+    .await
+    .expect("rank 1 cannot pull");
+    let scheduled = wait_for(
+        "Scheduled names the stuck worker",
+        Duration::from_secs(30),
+        || async {
+            let job = job_status(&client, &namespace, "stuck").await?;
+            job.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Scheduled" && c.reason == "ImagePullBackOff")
+        },
+    )
+    .await;
+    assert!(
+        scheduled.message.contains("stuck-worker-1"),
+        "{scheduled:?}"
+    );
+    let job = wait_phase(&client, &namespace, "stuck", "Failed", 60).await;
+    let failed = job
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(failed.reason, "ImagePullBackOff", "{failed:?}");
 }
