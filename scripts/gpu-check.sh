@@ -74,7 +74,7 @@ YAML
     echo "- - $peak $code"
     return
   fi
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["samplesPerSecond"]), d["loss"], sys.argv[2], sys.argv[3])' \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["samplesPerSecond"]), round(d["loss"], 5), sys.argv[2], sys.argv[3])' \
     "$done_line" "$peak" "$code"
 }
 

@@ -160,6 +160,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         report_every: options.report_every,
         stop,
         stop_after_step: options.stop_after_step,
+        fail_after_step: None,
         grace: options.grace,
         compute,
         threads: 0,

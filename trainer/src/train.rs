@@ -65,6 +65,8 @@ pub struct Job {
     pub stop: Arc<AtomicBool>,
     /// Behave as if SIGTERM arrived right after this step (tests and drills).
     pub stop_after_step: Option<u64>,
+    /// Behave as if the compute device failed in the step after this one (tests and drills).
+    pub fail_after_step: Option<u64>,
     /// How long the emergency checkpoint may take.
     pub grace: Duration,
     /// The device that computes forward and backward passes.
@@ -340,7 +342,14 @@ fn train_on_pool(
         data.train
             .gather(&order[offset..offset + batch], &mut batch_x, &mut batch_y);
         let mut dropout = Rng::derive(seed, Stream::Dropout, &[state.step, rank as u64]);
+        let injected_failure = job.fail_after_step == Some(state.step);
         let stats = match engine::guarded(|| {
+            if injected_failure {
+                return Err(EngineError(format!(
+                    "injected device failure after step {}",
+                    state.step
+                )));
+            }
             engine.train_step(&params, &mut grads[..n], &batch_x, &batch_y, &mut dropout)
         }) {
             Ok(stats) => stats,

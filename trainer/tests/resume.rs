@@ -86,6 +86,16 @@ impl Fixture {
         checkpoint: Option<CheckpointPlan>,
         stop_after_step: Option<u64>,
     ) -> Result<Outcome, TrainError> {
+        self.run_with(spec, checkpoint, stop_after_step, None)
+    }
+
+    fn run_with(
+        &self,
+        spec: &TrainerSpec,
+        checkpoint: Option<CheckpointPlan>,
+        stop_after_step: Option<u64>,
+        fail_after_step: Option<u64>,
+    ) -> Result<Outcome, TrainError> {
         let data = self.data(spec);
         let job = Job {
             spec: spec.clone(),
@@ -95,6 +105,7 @@ impl Fixture {
             report_every: Duration::from_secs(60),
             stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
+            fail_after_step,
             grace: Duration::from_secs(30),
             compute: ferrotrain_trainer::device::Compute::Cpu,
             threads: 0,
@@ -173,5 +184,26 @@ fn early_stopping_ends_the_run_before_the_last_epoch() {
     assert_eq!(
         summary.step, 10,
         "no evaluation can improve by 0.5, so the second one stops the run"
+    );
+}
+
+#[test]
+fn a_device_failure_commits_an_emergency_checkpoint_and_the_next_attempt_resumes_from_it() {
+    let fx = Fixture::new("device-failure");
+    let spec = fx.spec("");
+    let data = fx.data(&spec);
+    // Checkpoints every 20 steps; the device fails in step 34, after 33 completed steps.
+    let failed = fx.run_with(&spec, Some(fx.plan(&spec, &data)), None, Some(33));
+    assert!(
+        matches!(&failed, Err(TrainError::Engine(e)) if e.0.contains("injected device failure")),
+        "the failure is reported as the engine's: {failed:?}"
+    );
+    let Ok(Outcome::Completed(resumed)) = fx.run(&spec, Some(fx.plan(&spec, &data)), None) else {
+        panic!("the next attempt completes")
+    };
+    assert_eq!(
+        resumed.resumed_from,
+        Some(33),
+        "resumed from the emergency checkpoint, not the periodic one at step 20"
     );
 }

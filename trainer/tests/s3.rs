@@ -191,6 +191,7 @@ fn training_resumes_from_s3_and_reads_its_dataset_from_s3() {
             report_every: Duration::from_secs(60),
             stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
+            fail_after_step: None,
             grace: Duration::from_secs(30),
             compute: ferrotrain_trainer::device::Compute::Cpu,
             threads: 0,
