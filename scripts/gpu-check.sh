@@ -74,7 +74,7 @@ YAML
     echo "- - $peak $code"
     return
   fi
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["samplesPerSecond"]), round(d["loss"], 5), sys.argv[2], sys.argv[3])' \
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(round(d["samplesPerSecond"]), d["loss"], sys.argv[2], sys.argv[3])' \
     "$done_line" "$peak" "$code"
 }
 
@@ -92,7 +92,7 @@ for model in mlp lenet; do
     read -r rate loss peak code < <(train "$model-$device-$precision" "$spec" "$device" "$precision")
     losses[$model-$device-$precision]=$loss
     engine=$([ "$device" = cpu ] && echo native || echo burn)
-    printf '%-8s %-6s %-5s %12s %12s %9s %5s\n' "$model" "$engine" "$precision" "$rate" "$loss" "$peak" "$code" \
+    printf '%-8s %-6s %-5s %12s %12.12s %9s %5s\n' "$model" "$engine" "$precision" "$rate" "$loss" "$peak" "$code" \
       | tee -a "$summary"
     if [ "$code" != 0 ]; then
       say "  $(grep -m1 -iE 'error|cuda|panick' "$out/$model-$device-$precision.log" | cut -c1-200)"
