@@ -152,6 +152,12 @@ pub async fn run(leases: Api<Lease>, me: Candidate, hub: Arc<ProgressHub>) {
     loop {
         let outcome =
             tokio::time::timeout(RENEW_DEADLINE, attempt(&leases, &me, &mut observation)).await;
+        // A leader that cannot reach the lease keeps leading until its renew deadline, and stops
+        // before another replica may take over; an answer from the API server decides at once.
+        let still_within_deadline = || {
+            hub.leader.load(Ordering::SeqCst)
+                && last_renewal.is_some_and(|t| t.elapsed() < RENEW_DEADLINE)
+        };
         let leading = match outcome {
             Ok(Ok(Round {
                 leading,
@@ -165,17 +171,13 @@ pub async fn run(leases: Api<Lease>, me: Candidate, hub: Arc<ProgressHub>) {
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "leader election: lease unavailable");
-                false
+                still_within_deadline()
             }
             Err(_) => {
                 tracing::warn!("leader election: lease request hung past the renew deadline");
-                false
+                still_within_deadline()
             }
         };
-        // A leader that could not renew in time stops before another replica may take over.
-        let leading = leading
-            || (hub.leader.load(Ordering::SeqCst)
-                && last_renewal.is_some_and(|t| t.elapsed() < RENEW_DEADLINE));
         if hub.leader.swap(leading, Ordering::SeqCst) != leading {
             tracing::info!(leading, identity = %me.identity, "leadership changed");
         }
