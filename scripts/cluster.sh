@@ -27,6 +27,9 @@ cache_key() {
 }
 bin_dir() { echo "$cache_root/$(cache_key)/bin"; }
 
+# Go's own install location, for shells whose PATH lacks it.
+[ -x /usr/local/go/bin/go ] && ! command -v go >/dev/null 2>&1 && PATH=$PATH:/usr/local/go/bin
+
 build() {
   command -v go >/dev/null 2>&1 || die "go is not installed (Go 1.26 builds the control plane)"
   local bin started
