@@ -375,3 +375,39 @@ async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
     ];
     run(job(Value::Null), script).await;
 }
+
+#[tokio::test]
+async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
+    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    let mut job = job(restarting);
+    job.spec.run_policy = Some(ferrotrain_crds::RunPolicy {
+        scheduler_name: Some("volcano".into()),
+        ..Default::default()
+    });
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
+    let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
+    let script = vec![
+        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(
+            Method::GET,
+            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
+        )
+        .answer(200, secret),
+        expect(
+            Method::PATCH,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
+        ),
+        expect(
+            Method::DELETE,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1",
+        )
+        .answer(200, gone),
+        expect(Method::POST, PODS),
+        expect(Method::POST, PODS),
+        expect(Method::PATCH, STATUS),
+        // Events of attempt 2 form their own series (the recorder keys a series on the action).
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
+    ];
+    run(job, script).await;
+}
