@@ -186,13 +186,17 @@ impl<B: AutodiffBackend> BurnEngine<B> {
     }
 
     fn stats(&self, logits: Tensor<B, 2>, labels: &[u8]) -> Result<BatchStats, EngineError> {
-        let logits = download(logits.inner().into_data())?;
+        let logits = download(logits.inner().try_into_data())?;
         Ok(logit_stats(&logits, self.net.classes, labels))
     }
 }
 
-fn download(data: TensorData) -> Result<Vec<f32>, EngineError> {
-    data.convert::<f32>()
+/// A tensor's values as f32; a device error is an error, not a panic.
+fn download(
+    data: Result<TensorData, burn::tensor::backend::ExecutionError>,
+) -> Result<Vec<f32>, EngineError> {
+    data.map_err(|e| EngineError(format!("reading a tensor back from the device: {e:?}")))?
+        .convert::<f32>()
         .to_vec::<f32>()
         .map_err(|e| EngineError(format!("reading a tensor back: {e:?}")))
 }
@@ -209,7 +213,7 @@ impl<B: AutodiffBackend> Engine for BurnEngine<B> {
         let batch = labels.len();
         let leaf = self.params_leaf(params).require_grad();
         let logits = self.forward(&leaf, inputs, batch, Some(dropout))?;
-        let stats = self.stats(logits.clone(), labels)?;
+        let logit_values = logits.clone().inner().reshape([batch * self.net.classes]);
         let targets: Vec<i32> = labels.iter().map(|&l| i32::from(l)).collect();
         let targets =
             Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [batch, 1]), &self.device);
@@ -220,7 +224,13 @@ impl<B: AutodiffBackend> Engine for BurnEngine<B> {
         let gradient = leaf
             .grad(&gradients)
             .ok_or_else(|| EngineError("the parameters received no gradient".into()))?;
-        let values = download(gradient.into_data())?;
+        // One read-back per step: the logits (for the batch statistics) and the gradient
+        // travel together, in fp32.
+        let both = Tensor::cat(vec![logit_values, gradient.cast(FloatDType::F32)], 0);
+        let mut values = download(both.try_into_data())?;
+        let gradient_values = values.split_off(batch * self.net.classes);
+        let stats = logit_stats(&values, self.net.classes, labels);
+        let values = gradient_values;
         if values.len() != grads.len() {
             return Err(EngineError(format!(
                 "gradient has {} values, the model {}",
