@@ -231,10 +231,9 @@ async fn reconcile_as_leader(
     };
 
     // Decide.
-    let decision = decide(job, &observed, now);
+    let mut decision = decide(job, &observed, now);
 
     // Apply.
-    let mut decision = decision;
     let mut refused: Option<CreationRefused> = None;
     for action in &decision.actions {
         match action {

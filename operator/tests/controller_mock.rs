@@ -152,6 +152,11 @@ fn owner(uid: &str) -> Value {
     json!([{"apiVersion": "ferrotrain.io/v1alpha1", "kind": "TrainingJob", "name": "mnist", "uid": uid, "controller": true}])
 }
 
+/// The job's progress-token Secret, as the API server returns it.
+fn token_secret() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}})
+}
+
 fn pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>) -> Value {
     owned_pod(rank, attempt, phase, exit_code, "0b0e")
 }
@@ -260,7 +265,6 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
 #[tokio::test]
 async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
     let script = vec![
         expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
@@ -268,7 +272,7 @@ async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
             Method::GET,
             "/api/v1/namespaces/ml/secrets/mnist-progress-token",
         )
-        .answer(200, secret),
+        .answer(200, token_secret()),
         expect(Method::POST, PODS)
             .check(|b| assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "2")),
         expect(Method::POST, PODS),
@@ -286,11 +290,10 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         queue: Some("research".into()),
         ..Default::default()
     });
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
     let script = vec![
         expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token").answer(200, secret),
+        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token").answer(200, token_secret()),
         expect(Method::PATCH, "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1?&force=true&fieldManager=ferrotrain-operator")
             .check(|b| {
                 assert_eq!(b["spec"]["minMember"], 2);
@@ -324,10 +327,11 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
             .answer(200, owned_pod(1, 1, "Running", None, "old-uid")),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token").answer(
-            200,
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}}),
-        ),
+        expect(
+            Method::GET,
+            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
+        )
+        .answer(200, token_secret()),
         expect(Method::PATCH, STATUS).check(|b| {
             assert_eq!(b["status"]["phase"], "Pending");
             assert_eq!(b["status"]["workers"]["created"], 0);
@@ -340,7 +344,6 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
 async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
     let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
         "message": "pods \"mnist-worker-0\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
     let script = vec![
         expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
@@ -348,7 +351,7 @@ async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
             Method::GET,
             "/api/v1/namespaces/ml/secrets/mnist-progress-token",
         )
-        .answer(200, secret),
+        .answer(200, token_secret()),
         expect(Method::POST, PODS).answer(403, quota.clone()),
         expect(Method::POST, PODS).answer(403, quota),
         expect(Method::PATCH, STATUS).check(|b| {
@@ -384,7 +387,6 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
         scheduler_name: Some("volcano".into()),
         ..Default::default()
     });
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}});
     let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
     let script = vec![
         expect(Method::GET, PODS).answer(200, pod_list(vec![])),
@@ -393,7 +395,7 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
             Method::GET,
             "/api/v1/namespaces/ml/secrets/mnist-progress-token",
         )
-        .answer(200, secret),
+        .answer(200, token_secret()),
         expect(
             Method::PATCH,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",

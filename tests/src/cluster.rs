@@ -329,9 +329,7 @@ impl Operator {
 
     /// Sends a signal to the operator process (`kill -SIGNAL`).
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status();
+        send_signal(self.child.id(), signal);
     }
 
     /// Whether the process has exited.
@@ -486,4 +484,31 @@ pub async fn delete_namespace(client: &Client, namespace: &str) {
         },
     )
     .await;
+}
+
+/// Sends `signal` (a name such as TERM or KILL) to process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status();
+}
+
+/// The value of `key` in a Secret, as text.
+pub async fn secret_value(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> Result<String, String> {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| format!("secret {name}: {e}"))?;
+    secret
+        .data
+        .and_then(|d| {
+            d.get(key)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        })
+        .ok_or_else(|| format!("secret {name} has no key {key}"))
 }

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::cluster::terminate_container;
+use crate::cluster::{secret_value, send_signal, terminate_container};
 
 /// What the kubelet needs to know besides the pods themselves.
 #[derive(Clone, Debug)]
@@ -114,7 +114,7 @@ async fn serve(
             if pod.metadata.deletion_timestamp.is_some() {
                 match running.get_mut(&uid) {
                     Some(worker) if !worker.terminated => {
-                        signal(worker.child.id(), "TERM");
+                        send_signal(worker.child.id(), "TERM");
                         worker.terminated = true;
                     }
                     Some(_) => {}
@@ -176,12 +176,6 @@ async fn serve(
     }
 }
 
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status();
-}
-
 /// From now on kwok leaves the pod alone (status and deletion are this kubelet's); the pod is
 /// Running and Ready, whether or not kwok got there first.
 async fn take_over(pods: &Api<Pod>, pod: &Pod) {
@@ -223,25 +217,6 @@ async fn remove(pods: &Api<Pod>, name: &str) {
             },
         )
         .await;
-}
-
-async fn secret_value(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-) -> Result<String, String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .map_err(|e| format!("secret {name}: {e}"))?;
-    secret
-        .data
-        .and_then(|d| {
-            d.get(key)
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        })
-        .ok_or_else(|| format!("secret {name} has no key {key}"))
 }
 
 async fn start_worker(client: &Client, pod: &Pod, config: &KubeletConfig) -> Result<Child, String> {

@@ -9,8 +9,8 @@ use ferrotrain::manifest::{Admission, Layer, parse_documents};
 use ferrotrain_crds::TrainingJob;
 use ferrotrain_tests::cluster::{
     Cluster, Operator, dedicated_node, delete_namespace, documents_of_kind, hold_pod, install_crd,
-    job_pods, post_progress, release_pod, render_chart, terminate_container, test_namespace,
-    wait_for,
+    job_pods, post_progress, release_pod, render_chart, secret_value, send_signal,
+    terminate_container, test_namespace, wait_for,
 };
 use ferrotrain_tests::workspace_root;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -444,17 +444,9 @@ async fn a_job_runs_to_success_with_the_charts_rbac() {
     assert_eq!(status.attempt, Some(1));
 
     // Progress from rank 0, with the job's token, through the operator's endpoint.
-    let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
-        .get("happy-progress-token")
+    let token = secret_value(&client, &namespace, "happy-progress-token", "token")
         .await
-        .expect("token secret");
-    let token = secret
-        .data
-        .and_then(|d| {
-            d.get("token")
-                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-        })
-        .expect("token key");
+        .expect("the job's progress token");
     let report = serde_json::json!({
         "attempt": 1, "worldSize": 3, "step": 250, "totalSteps": 1000, "epoch": 0,
         "loss": 0.4321, "metrics": {"valAccuracy": 0.91},
@@ -1098,16 +1090,9 @@ async fn two_replicas_hand_over_and_lose_no_progress() {
     let namespace = test_namespace(&client, "leader", "restricted").await;
     create_job(&client, &namespace, &job_manifest("led", 2, "")).await;
     wait_phase(&client, &namespace, "led", "Running", 60).await;
-    let token = Api::<Secret>::namespaced(client.clone(), &namespace)
-        .get("led-progress-token")
+    let token = secret_value(&client, &namespace, "led-progress-token", "token")
         .await
-        .ok()
-        .and_then(|s| s.data)
-        .and_then(|d| {
-            d.get("token")
-                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
-        })
-        .expect("token");
+        .expect("the job's progress token");
     let report = |step: u64| {
         serde_json::json!({"attempt": 1, "worldSize": 2, "step": step, "totalSteps": 1000, "epoch": 0})
             .to_string()
@@ -1246,9 +1231,7 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
     )
     .await;
     let victim = kubelet.pid("mnist-worker-1").expect("rank 1 runs");
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
-        .status();
+    send_signal(victim, "KILL");
     wait_attempt_running(&client, &namespace, "mnist", 2, 120).await;
     let job = wait_phase(&client, &namespace, "mnist", "Succeeded", 600).await;
     drop(kubelet);
