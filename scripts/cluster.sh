@@ -6,7 +6,8 @@
 #   scripts/cluster.sh env     # print that environment again for a running cluster
 #   scripts/cluster.sh stop    # stop every process by PID
 # Environment: FERROTRAIN_CLUSTER_CACHE (default ~/.cache/ferrotrain-cluster),
-# FERROTRAIN_CLUSTER_NODES (fake nodes, default 8), FERROTRAIN_CLUSTER_DIR (state, default .tools/cluster).
+# FERROTRAIN_CLUSTER_NODES (fake nodes, default 8), FERROTRAIN_CLUSTER_NODE_PODS (pods per node,
+# default 110), FERROTRAIN_CLUSTER_DIR (state, default .tools/cluster).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -15,6 +16,7 @@ modules=(etcd kube kwok)
 cache_root=${FERROTRAIN_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrotrain-cluster}
 state=${FERROTRAIN_CLUSTER_DIR:-$root/.tools/cluster}
 nodes=${FERROTRAIN_CLUSTER_NODES:-8}
+node_pods=${FERROTRAIN_CLUSTER_NODE_PODS:-110}
 kube_version=v1.37.2
 
 log() { printf '%s\n' "$*" >&2; }
@@ -187,8 +189,8 @@ metadata:
 spec:
   taints: $taints
 status:
-  allocatable: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "8"}
-  capacity: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "8"}
+  allocatable: {cpu: "16", memory: 64Gi, pods: "$node_pods", nvidia.com/gpu: "8"}
+  capacity: {cpu: "16", memory: 64Gi, pods: "$node_pods", nvidia.com/gpu: "8"}
 YAML
   done
 }

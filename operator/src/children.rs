@@ -42,9 +42,32 @@ pub struct Settings {
     pub progress_base_url: String,
 }
 
-/// Name of the progress-token Secret.
-pub fn token_secret_name(job: &str) -> String {
-    format!("{job}-progress-token")
+/// Annotation on a TrainingJob: the SHA-256 (hex) of its progress token. The progress endpoint
+/// authenticates against it from the job cache, so the operator never reads a Secret.
+pub const ANNOTATION_TOKEN_SHA256: &str = "ferrotrain.io/progress-token-sha256";
+
+/// The job's recorded token digest, if it is one (64 lowercase hex digits).
+pub fn token_sha256_of(job: &TrainingJob) -> Option<&str> {
+    let digest = job
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_TOKEN_SHA256)?;
+    (digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(digest.as_str())
+}
+
+/// Name of the progress-token Secret of the token with this digest. Each token gets a Secret of
+/// its own name, so creating one never meets an older one (of this job or of an earlier job with
+/// the same name) whose token the operator could not read. Without a digest: `<job>-progress-token`.
+pub fn token_secret_name(job: &str, token_sha256: &str) -> String {
+    match token_sha256.get(..12) {
+        Some(prefix) => format!("{job}-progress-{prefix}"),
+        None => format!("{job}-progress-token"),
+    }
 }
 
 /// Name of a worker pod.
@@ -104,7 +127,11 @@ pub fn service(job: &TrainingJob) -> Service {
 pub fn token_secret(job: &TrainingJob, token: &str) -> Secret {
     let name = job.metadata.name.clone().unwrap_or_default();
     Secret {
-        metadata: meta(job, token_secret_name(&name), base_labels(&name)),
+        metadata: meta(
+            job,
+            token_secret_name(&name, &crate::progress::token_sha256(token)),
+            base_labels(&name),
+        ),
         string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
         type_: Some("Opaque".into()),
         ..Secret::default()
@@ -208,7 +235,10 @@ pub fn worker_pod(
         Volume {
             name: "progress-token".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(token_secret_name(&name)),
+                secret_name: Some(token_secret_name(
+                    &name,
+                    token_sha256_of(job).unwrap_or_default(),
+                )),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
@@ -777,9 +807,10 @@ mod tests {
             (Some("None"), Some(true))
         );
         let secret = token_secret(&job(""), "abc");
+        // SHA-256("abc") begins ba7816bf8f01.
         assert_eq!(
             secret.metadata.name.as_deref(),
-            Some("mnist-progress-token")
+            Some("mnist-progress-ba7816bf8f01")
         );
         assert_eq!(
             secret
@@ -788,6 +819,35 @@ mod tests {
                 .as_deref(),
             Some("abc")
         );
+    }
+
+    #[test]
+    fn workers_mount_the_secret_of_the_recorded_token() {
+        let mut annotated = job("");
+        let digest = crate::progress::token_sha256("abc");
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            ANNOTATION_TOKEN_SHA256.to_string(),
+            digest.clone(),
+        )]));
+        assert_eq!(token_sha256_of(&annotated), Some(digest.as_str()));
+        let settings = Settings {
+            default_image: "t".into(),
+            progress_base_url: "http://op".into(),
+        };
+        let pod = worker_pod(&annotated, &settings, 1, 2, 0);
+        let mounted = pod
+            .spec
+            .and_then(|s| s.volumes)
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.secret?.secret_name);
+        assert_eq!(mounted, token_secret(&annotated, "abc").metadata.name);
+        // A digest that is not one is not trusted.
+        annotated.metadata.annotations = Some(BTreeMap::from([(
+            ANNOTATION_TOKEN_SHA256.to_string(),
+            "../etc".to_string(),
+        )]));
+        assert_eq!(token_sha256_of(&annotated), None);
     }
 
     fn pod(phase: &str, extra: &str) -> Pod {

@@ -5,18 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrotrain_crds::{Phase, TrainingJob, TrainingJobStatus};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::cache::{OwnWrites, PodIndex};
 use crate::children::{self, LABEL_JOB, Settings};
 use crate::lifecycle::{Action, Observed, decide};
-use crate::progress::random_token;
+use crate::progress::{random_token, token_sha256};
 use crate::server::{JobDirectory, JobInfo, ProgressHub};
 
 /// Selects rustls' ring provider for this process. Dependencies enable both of rustls' providers
@@ -36,12 +38,13 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     (
         "ferrotrain.io",
         "trainingjobs",
-        &["get", "list", "watch", "delete"],
+        &["get", "list", "watch", "patch", "delete"],
     ),
     ("ferrotrain.io", "trainingjobs/status", &["patch"]),
     ("", "pods", &["list", "watch", "create", "delete"]),
     ("", "services", &["create", "patch"]),
-    ("", "secrets", &["get", "create"]),
+    // Write-only: the progress endpoint checks tokens against the digest on the job.
+    ("", "secrets", &["create"]),
     ("", "nodes", &["get"]),
     (
         "scheduling.volcano.sh",
@@ -77,9 +80,9 @@ pub enum Error {
     /// The status write lost a race: the job changed since the cached copy was read.
     #[error("the job changed since it was read (status write conflict); reconciling again")]
     Conflict,
-    /// A child of another job with the same name (deleted, not yet collected) is in the way.
-    #[error("{0} still belongs to an earlier job of the same name; waiting for it to be collected")]
-    ForeignChild(String),
+    /// The pod cache has not completed its first list: nothing can be decided yet.
+    #[error("the pod cache is not yet filled")]
+    CacheNotReady,
 }
 
 impl Error {
@@ -89,7 +92,7 @@ impl Error {
             Error::Kube { .. } => "kube_api",
             Error::Incomplete(_) => "invalid_object",
             Error::Conflict => "conflict",
-            Error::ForeignChild(_) => "foreign_child",
+            Error::CacheNotReady => "cache_not_ready",
         }
     }
 
@@ -98,7 +101,7 @@ impl Error {
         match self {
             // The watch delivers the newer object within moments.
             Error::Conflict => Duration::from_millis(500),
-            Error::ForeignChild(_) => Duration::from_secs(2),
+            Error::CacheNotReady => Duration::from_secs(1),
             Error::Kube { .. } | Error::Incomplete(_) => Duration::from_secs(15),
         }
     }
@@ -119,11 +122,20 @@ pub struct Context {
     pub recorder: Recorder,
     /// Leadership, progress and metrics shared with the HTTP server.
     pub hub: Arc<ProgressHub>,
+    /// The operator's pods, from one watch.
+    pub pods: Arc<PodIndex>,
+    /// The reconciler's latest write of each job, until the job cache shows it.
+    pub own_writes: OwnWrites,
 }
 
 impl Context {
     /// A context with an event recorder named after the operator.
-    pub fn new(client: Client, settings: Settings, hub: Arc<ProgressHub>) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        hub: Arc<ProgressHub>,
+        pods: Arc<PodIndex>,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -136,6 +148,8 @@ impl Context {
             settings,
             recorder,
             hub,
+            pods,
+            own_writes: OwnWrites::default(),
         }
     }
 }
@@ -172,6 +186,11 @@ async fn reconcile_as_leader(
         .name
         .clone()
         .ok_or(Error::Incomplete("metadata.name"))?;
+    let key = (namespace.clone(), name.clone());
+    if ctx.own_writes.is_stale(&key, job) {
+        // The watch delivers the written copy within moments and triggers the next reconcile.
+        return Ok((Requeue::requeue(Duration::from_secs(1)), None));
+    }
     let jobs: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let now = Timestamp::now();
@@ -195,20 +214,20 @@ async fn reconcile_as_leader(
             );
             status.phase = Some(Phase::Failed);
             status.message = Some(message);
-            write_status(&jobs, job, &status).await?;
+            let written = write_status(&jobs, job, &status).await?;
+            ctx.own_writes.record(key, &written);
         }
         return Ok((Requeue::await_change(), Some(status)));
     }
 
-    // Observe.
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
-        .await
-        .map_err(kube_error("list pods"))?;
+    // Observe, from the pod cache.
+    if !ctx.pods.is_listed() {
+        return Err(Error::CacheNotReady);
+    }
+    let listed = ctx.pods.pods_of(&namespace, &name);
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let mut not_ready = Vec::new();
     for pod in listed
-        .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some())
     {
@@ -221,7 +240,6 @@ async fn reconcile_as_leader(
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let observed = Observed {
         workers: listed
-            .items
             .iter()
             .filter_map(|p| {
                 children::worker_view(p, |n| !not_ready.iter().any(|x| x == n))
@@ -233,16 +251,22 @@ async fn reconcile_as_leader(
     // Decide.
     let mut decision = decide(job, &observed, now);
 
-    // Apply.
+    // Apply. Recording the token's digest changes the job: what follows uses the new copy.
+    let mut job = std::borrow::Cow::Borrowed(job);
     let mut refused: Option<CreationRefused> = None;
     for action in &decision.actions {
         match action {
-            Action::EnsureSupport => ensure_support(job, ctx).await?,
+            Action::EnsureSupport => {
+                if let Some(annotated) = ensure_support(&job, ctx).await? {
+                    ctx.own_writes.record(key.clone(), &annotated);
+                    job = std::borrow::Cow::Owned(annotated);
+                }
+            }
             Action::CreateWorkers {
                 attempt,
                 world_size,
             } => {
-                if let Some(group) = children::pod_group(job, *attempt, *world_size) {
+                if let Some(group) = children::pod_group(&job, *attempt, *world_size) {
                     apply_pod_group(&ctx.client, &namespace, &group).await?;
                     if *attempt > 1 {
                         delete_pod_group(
@@ -256,7 +280,8 @@ async fn reconcile_as_leader(
                 // Every rank is tried: creation is idempotent, and one refusal (quota, Pod
                 // Security, a webhook) is reported on the job instead of hiding the others.
                 for rank in 0..*world_size {
-                    let pod = children::worker_pod(job, &ctx.settings, *attempt, *world_size, rank);
+                    let pod =
+                        children::worker_pod(&job, &ctx.settings, *attempt, *world_size, rank);
                     match pods.create(&PostParams::default(), &pod).await {
                         Ok(_) => {}
                         Err(kube::Error::Api(status)) if status.code == 409 => {}
@@ -329,7 +354,8 @@ async fn reconcile_as_leader(
     if !decision.actions.contains(&Action::DeleteJob)
         && job.status.as_ref() != Some(&decision.status)
     {
-        write_status(&jobs, job, &decision.status).await?;
+        let written = write_status(&jobs, &job, &decision.status).await?;
+        ctx.own_writes.record(key, &written);
     }
     let reference = job.object_ref(&());
     for event in &decision.events {
@@ -423,7 +449,10 @@ async fn node_is_ready(nodes: &Api<Node>, name: &str) -> Result<Option<bool>, Er
     })))
 }
 
-async fn ensure_support(job: &TrainingJob, ctx: &Context) -> Result<(), Error> {
+/// Applies the headless Service and, once per job, makes the progress token: a Secret for the
+/// workers and the token's SHA-256 on the job for the progress endpoint. Returns the job as
+/// annotated when a token was made.
+async fn ensure_support(job: &TrainingJob, ctx: &Context) -> Result<Option<TrainingJob>, Error> {
     let namespace = job.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     let service = children::service(job);
@@ -436,33 +465,41 @@ async fn ensure_support(job: &TrainingJob, ctx: &Context) -> Result<(), Error> {
         )
         .await
         .map_err(kube_error("apply service"))?;
-    // The token is generated once; re-applying would rotate it under running workers.
+    if children::token_sha256_of(job).is_some() {
+        return Ok(None);
+    }
+    // The Secret comes first and is named after the token's digest: if recording the digest
+    // fails, the next try makes a new token and Secret (the orphan goes with the job), and the
+    // operator never needs to read a Secret back.
+    let token = random_token().ok_or(Error::Incomplete(
+        "system randomness for the progress token",
+    ))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret_name = children::token_secret_name(&job.name_any());
-    let existing = secrets
-        .get_opt(&secret_name)
+    secrets
+        .create(&PostParams::default(), &children::token_secret(job, &token))
         .await
-        .map_err(kube_error("get token secret"))?;
-    if let Some(secret) = &existing
-        && !children::owned_by(
-            &secret.metadata,
-            job.metadata.uid.as_deref().unwrap_or_default(),
+        .map_err(kube_error("create token secret"))?;
+    let jobs: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "resourceVersion": job.metadata.resource_version,
+            "annotations": {children::ANNOTATION_TOKEN_SHA256: token_sha256(&token)},
+        },
+    });
+    match jobs
+        .patch(
+            &job.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
         )
+        .await
     {
-        return Err(Error::ForeignChild(format!("Secret {secret_name}")));
+        Ok(annotated) => Ok(Some(annotated)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
+        Err(e) => Err(kube_error("record the token digest")(e)),
     }
-    if existing.is_none() {
-        let token = random_token().ok_or(Error::Incomplete(
-            "system randomness for the progress token",
-        ))?;
-        create_if_absent(
-            &secrets,
-            &children::token_secret(job, &token),
-            "create token secret",
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 async fn apply_pod_group(
@@ -498,17 +535,6 @@ async fn delete_pod_group(client: &Client, namespace: &str, name: &str) -> Resul
     delete_if_present(&groups, name, &DeleteParams::background()).await
 }
 
-async fn create_if_absent<K>(api: &Api<K>, object: &K, action: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.create(&PostParams::default(), object).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(e) => Err(kube_error(action)(e)),
-    }
-}
-
 async fn delete_if_present<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -541,7 +567,7 @@ async fn write_status(
     jobs: &Api<TrainingJob>,
     job: &TrainingJob,
     status: &TrainingJobStatus,
-) -> Result<(), Error> {
+) -> Result<TrainingJob, Error> {
     let name = job.name_any();
     match jobs
         .patch_status(
@@ -551,59 +577,66 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written),
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
         Err(e) => Err(kube_error("apply status")(e)),
     }
 }
 
+/// How many progress writes are in flight at once.
+const PROGRESS_WRITERS: usize = 16;
+
 /// Writes coalesced progress into each job's status, at most every few seconds per job, while
-/// this replica leads.
+/// this replica leads. `client` should have a rate limit of its own, so that progress never
+/// delays the reconciler's calls.
 pub async fn write_progress(client: Client, hub: Arc<ProgressHub>) {
     loop {
-        for ((namespace, name), status) in hub.due_writes(Timestamp::now()) {
-            let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
-            let patch = serde_json::json!({
-                "apiVersion": "ferrotrain.io/v1alpha1",
-                "kind": "TrainingJob",
-                "status": {"progress": status.progress, "checkpoint": status.checkpoint},
-            });
-            if let Err(e) = jobs
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(PROGRESS_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
-                tracing::warn!(job = %name, error = %e, "cannot write progress");
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        futures::stream::iter(hub.due_writes(Timestamp::now()))
+            .for_each_concurrent(PROGRESS_WRITERS, |((namespace, name), status)| {
+                let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+                async move {
+                    let patch = serde_json::json!({
+                        "apiVersion": "ferrotrain.io/v1alpha1",
+                        "kind": "TrainingJob",
+                        "status": {"progress": status.progress, "checkpoint": status.checkpoint},
+                    });
+                    if let Err(e) = jobs
+                        .patch_status(
+                            &name,
+                            &PatchParams::apply(PROGRESS_MANAGER).force(),
+                            &Patch::Apply(&patch),
+                        )
+                        .await
+                    {
+                        tracing::warn!(job = %name, error = %e, "cannot write progress");
+                    }
+                }
+            })
+            .await;
+        tokio::time::sleep_until(started + Duration::from_secs(1)).await;
     }
 }
 
-/// Looks up a job's token, attempt and batch size for the progress endpoint.
+/// The progress endpoint's view of jobs: the controller's job cache, so that authenticating a
+/// report costs no API call.
 pub struct KubeDirectory {
-    /// API client.
-    pub client: Client,
+    /// The job cache.
+    pub jobs: Store<TrainingJob>,
 }
+
+/// How long a report waits for the job cache's first list before it is refused.
+const DIRECTORY_WARMUP: Duration = Duration::from_secs(5);
 
 impl JobDirectory for KubeDirectory {
     async fn lookup(&self, namespace: &str, name: &str) -> Option<JobInfo> {
-        let jobs: Api<TrainingJob> = Api::namespaced(self.client.clone(), namespace);
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let job = jobs.get_opt(name).await.ok()??;
-        let secret = secrets
-            .get_opt(&children::token_secret_name(name))
+        tokio::time::timeout(DIRECTORY_WARMUP, self.jobs.wait_until_ready())
             .await
-            .ok()??;
-        let token = secret.data.and_then(|d| {
-            d.get(children::TOKEN_KEY)
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        })?;
+            .ok()?
+            .ok()?;
+        let job = self.jobs.get(&ObjectRef::new(name).within(namespace))?;
         Some(JobInfo {
-            token,
+            token_sha256: children::token_sha256_of(&job)?.to_string(),
             attempt: job
                 .status
                 .as_ref()
@@ -615,27 +648,66 @@ impl JobDirectory for KubeDirectory {
     }
 }
 
-/// Runs the controller until SIGTERM: watches TrainingJobs (in `namespace`, or all) and the pods
-/// they own, reconciling while `hub` says this replica leads.
+/// How the controller runs: the namespace it watches and how many jobs it reconciles at once.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Only this namespace (a namespaced install), or every namespace.
+    pub namespace: Option<String>,
+    /// Reconciles in flight at once (at least 1).
+    pub concurrency: u16,
+}
+
+/// The job cache and the writer that fills it: made before the controller, so that the progress
+/// endpoint reads the same cache.
+pub fn job_cache() -> (Store<TrainingJob>, reflector::store::Writer<TrainingJob>) {
+    reflector::store()
+}
+
+/// Runs the controller until SIGTERM: watches TrainingJobs (in the namespace, or all) into
+/// `job_cache`, and the pods they own into a slim pod cache, reconciling while `hub` says this
+/// replica leads.
 pub async fn run(
     client: Client,
     settings: Settings,
-    namespace: Option<String>,
+    options: RunOptions,
+    job_cache: (Store<TrainingJob>, reflector::store::Writer<TrainingJob>),
     hub: Arc<ProgressHub>,
 ) {
-    let (jobs, pods): (Api<TrainingJob>, Api<Pod>) = match &namespace {
+    let (jobs, pods): (Api<TrainingJob>, Api<Pod>) = match &options.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client.clone(), ns),
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let (store, writer) = job_cache;
+    // Managed fields are most of a job's bytes and nothing reads them: the cache drops them.
+    let job_events = watcher(jobs, watcher::Config::default())
+        .default_backoff()
+        .map_ok(|event| event.modify(|job| job.metadata.managed_fields = None))
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(crate::cache::decision_inputs, PredicateConfig::default());
+    let index = Arc::new(PodIndex::default());
+    let pod_events = {
+        let index = Arc::clone(&index);
+        watcher(pods, watcher::Config::default().labels(LABEL_JOB))
+            .default_backoff()
+            .map_ok(|event| event.modify(children::slim_pod))
+            .map_ok(move |event| {
+                index.apply(&event);
+                event
+            })
+            .touched_objects()
+    };
     hub.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let context = Arc::new(Context::new(client, settings, Arc::clone(&hub)));
-    let controller = Controller::new(jobs, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(LABEL_JOB));
-    // Deleted jobs are never reconciled again: drop their metric series against the job cache.
-    let store = controller.store();
+    let context = Arc::new(Context::new(client, settings, Arc::clone(&hub), index));
+    let controller = Controller::for_stream(job_events, store.clone())
+        .owns_stream(pod_events)
+        .with_config(ControllerConfig::default().concurrency(options.concurrency.max(1)));
+    // Deleted jobs are never reconciled again: drop their metric series and write records
+    // against the job cache.
+    let own = Arc::clone(&context);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -645,6 +717,8 @@ pub async fn run(
                 .map(|j| format!("{}/{}", j.namespace().unwrap_or_default(), j.name_any()))
                 .collect();
             hub.retain_jobs(|key| live.contains(key));
+            own.own_writes
+                .retain(|(namespace, name)| live.contains(&format!("{namespace}/{name}")));
         }
     });
     controller

@@ -4,10 +4,12 @@
 //! - [`lifecycle`]: the pure state machine `decide` shared by the controller and the local runner;
 //! - [`children`]: the Service, Secret, pods and Volcano PodGroup of a job, and pods read back;
 //! - [`controller`]: the Kubernetes reconciler (observe → decide → apply) and its RBAC list;
+//! - [`cache`], [`ratelimit`]: the pod cache and reconcile predicate, client-side API rate limits;
 //! - [`progress`], [`server`], [`leader`]: progress reports, the HTTP server, leader election;
 //! - [`local`], [`curve`]: `ferrotrain run`, its training curve;
 //! - [`cli`]: `ferrotrain validate`.
 
+pub mod cache;
 pub mod children;
 pub mod cli;
 pub mod controller;
@@ -17,4 +19,5 @@ pub mod lifecycle;
 pub mod local;
 pub mod manifest;
 pub mod progress;
+pub mod ratelimit;
 pub mod server;

@@ -95,6 +95,18 @@ enum Command {
         /// forward the reports they receive while this one leads.
         #[arg(long, env = "OPERATOR_ADVERTISE_URL")]
         advertise_url: Option<String>,
+        /// Jobs reconciled at once.
+        #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 16)]
+        concurrency: u16,
+        /// Average API requests a second of the reconciler (client-side limit).
+        #[arg(long, env = "OPERATOR_API_QPS", default_value_t = 100.0)]
+        api_qps: f64,
+        /// API requests the reconciler may make at once after a quiet spell.
+        #[arg(long, env = "OPERATOR_API_BURST", default_value_t = 200)]
+        api_burst: u32,
+        /// Progress writes a second, over all jobs (each job at most every 5 s).
+        #[arg(long, env = "OPERATOR_PROGRESS_QPS", default_value_t = 50.0)]
+        progress_qps: f64,
     },
     /// Run one worker (started by `ferrotrain run` or the operator).
     #[cfg(feature = "worker")]
@@ -138,6 +150,10 @@ fn main() -> anyhow::Result<ExitCode> {
             identity,
             lease_name,
             advertise_url,
+            concurrency,
+            api_qps,
+            api_burst,
+            progress_qps,
         } => {
             tracing_subscriber::fmt()
                 .json()
@@ -154,7 +170,15 @@ fn main() -> anyhow::Result<ExitCode> {
                     default_image: trainer_image,
                     progress_base_url,
                 },
-                namespace,
+                ferrotrain::controller::RunOptions {
+                    namespace,
+                    concurrency,
+                },
+                Limits {
+                    api_qps,
+                    api_burst,
+                    progress_qps,
+                },
                 listen,
                 lease_namespace,
                 ferrotrain::leader::Candidate {
@@ -177,21 +201,46 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Client-side API rate limits.
+struct Limits {
+    api_qps: f64,
+    api_burst: u32,
+    progress_qps: f64,
+}
+
 async fn operator(
     settings: ferrotrain::children::Settings,
-    namespace: Option<String>,
+    options: ferrotrain::controller::RunOptions,
+    limits: Limits,
     listen: String,
     lease_namespace: String,
     candidate: ferrotrain::leader::Candidate,
 ) -> anyhow::Result<()> {
+    use ferrotrain::ratelimit::RateLimitLayer;
     use ferrotrain::{controller, leader, server};
     controller::install_tls_provider();
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;
+    let limited = |qps: f64, burst: u32| -> anyhow::Result<kube::Client> {
+        Ok(kube::client::ClientBuilder::try_from(config.clone())
+            .context("connecting to the Kubernetes API")?
+            .with_layer(&RateLimitLayer::new(qps, burst))
+            .build())
+    };
+    // Three clients, three budgets: a backlog of reconciles never delays a lease renewal, and
+    // progress writes never delay the reconciler.
+    let client = limited(limits.api_qps, limits.api_burst)?;
+    let progress_client = limited(
+        limits.progress_qps,
+        limits.progress_qps.ceil().clamp(1.0, 10_000.0) as u32,
+    )?;
+    let lease_client =
+        kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
     let hub = Arc::new(server::ProgressHub::default());
+    let job_cache = controller::job_cache();
     let directory = Arc::new(controller::KubeDirectory {
-        client: client.clone(),
+        jobs: job_cache.0.clone(),
     });
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -203,15 +252,18 @@ async fn operator(
         }
     });
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-        kube::Api::namespaced(client.clone(), &lease_namespace);
+        kube::Api::namespaced(lease_client, &lease_namespace);
     let election = tokio::spawn(leader::run(
         leases.clone(),
         candidate.clone(),
         Arc::clone(&hub),
     ));
-    tokio::spawn(controller::write_progress(client.clone(), Arc::clone(&hub)));
+    tokio::spawn(controller::write_progress(
+        progress_client,
+        Arc::clone(&hub),
+    ));
     // Returns on SIGTERM once in-flight reconciles finish.
-    controller::run(client, settings, namespace, Arc::clone(&hub)).await;
+    controller::run(client, settings, options, job_cache, Arc::clone(&hub)).await;
     // Hand over at once instead of leaving the others to wait for the lease to expire.
     election.abort();
     hub.leader.store(false, std::sync::atomic::Ordering::SeqCst);

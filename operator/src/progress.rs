@@ -185,6 +185,15 @@ pub fn random_token() -> Option<String> {
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// SHA-256 of a token, in lowercase hex: what the job records instead of the token.
+pub fn token_sha256(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `4m12s`, `1h03m`, `12s`.
 pub fn human_duration(seconds: i64) -> String {
     let s = seconds.max(0);
@@ -197,6 +206,14 @@ pub fn human_duration(seconds: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn token_digest_is_sha256_hex() {
+        assert_eq!(
+            token_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
     use ferrotrain_crds::progress::CheckpointReport;
 
     use super::*;

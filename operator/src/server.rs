@@ -22,6 +22,11 @@ use crate::progress::{ProgressTracker, Rejection, bearer};
 /// Shortest interval between two status writes of one job's progress.
 pub const WRITE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Upper bounds (seconds) of the reconcile latency histogram.
+pub const RECONCILE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 /// Where the endpoint learns a job's token, attempt and batch size.
 pub trait JobDirectory: Send + Sync + 'static {
     /// The job's progress token, current attempt and per-worker batch size; `None` if unknown.
@@ -31,8 +36,8 @@ pub trait JobDirectory: Send + Sync + 'static {
 /// What the endpoint needs to know about a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInfo {
-    /// Bearer token from the job's Secret.
-    pub token: String,
+    /// SHA-256 (hex) of the job's bearer token: the endpoint never needs the token itself.
+    pub token_sha256: String,
     /// Current gang attempt.
     pub attempt: u32,
     /// Per-worker batch size.
@@ -56,6 +61,8 @@ struct Counters {
     reconcile_errors: BTreeMap<&'static str, u64>,
     reconciles: u64,
     reconcile_seconds: f64,
+    /// Reconciles that took at most each of [`RECONCILE_BUCKETS`] (not cumulative).
+    reconcile_buckets: [u64; RECONCILE_BUCKETS.len()],
     phases: BTreeMap<String, Phase>,
     restarts: BTreeMap<String, [i64; 4]>,
     goodput: BTreeMap<String, f64>,
@@ -118,9 +125,14 @@ impl ProgressHub {
                 let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
                 let entry = jobs.entry(key).or_default();
                 entry.batch_size = info.batch_size;
-                let result = entry
-                    .tracker
-                    .accept(token, &info.token, body, info.attempt, now);
+                let presented = token.map(crate::progress::token_sha256);
+                let result = entry.tracker.accept(
+                    presented.as_deref(),
+                    &info.token_sha256,
+                    body,
+                    info.attempt,
+                    now,
+                );
                 entry.dirty |= result.is_ok();
                 result
             }
@@ -192,6 +204,9 @@ impl ProgressHub {
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         c.reconciles += 1;
         c.reconcile_seconds += seconds;
+        if let Some(bucket) = RECONCILE_BUCKETS.iter().position(|le| seconds <= *le) {
+            c.reconcile_buckets[bucket] += 1;
+        }
         if let Some(label) = error {
             *c.reconcile_errors.entry(label).or_default() += 1;
         }
@@ -244,6 +259,18 @@ impl ProgressHub {
         out.push_str(&format!(
             "ferrotrain_reconcile_seconds_total {}\n",
             c.reconcile_seconds
+        ));
+        out.push_str("# HELP ferrotrain_reconcile_duration_seconds Reconcile latency.\n# TYPE ferrotrain_reconcile_duration_seconds histogram\n");
+        let mut cumulative = 0;
+        for (le, n) in RECONCILE_BUCKETS.iter().zip(c.reconcile_buckets) {
+            cumulative += n;
+            out.push_str(&format!(
+                "ferrotrain_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "ferrotrain_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\nferrotrain_reconcile_duration_seconds_sum {}\nferrotrain_reconcile_duration_seconds_count {}\n",
+            c.reconciles, c.reconcile_seconds, c.reconciles
         ));
         out.push_str("# HELP ferrotrain_reconcile_errors_total Reconcile errors by category.\n# TYPE ferrotrain_reconcile_errors_total counter\n");
         for (label, n) in &c.reconcile_errors {
@@ -422,12 +449,12 @@ mod tests {
         async fn lookup(&self, namespace: &str, name: &str) -> Option<JobInfo> {
             match (namespace, name) {
                 ("ml", "mnist") => Some(JobInfo {
-                    token: "mnist-token".into(),
+                    token_sha256: crate::progress::token_sha256("mnist-token"),
                     attempt: 2,
                     batch_size: 32,
                 }),
                 ("ml", "other") => Some(JobInfo {
-                    token: "other-token".into(),
+                    token_sha256: crate::progress::token_sha256("other-token"),
                     attempt: 1,
                     batch_size: 32,
                 }),
@@ -604,6 +631,25 @@ mod tests {
                 .metrics()
                 .contains("ferrotrain_progress_forwarded_total{code=\"204\"} 1")
         );
+    }
+
+    #[test]
+    fn reconcile_latency_is_a_cumulative_histogram() {
+        let hub = ProgressHub::leading();
+        for seconds in [0.0002, 0.003, 0.003, 0.2, 30.0] {
+            hub.observe_reconcile("ml/mnist", seconds, None, None);
+        }
+        let metrics = hub.metrics();
+        for line in [
+            "ferrotrain_reconcile_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "ferrotrain_reconcile_duration_seconds_bucket{le=\"0.005\"} 3",
+            "ferrotrain_reconcile_duration_seconds_bucket{le=\"0.25\"} 4",
+            "ferrotrain_reconcile_duration_seconds_bucket{le=\"5\"} 4",
+            "ferrotrain_reconcile_duration_seconds_bucket{le=\"+Inf\"} 5",
+            "ferrotrain_reconcile_duration_seconds_count 5",
+        ] {
+            assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+        }
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrotrain::cache::PodIndex;
 use ferrotrain::children::Settings;
 use ferrotrain::controller::{Context, reconcile};
 use ferrotrain::server::ProgressHub;
@@ -143,18 +144,43 @@ fn job_json(status: Value) -> Value {
         }
     });
     if !status.is_null() {
+        // A job that has run has its token already.
+        value["metadata"]["annotations"] = json!({DIGEST: "ab".repeat(32)});
         value["status"] = status;
     }
     value
 }
 
-fn owner(uid: &str) -> Value {
-    json!([{"apiVersion": "ferrotrain.io/v1alpha1", "kind": "TrainingJob", "name": "mnist", "uid": uid, "controller": true}])
+const DIGEST: &str = "ferrotrain.io/progress-token-sha256";
+
+/// A job's first gang makes its token: a Secret named after the token's digest, then the digest
+/// recorded on the job (with the resourceVersion the decision was made from). The API server
+/// answers with `job` annotated, at resourceVersion 8.
+fn new_token(job: &TrainingJob) -> Vec<Expect> {
+    vec![
+        expect(Method::POST, "/api/v1/namespaces/ml/secrets?").check(|b| {
+            let token = b["stringData"]["token"].as_str().unwrap_or_default();
+            assert_eq!(token.len(), 64);
+            let digest = ferrotrain::progress::token_sha256(token);
+            assert_eq!(b["metadata"]["name"], format!("mnist-progress-{}", &digest[..12]));
+        }),
+        expect(Method::PATCH, "/apis/ferrotrain.io/v1alpha1/namespaces/ml/trainingjobs/mnist?&force=true&fieldManager=ferrotrain-operator")
+            .check(|b| {
+                assert_eq!(b["metadata"]["resourceVersion"], "7");
+                assert_eq!(b["metadata"]["annotations"][DIGEST].as_str().map(str::len), Some(64));
+                assert!(b.get("spec").is_none() && b.get("status").is_none(), "{b}");
+            })
+            .answer(200, {
+                let mut annotated = serde_json::to_value(job).expect("job");
+                annotated["metadata"]["resourceVersion"] = json!("8");
+                annotated["metadata"]["annotations"] = json!({DIGEST: "cd".repeat(32)});
+                annotated
+            }),
+    ]
 }
 
-/// The job's progress-token Secret, as the API server returns it.
-fn token_secret() -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mnist-progress-token", "namespace": "ml", "ownerReferences": owner("0b0e")}})
+fn owner(uid: &str) -> Value {
+    json!([{"apiVersion": "ferrotrain.io/v1alpha1", "kind": "TrainingJob", "name": "mnist", "uid": uid, "controller": true}])
 }
 
 fn pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>) -> Value {
@@ -176,11 +202,12 @@ fn owned_pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>, uid: 
     })
 }
 
-fn pod_list(items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+async fn run(job: TrainingJob, pods: Vec<Value>, script: Vec<Expect>) {
+    run_with(Arc::new(job), pods, script).await;
 }
 
-async fn run(job: TrainingJob, script: Vec<Expect>) {
+/// [`run`], returning the context for another reconcile (whose calls nothing answers).
+async fn run_with(job: Arc<TrainingJob>, pods: Vec<Value>, script: Vec<Expect>) -> Arc<Context> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let hub = Arc::new(ProgressHub::default());
@@ -189,15 +216,22 @@ async fn run(job: TrainingJob, script: Vec<Expect>) {
         default_image: "trainer:test".into(),
         progress_base_url: "http://op:8080".into(),
     };
-    let ctx = Arc::new(Context::new(client, settings, hub));
+    // The pod cache holds what the watch delivered: reconciling never lists pods.
+    let pods = PodIndex::listed_with(
+        pods.into_iter()
+            .map(|p| serde_json::from_value(p).expect("pod")),
+    );
+    let ctx = Arc::new(Context::new(client, settings, hub, pods));
     let verifier = tokio::spawn(verify(handle, script));
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(job), ctx)).await;
+    let result =
+        tokio::time::timeout(Duration::from_secs(10), reconcile(job, Arc::clone(&ctx))).await;
     let result = result.expect("reconcile finished: no request was left unanswered");
     result.expect("reconcile succeeded");
     tokio::time::timeout(Duration::from_secs(10), verifier)
         .await
         .expect("every expected request came")
         .expect("verifier");
+    ctx
 }
 
 const PODS: &str = "/api/v1/namespaces/ml/pods";
@@ -206,15 +240,27 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 
 #[tokio::test]
 async fn a_new_job_gets_its_service_secret_and_gang() {
-    let script = vec![
-        expect(Method::GET, "/api/v1/namespaces/ml/pods?&labelSelector=ferrotrain.io%2Fjob%3Dmnist").answer(200, pod_list(vec![])),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?&force=true&fieldManager=ferrotrain-operator")
-            .check(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
-        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token")
-            .answer(404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
-        expect(Method::POST, "/api/v1/namespaces/ml/secrets?")
-            .check(|b| assert_eq!(b["stringData"]["token"].as_str().map(str::len), Some(64))),
-        expect(Method::POST, PODS).check(|b| assert_eq!(b["metadata"]["name"], "mnist-worker-0")),
+    let mut script = vec![
+        expect(
+            Method::PATCH,
+            "/api/v1/namespaces/ml/services/mnist?&force=true&fieldManager=ferrotrain-operator",
+        )
+        .check(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
+    ];
+    let new = job(Value::Null);
+    script.extend(new_token(&new));
+    script.extend([
+        expect(Method::POST, PODS).check(|b| {
+            assert_eq!(b["metadata"]["name"], "mnist-worker-0");
+            // The workers mount the Secret of the digest the API server answered with.
+            let volumes = b["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+            assert!(
+                volumes
+                    .iter()
+                    .any(|v| v["secret"]["secretName"] == "mnist-progress-cdcdcdcdcdcd"),
+                "{volumes:?}"
+            );
+        }),
         expect(Method::POST, PODS).check(|b| {
             assert_eq!(b["metadata"]["name"], "mnist-worker-1");
             assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "1");
@@ -222,10 +268,12 @@ async fn a_new_job_gets_its_service_secret_and_gang() {
         expect(Method::PATCH, STATUS).check(|b| {
             assert_eq!(b["status"]["phase"], "Scheduling");
             assert_eq!(b["status"]["attempt"], 1);
+            // Written onto the annotated job the decision continued from.
+            assert_eq!(b["metadata"]["resourceVersion"], "8");
         }),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Scheduling")),
-    ];
-    run(job(Value::Null), script).await;
+    ]);
+    run(new, vec![], script).await;
 }
 
 #[tokio::test]
@@ -234,14 +282,8 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
         "progress": {"step": 40, "lastUpdateTime": "2026-01-01T00:00:05Z"},
         "checkpoint": {"uri": "s3://ckpt/mnist/step-40", "step": 40},
         "conditions": [{"type": "Running", "status": "True", "reason": "GangRunning", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    let pods = vec![pod(0, 1, "Running", None), pod(1, 1, "Failed", Some(1))];
     let script = vec![
-        expect(Method::GET, PODS).answer(
-            200,
-            pod_list(vec![
-                pod(0, 1, "Running", None),
-                pod(1, 1, "Failed", Some(1)),
-            ]),
-        ),
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
             .answer(200, pod(0, 1, "Running", None)),
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
@@ -259,27 +301,22 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "WorkerFailed")),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Restarting")),
     ];
-    run(job(running), script).await;
+    run(job(running), pods, script).await;
 }
 
 #[tokio::test]
 async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    // The token made for the first attempt is kept: no Secret call at all.
     let script = vec![
-        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(
-            Method::GET,
-            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
-        )
-        .answer(200, token_secret()),
         expect(Method::POST, PODS)
             .check(|b| assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "2")),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS).check(|b| assert_eq!(b["status"]["phase"], "Scheduling")),
         expect(Method::POST, EVENTS),
     ];
-    run(job(restarting), script).await;
+    run(job(restarting), vec![], script).await;
 }
 
 #[tokio::test]
@@ -290,10 +327,12 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         queue: Some("research".into()),
         ..Default::default()
     });
-    let script = vec![
-        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(Method::GET, "/api/v1/namespaces/ml/secrets/mnist-progress-token").answer(200, token_secret()),
+    let mut script = vec![expect(
+        Method::PATCH,
+        "/api/v1/namespaces/ml/services/mnist?",
+    )];
+    script.extend(new_token(&job));
+    script.extend([
         expect(Method::PATCH, "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1?&force=true&fieldManager=ferrotrain-operator")
             .check(|b| {
                 assert_eq!(b["spec"]["minMember"], 2);
@@ -306,52 +345,44 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS),
         expect(Method::POST, EVENTS),
-    ];
-    run(job, script).await;
+    ]);
+    run(job, vec![], script).await;
 }
 
 #[tokio::test]
 async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
     // The job was deleted and created again: its predecessor's pods (another owner UID) still
     // terminate. They are deleted and waited for; the new gang is not created over them.
-    let script = vec![
-        expect(Method::GET, PODS).answer(
-            200,
-            pod_list(vec![
-                owned_pod(0, 1, "Running", None, "old-uid"),
-                owned_pod(1, 1, "Running", None, "old-uid"),
-            ]),
-        ),
+    let pods = vec![
+        owned_pod(0, 1, "Running", None, "old-uid"),
+        owned_pod(1, 1, "Running", None, "old-uid"),
+    ];
+    let mut script = vec![
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
             .answer(200, owned_pod(0, 1, "Running", None, "old-uid")),
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
             .answer(200, owned_pod(1, 1, "Running", None, "old-uid")),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(
-            Method::GET,
-            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
-        )
-        .answer(200, token_secret()),
-        expect(Method::PATCH, STATUS).check(|b| {
-            assert_eq!(b["status"]["phase"], "Pending");
-            assert_eq!(b["status"]["workers"]["created"], 0);
-        }),
     ];
-    run(job(Value::Null), script).await;
+    // The predecessor's token Secret has another name (its own digest): never in the way.
+    script.extend(new_token(&job(Value::Null)));
+    script.push(expect(Method::PATCH, STATUS).check(|b| {
+        assert_eq!(b["status"]["phase"], "Pending");
+        assert_eq!(b["status"]["workers"]["created"], 0);
+    }));
+    run(job(Value::Null), pods, script).await;
 }
 
 #[tokio::test]
 async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
     let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
         "message": "pods \"mnist-worker-0\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
-    let script = vec![
-        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(
-            Method::GET,
-            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
-        )
-        .answer(200, token_secret()),
+    let mut script = vec![expect(
+        Method::PATCH,
+        "/api/v1/namespaces/ml/services/mnist?",
+    )];
+    script.extend(new_token(&job(Value::Null)));
+    script.extend([
         expect(Method::POST, PODS).answer(403, quota.clone()),
         expect(Method::POST, PODS).answer(403, quota),
         expect(Method::PATCH, STATUS).check(|b| {
@@ -375,8 +406,8 @@ async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
         }),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Scheduling")),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "QuotaExceeded")),
-    ];
-    run(job(Value::Null), script).await;
+    ]);
+    run(job(Value::Null), vec![], script).await;
 }
 
 #[tokio::test]
@@ -389,13 +420,7 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
     });
     let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
     let script = vec![
-        expect(Method::GET, PODS).answer(200, pod_list(vec![])),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(
-            Method::GET,
-            "/api/v1/namespaces/ml/secrets/mnist-progress-token",
-        )
-        .answer(200, token_secret()),
         expect(
             Method::PATCH,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
@@ -411,5 +436,35 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
         // Events of attempt 2 form their own series (the recorder keys a series on the action).
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
     ];
-    run(job, script).await;
+    run(job, vec![], script).await;
+}
+
+#[tokio::test]
+async fn a_copy_older_than_the_last_status_write_is_not_decided_on() {
+    // A pod event can start a reconcile before the watch has delivered the reconciler's own
+    // status write. Deciding on that copy would restart the gang a second time and charge a
+    // second restart (the write's precondition would refuse it, as a conflict). It waits instead.
+    let running = json!({"phase": "Running", "attempt": 1,
+        "conditions": [{"type": "Running", "status": "True", "reason": "GangRunning", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+    let job = Arc::new(job(running.clone()));
+    let pods = vec![pod(0, 1, "Running", None), pod(1, 1, "Failed", Some(1))];
+    let script = vec![
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
+            .answer(200, pod(0, 1, "Running", None)),
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
+            .answer(200, pod(1, 1, "Failed", Some(1))),
+        expect(Method::PATCH, STATUS).answer(200, {
+            let mut written = job_json(running);
+            written["metadata"]["resourceVersion"] = json!("9");
+            written
+        }),
+        expect(Method::POST, EVENTS),
+        expect(Method::POST, EVENTS),
+    ];
+    let ctx = run_with(Arc::clone(&job), pods, script).await;
+    // The same copy (resourceVersion 7) again: no API call (nothing would answer one).
+    tokio::time::timeout(Duration::from_secs(5), reconcile(job, ctx))
+        .await
+        .expect("no request was made")
+        .expect("the stale copy is put off, not failed");
 }

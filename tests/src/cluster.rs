@@ -270,6 +270,50 @@ pub fn documents_of_kind(rendered: &str, kinds: &[&str]) -> String {
         .join("\n---\n")
 }
 
+/// An operator installed the way the chart installs it: the chart's ServiceAccount and RBAC
+/// applied in a fresh namespace, the binary authenticating with that account's token.
+pub struct Installed {
+    /// The operator process.
+    pub operator: Operator,
+    /// Where the chart's ServiceAccount and the operator's Lease live.
+    pub namespace: String,
+}
+
+/// Installs the operator as the chart would, with chart `values` and `extra` operator arguments.
+pub async fn install_operator(cluster: &Cluster, values: &[&str], extra: &[&str]) -> Installed {
+    let client = cluster.admin().await;
+    let namespace = test_namespace(&client, "ferrotrain-system", "restricted").await;
+    let rendered = render_chart("ferrotrain", &namespace, values);
+    let rbac = documents_of_kind(
+        &rendered,
+        &[
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ],
+    );
+    cluster.kubectl_ok(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ferrotrain-tests",
+            "-f",
+            "-",
+        ],
+        Some(&rbac),
+    );
+    let kubeconfig = cluster
+        .service_account_kubeconfig(&namespace, "ferrotrain")
+        .await;
+    let operator = Operator::start(&kubeconfig, &namespace, "operator-0", extra);
+    Installed {
+        operator,
+        namespace,
+    }
+}
+
 /// The `ferrotrain operator` binary running against the cluster as a child process.
 pub struct Operator {
     child: Child,
@@ -330,6 +374,11 @@ impl Operator {
     /// Sends a signal to the operator process (`kill -SIGNAL`).
     pub fn signal(&self, signal: &str) {
         send_signal(self.child.id(), signal);
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process has exited.
@@ -491,6 +540,34 @@ pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status();
+}
+
+/// The name of a job's progress-token Secret, from the digest the operator recorded on the job.
+pub async fn token_secret_name(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, String> {
+    let job = Api::<ferrotrain_crds::TrainingJob>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| format!("job {name}: {e}"))?;
+    let digest = ferrotrain::children::token_sha256_of(&job)
+        .ok_or_else(|| format!("job {name} has no token digest"))?;
+    Ok(ferrotrain::children::token_secret_name(name, digest))
+}
+
+/// A job's progress token, as its workers read it; checked against the digest on the job.
+pub async fn job_token(client: &Client, namespace: &str, job: &str) -> Result<String, String> {
+    let name = token_secret_name(client, namespace, job).await?;
+    let token = secret_value(client, namespace, &name, ferrotrain::children::TOKEN_KEY).await?;
+    let digest = ferrotrain::progress::token_sha256(&token);
+    if ferrotrain::children::token_secret_name(job, &digest) != name {
+        return Err(format!(
+            "the token in {name} does not match the job's digest"
+        ));
+    }
+    Ok(token)
 }
 
 /// The value of `key` in a Secret, as text.

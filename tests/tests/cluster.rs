@@ -8,9 +8,9 @@ use std::time::Duration;
 use ferrotrain::manifest::{Admission, Layer, parse_documents};
 use ferrotrain_crds::TrainingJob;
 use ferrotrain_tests::cluster::{
-    Cluster, Operator, dedicated_node, delete_namespace, documents_of_kind, hold_pod, install_crd,
-    job_pods, post_progress, release_pod, render_chart, secret_value, send_signal,
-    terminate_container, test_namespace, wait_for,
+    Cluster, Installed, Operator, dedicated_node, delete_namespace, hold_pod, install_crd,
+    install_operator, job_pods, job_token, post_progress, release_pod, render_chart, send_signal,
+    terminate_container, test_namespace, token_secret_name, wait_for,
 };
 use ferrotrain_tests::workspace_root;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -144,47 +144,6 @@ impl Scenario {
             installed,
             namespace,
         }
-    }
-}
-
-/// An operator installed the way the chart installs it: the chart's ServiceAccount and RBAC
-/// applied in a fresh namespace, the binary authenticating with that account's token.
-struct Installed {
-    operator: Operator,
-    namespace: String,
-}
-
-async fn install_operator(cluster: &Cluster, values: &[&str], extra: &[&str]) -> Installed {
-    let client = cluster.admin().await;
-    let namespace = test_namespace(&client, "ferrotrain-system", "restricted").await;
-    let rendered = render_chart("ferrotrain", &namespace, values);
-    let rbac = documents_of_kind(
-        &rendered,
-        &[
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-        ],
-    );
-    cluster.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=ferrotrain-tests",
-            "-f",
-            "-",
-        ],
-        Some(&rbac),
-    );
-    let kubeconfig = cluster
-        .service_account_kubeconfig(&namespace, "ferrotrain")
-        .await;
-    let operator = Operator::start(&kubeconfig, &namespace, "operator-0", extra);
-    Installed {
-        operator,
-        namespace,
     }
 }
 
@@ -444,7 +403,7 @@ async fn a_job_runs_to_success_with_the_charts_rbac() {
     assert_eq!(status.attempt, Some(1));
 
     // Progress from rank 0, with the job's token, through the operator's endpoint.
-    let token = secret_value(&client, &namespace, "happy-progress-token", "token")
+    let token = job_token(&client, &namespace, "happy")
         .await
         .expect("the job's progress token");
     let report = serde_json::json!({
@@ -529,6 +488,16 @@ async fn deleting_a_job_collects_its_children() {
     } = Scenario::start("gc", "restricted").await;
     create_job(&client, &namespace, &job_manifest("gc", 2, "")).await;
     wait_phase(&client, &namespace, "gc", "Running", 60).await;
+    let secret_name = token_secret_name(&client, &namespace, "gc")
+        .await
+        .expect("token secret");
+    assert!(
+        Api::<Secret>::namespaced(client.clone(), &namespace)
+            .get_opt(&secret_name)
+            .await
+            .expect("get secret")
+            .is_some()
+    );
     Api::<TrainingJob>::namespaced(client.clone(), &namespace)
         .delete("gc", &DeleteParams::background())
         .await
@@ -536,7 +505,7 @@ async fn deleting_a_job_collects_its_children() {
     wait_for("children collected", Duration::from_secs(60), || async {
         let pods = job_pods(&client, &namespace, "gc").await;
         let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
-            .get_opt("gc-progress-token")
+            .get_opt(&secret_name)
             .await
             .ok()?;
         let service =
@@ -907,8 +876,9 @@ async fn a_job_recreated_under_the_same_name_starts_clean() {
         );
     }
     let secret = wait_for("new token secret", Duration::from_secs(30), || async {
+        let name = token_secret_name(&client, &namespace, "again").await.ok()?;
         let secret = Api::<Secret>::namespaced(client.clone(), &namespace)
-            .get_opt("again-progress-token")
+            .get_opt(&name)
             .await
             .ok()??;
         owned(&secret.metadata).then_some(secret)
@@ -1090,7 +1060,7 @@ async fn two_replicas_hand_over_and_lose_no_progress() {
     let namespace = test_namespace(&client, "leader", "restricted").await;
     create_job(&client, &namespace, &job_manifest("led", 2, "")).await;
     wait_phase(&client, &namespace, "led", "Running", 60).await;
-    let token = secret_value(&client, &namespace, "led-progress-token", "token")
+    let token = job_token(&client, &namespace, "led")
         .await
         .expect("the job's progress token");
     let report = |step: u64| {

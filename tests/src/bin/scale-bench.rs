@@ -1,0 +1,589 @@
+//! Scale benchmark of the operator on the control plane of `scripts/cluster.sh`: JOBS TrainingJobs
+//! of 4 workers created in a burst, rank 0 of every running job reporting progress every 2 s with
+//! the job's real token, then every job completed. The operator runs the way the chart installs
+//! it (its ServiceAccount and RBAC, the chart's default limits). Prints a report; run through
+//! `scripts/bench-scale.sh`, which starts a fresh control plane with 100 nodes for each size.
+//!
+//! Usage: `scale-bench JOBS [STEADY_SECONDS]`
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferrotrain_crds::{Phase, TrainingJob};
+use ferrotrain_tests::cluster::{
+    Cluster, install_crd, install_operator, terminate_container, test_namespace,
+};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+
+const WORKERS: u32 = 4;
+/// Requests in flight at once from the benchmark's own clients (creates, completions).
+const DRIVER_CONCURRENCY: usize = 32;
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+fn job(name: &str) -> TrainingJob {
+    let yaml = format!(
+        r#"
+apiVersion: ferrotrain.io/v1alpha1
+kind: TrainingJob
+metadata: {{name: {name}}}
+spec:
+  workers:
+    replicas: {WORKERS}
+    resources: {{requests: {{cpu: 50m, memory: 64Mi}}, limits: {{memory: 64Mi}}}}
+  trainer:
+    model: {{type: mlp}}
+    dataset: {{type: mnist}}
+    batchSize: 64
+    maxSteps: 1000000
+  checkpoint: {{uri: "s3://ferrotrain/{name}", everySteps: 1000}}
+  runPolicy: {{gang: {{scheduleTimeoutSeconds: 900}}}}
+"#
+    );
+    serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("job manifest: {e}"))
+}
+
+/// `apiserver_request_total` and the 429s, by (verb, resource[/subresource], code).
+type RequestCounts = BTreeMap<(String, String, String), f64>;
+
+async fn get_text(client: &Client, path: &str) -> String {
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .unwrap_or_else(|e| panic!("request {path}: {e}"));
+    client
+        .request_text(request)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// The value of `label` in a Prometheus series' label set.
+fn label<'a>(labels: &'a str, name: &str) -> &'a str {
+    labels
+        .split(',')
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=\"")))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or("")
+}
+
+fn series<'a>(text: &'a str, metric: &str) -> impl Iterator<Item = (&'a str, f64)> {
+    let prefix = format!("{metric}{{");
+    text.lines().filter_map(move |line| {
+        let rest = line.strip_prefix(&prefix)?;
+        let (labels, value) = rest.rsplit_once("} ")?;
+        Some((labels, value.trim().parse().ok()?))
+    })
+}
+
+async fn api_requests(client: &Client) -> RequestCounts {
+    let text = get_text(client, "/metrics").await;
+    let mut counts = RequestCounts::new();
+    for (labels, value) in series(&text, "apiserver_request_total") {
+        let resource = match label(labels, "subresource") {
+            "" => label(labels, "resource").to_string(),
+            sub => format!("{}/{sub}", label(labels, "resource")),
+        };
+        *counts
+            .entry((
+                label(labels, "verb").to_string(),
+                resource,
+                label(labels, "code").to_string(),
+            ))
+            .or_default() += value;
+    }
+    counts
+}
+
+/// The operator's reconcile histogram: (upper bound, cumulative count).
+async fn reconcile_histogram(address: &str) -> Vec<(f64, f64)> {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|e| panic!("operator metrics: {e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    series(&text, "ferrotrain_reconcile_duration_seconds_bucket")
+        .map(|(labels, n)| {
+            let le = label(labels, "le");
+            (le.parse().unwrap_or(f64::INFINITY), n)
+        })
+        .collect()
+}
+
+/// The `q` quantile from the difference of two cumulative histograms, as the bucket bound
+/// (Prometheus' `histogram_quantile` without interpolation: an upper bound).
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (f64, f64) {
+    let diff: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, m)| *m);
+            (*le, n - earlier)
+        })
+        .collect();
+    let total = diff.last().map_or(0.0, |(_, n)| *n);
+    let bound = diff
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::INFINITY, |(le, _)| *le);
+    (bound, total)
+}
+
+/// Resident set (current, peak) in MiB and CPU seconds (user + system) of a process.
+fn process_usage(pid: u32) -> (f64, f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks are USER_HZ, 100 a second on Linux.
+    let hz = 100.0;
+    (
+        kib("VmRSS:") / 1024.0,
+        kib("VmHWM:") / 1024.0,
+        (ticks(11) + ticks(12)) / hz,
+    )
+}
+
+fn count_phases(store: &reflector::Store<TrainingJob>) -> BTreeMap<String, usize> {
+    let mut phases = BTreeMap::new();
+    for job in store.state() {
+        let phase = job
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map_or("None".to_string(), |p| format!("{p:?}"));
+        *phases.entry(phase).or_default() += 1;
+    }
+    phases
+}
+
+async fn wait_all(
+    store: &reflector::Store<TrainingJob>,
+    jobs: usize,
+    phase: Phase,
+    limit: Duration,
+) -> Option<Instant> {
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let done = store
+            .state()
+            .iter()
+            .filter(|j| j.status.as_ref().and_then(|s| s.phase) == Some(phase))
+            .count();
+        if done == jobs {
+            return Some(Instant::now());
+        }
+        if start.elapsed() > limit {
+            eprintln!("timed out waiting for {phase:?}: {:?}", count_phases(store));
+            return None;
+        }
+        if last_print.elapsed() > Duration::from_secs(10) {
+            eprintln!(
+                "  {:>5.0}s {:?}",
+                start.elapsed().as_secs_f64(),
+                count_phases(store)
+            );
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Pods scheduled per second by the scheduler in this run: from the pods' PodScheduled
+/// transition times (1 s resolution).
+fn scheduler_throughput(pods: &[Pod]) -> (usize, f64) {
+    let times: Vec<i64> = pods
+        .iter()
+        .filter_map(|p| {
+            p.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "True")?
+                .last_transition_time
+                .as_ref()
+                .map(|t| t.0.as_second())
+        })
+        .collect();
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return (0, 0.0);
+    };
+    (
+        times.len(),
+        times.len() as f64 / ((last - first) as f64 + 1.0),
+    )
+}
+
+/// Rank 0 of every job reports progress every 2 s until `stop`; returns nothing, counts answers.
+async fn load_generator(
+    address: String,
+    namespace: String,
+    tokens: Vec<(String, String)>,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    refused: Arc<AtomicU64>,
+) {
+    let http = reqwest::Client::new();
+    let mut step = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let round = Instant::now();
+        step += 100;
+        futures::stream::iter(tokens.iter())
+            .for_each_concurrent(64, |(name, token)| {
+                let http = http.clone();
+                let url = format!(
+                    "http://{address}/v1/namespaces/{namespace}/trainingjobs/{name}/progress"
+                );
+                let accepted = Arc::clone(&accepted);
+                let refused = Arc::clone(&refused);
+                async move {
+                    let body = serde_json::json!({
+                        "attempt": 1, "worldSize": WORKERS, "step": step, "totalSteps": 1_000_000,
+                        "epoch": 0, "loss": 0.5,
+                    });
+                    let ok = http
+                        .post(&url)
+                        .bearer_auth(token)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().as_u16() == 204);
+                    if ok { &accepted } else { &refused }.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .await;
+        let spent = round.elapsed();
+        if spent < PROGRESS_EVERY {
+            tokio::time::sleep(PROGRESS_EVERY - spent).await;
+        }
+    }
+}
+
+fn print_rates(
+    title: &str,
+    before: &RequestCounts,
+    after: &RequestCounts,
+    seconds: f64,
+    jobs: usize,
+) {
+    let mut rates: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for (key, value) in after {
+        let delta = value - before.get(key).copied().unwrap_or(0.0);
+        if delta > 0.0 {
+            *rates.entry((key.0.clone(), key.1.clone())).or_default() += delta / seconds;
+        }
+    }
+    let mut sorted: Vec<_> = rates.into_iter().collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("\n{title} ({seconds:.0} s window), API server requests/s by verb and resource:");
+    println!("| verb | resource | req/s | per job per minute |");
+    println!("|---|---|---:|---:|");
+    for ((verb, resource), rate) in sorted.iter().take(16) {
+        println!(
+            "| {verb} | {resource} | {rate:.2} | {:.3} |",
+            rate * 60.0 / jobs as f64
+        );
+    }
+}
+
+fn code_total(counts: &RequestCounts, code: &str) -> f64 {
+    counts
+        .iter()
+        .filter(|((_, _, c), _)| c == code)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn rate_of(
+    before: &RequestCounts,
+    after: &RequestCounts,
+    matches: impl Fn(&str, &str) -> bool,
+    seconds: f64,
+) -> f64 {
+    after
+        .iter()
+        .filter(|((verb, resource, _), _)| matches(verb, resource))
+        .map(|(key, value)| value - before.get(key).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        / seconds
+}
+
+async fn bench(jobs: usize, steady: Duration) {
+    ferrotrain::controller::install_tls_provider();
+    let cluster = Cluster::from_env();
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let installed = install_operator(&cluster, &[], &[]).await;
+    let operator = &installed.operator;
+    let namespace = test_namespace(&client, "scale", "restricted").await;
+    let api: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+
+    let (store, writer) = reflector::store();
+    let watch = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .try_for_each(|_| async { Ok(()) });
+    tokio::spawn(watch);
+    store
+        .wait_until_ready()
+        .await
+        .unwrap_or_else(|e| panic!("job watch: {e}"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let requests_start = api_requests(&client).await;
+    let histogram_start = reconcile_histogram(&operator.address).await;
+    let (_, _, cpu_start) = process_usage(operator.pid());
+    let created_from = Instant::now();
+    eprintln!("creating {jobs} jobs of {WORKERS} workers in {namespace}");
+    futures::stream::iter(0..jobs)
+        .for_each_concurrent(DRIVER_CONCURRENCY, |i| {
+            let api = api.clone();
+            async move {
+                let name = format!("job-{i:05}");
+                if let Err(e) = api.create(&PostParams::default(), &job(&name)).await {
+                    panic!("create {name}: {e}");
+                }
+            }
+        })
+        .await;
+    let last_create = Instant::now();
+    eprintln!(
+        "created in {:.1}s; waiting for every gang to run",
+        (last_create - created_from).as_secs_f64()
+    );
+    let running = wait_all(&store, jobs, Phase::Running, Duration::from_secs(1800)).await;
+    let to_running = running.map(|t| (t - last_create).as_secs_f64());
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let (scheduled, scheduler_rate) = scheduler_throughput(&pods);
+    let (_, _, cpu_burst) = process_usage(operator.pid());
+    let histogram_burst = reconcile_histogram(&operator.address).await;
+    let requests_burst = api_requests(&client).await;
+    let burst_seconds = running.map_or(1.0, |t| (t - created_from).as_secs_f64());
+
+    // Steady state: progress from every job's rank 0, with the token its workers mount.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let by_name: BTreeMap<String, String> = secrets
+        .into_iter()
+        .filter_map(|s| {
+            let token = s.data.as_ref()?.get(ferrotrain::children::TOKEN_KEY)?;
+            Some((s.name_any(), String::from_utf8_lossy(&token.0).into_owned()))
+        })
+        .collect();
+    let tokens: Vec<(String, String)> = store
+        .state()
+        .iter()
+        .filter_map(|j| {
+            let digest = ferrotrain::children::token_sha256_of(j)?;
+            let secret = ferrotrain::children::token_secret_name(&j.name_any(), digest);
+            Some((j.name_any(), by_name.get(&secret)?.clone()))
+        })
+        .collect();
+    eprintln!(
+        "steady state: {} jobs report progress every 2 s",
+        tokens.len()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let generator = tokio::spawn(load_generator(
+        operator.address.clone(),
+        namespace.clone(),
+        tokens,
+        Arc::clone(&stop),
+        Arc::clone(&accepted),
+        Arc::clone(&refused),
+    ));
+    // Let the first round of progress writes pass before measuring.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let requests_steady = api_requests(&client).await;
+    let histogram_steady = reconcile_histogram(&operator.address).await;
+    let (_, _, cpu_steady) = process_usage(operator.pid());
+    let accepted_steady = accepted.load(Ordering::Relaxed);
+    let window = Instant::now();
+    tokio::time::sleep(steady).await;
+    let seconds = window.elapsed().as_secs_f64();
+    let requests_steady_end = api_requests(&client).await;
+    let histogram_steady_end = reconcile_histogram(&operator.address).await;
+    let (rss, _, cpu_steady_end) = process_usage(operator.pid());
+    let reports = (accepted.load(Ordering::Relaxed) - accepted_steady) as f64 / seconds;
+    stop.store(true, Ordering::SeqCst);
+    let _ = generator.await;
+
+    // Completion: every worker exits 0, as a kubelet reports it.
+    let completed_from = Instant::now();
+    futures::stream::iter(0..jobs)
+        .for_each_concurrent(DRIVER_CONCURRENCY, |i| {
+            let client = client.clone();
+            let namespace = namespace.clone();
+            async move {
+                for rank in 0..WORKERS {
+                    terminate_container(
+                        &client,
+                        &namespace,
+                        &format!("job-{i:05}-worker-{rank}"),
+                        0,
+                    )
+                    .await;
+                }
+            }
+        })
+        .await;
+    let succeeded = wait_all(&store, jobs, Phase::Succeeded, Duration::from_secs(1800)).await;
+    let to_succeeded = succeeded.map(|t| (t - completed_from).as_secs_f64());
+    let histogram_end = reconcile_histogram(&operator.address).await;
+    let requests_end = api_requests(&client).await;
+    let (_, peak, cpu_end) = process_usage(operator.pid());
+
+    let status_writes = rate_of(
+        &requests_steady,
+        &requests_steady_end,
+        |verb, resource| verb == "PATCH" && resource == "trainingjobs/status",
+        seconds,
+    );
+    let operator_other = rate_of(
+        &requests_steady,
+        &requests_steady_end,
+        |verb, resource| {
+            let ours = matches!(
+                resource,
+                "trainingjobs" | "pods" | "services" | "secrets" | "events" | "podgroups" | "nodes"
+            );
+            // Watches are long-running: counted once, when they start.
+            ours && verb != "WATCH"
+        },
+        seconds,
+    );
+    let (p50_all, n_all) = quantile(&histogram_start, &histogram_end, 0.5);
+    let (p99_all, _) = quantile(&histogram_start, &histogram_end, 0.99);
+    let (p50_burst, n_burst) = quantile(&histogram_start, &histogram_burst, 0.5);
+    let (p99_burst, _) = quantile(&histogram_start, &histogram_burst, 0.99);
+    let (p50_steady, n_steady) = quantile(&histogram_steady, &histogram_steady_end, 0.5);
+    let (p99_steady, _) = quantile(&histogram_steady, &histogram_steady_end, 0.99);
+    let fmt_s = |s: Option<f64>| s.map_or("did not finish".to_string(), |s| format!("{s:.1} s"));
+
+    println!(
+        "\n## {jobs} TrainingJobs x {WORKERS} workers ({} pods)",
+        jobs * WORKERS as usize
+    );
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| last create -> every gang Running | {} |",
+        fmt_s(to_running)
+    );
+    println!(
+        "| scheduler throughput (PodScheduled times) | {scheduler_rate:.0} pods/s over {scheduled} pods |"
+    );
+    println!(
+        "| first create -> every gang Running, pods/s | {:.0} |",
+        (jobs * WORKERS as usize) as f64 / burst_seconds
+    );
+    println!(
+        "| completion -> every job Succeeded | {} |",
+        fmt_s(to_succeeded)
+    );
+    println!(
+        "| reconcile p50 / p99, burst ({n_burst:.0} reconciles) | <= {:.1} / <= {:.1} ms |",
+        p50_burst * 1e3,
+        p99_burst * 1e3
+    );
+    println!(
+        "| reconcile p50 / p99, steady ({n_steady:.0} reconciles) | <= {:.1} / <= {:.1} ms |",
+        p50_steady * 1e3,
+        p99_steady * 1e3
+    );
+    println!(
+        "| reconcile p50 / p99, whole run ({n_all:.0} reconciles) | <= {:.1} / <= {:.1} ms |",
+        p50_all * 1e3,
+        p99_all * 1e3
+    );
+    println!(
+        "| progress reports accepted (steady) | {reports:.0} /s; {} refused in all |",
+        refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "| progress status writes (steady) | {status_writes:.1} /s = 1 per job per {:.1} s |",
+        jobs as f64 / status_writes.max(1e-9)
+    );
+    println!(
+        "| other operator requests (steady) | {operator_other:.2} /s = {:.3} per job per minute |",
+        operator_other * 60.0 / jobs as f64
+    );
+    println!(
+        "| HTTP 429 answers (whole run) | {:.0} |",
+        code_total(&requests_end, "429") - code_total(&requests_start, "429")
+    );
+    println!("| operator RSS steady / peak | {rss:.1} / {peak:.1} MiB |");
+    println!(
+        "| operator CPU burst / steady / completion | {:.2} / {:.2} / {:.2} cores |",
+        (cpu_burst - cpu_start) / burst_seconds,
+        (cpu_steady_end - cpu_steady) / seconds,
+        (cpu_end - cpu_steady_end) / completed_from.elapsed().as_secs_f64()
+    );
+    print_rates(
+        "Burst",
+        &requests_start,
+        &requests_burst,
+        burst_seconds,
+        jobs,
+    );
+    print_rates(
+        "Steady state",
+        &requests_steady,
+        &requests_steady_end,
+        seconds,
+        jobs,
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let jobs: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| {
+            eprintln!("usage: scale-bench JOBS [STEADY_SECONDS]");
+            std::process::exit(2)
+        });
+    let steady = Duration::from_secs(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(60));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    runtime.block_on(bench(jobs, steady));
+}
