@@ -84,6 +84,13 @@ check_alive() {
   exit 1
 }
 
+# Whether every fake node reports Ready (one list: `kubectl wait` checks nodes one at a time).
+all_nodes_ready() {
+  local ready
+  ready=$("${kubectl[@]}" get nodes --no-headers | awk '$2 == "Ready"' | wc -l)
+  [ "$ready" -eq "$nodes" ]
+}
+
 wait_until() { # description, seconds, command...
   local what=$1 seconds=$2 deadline
   shift 2
@@ -244,7 +251,7 @@ start() {
     --manage-single-node= --server-address="127.0.0.1:$kwok_port" --cidr=10.244.0.0/16 \
     --node-ip=10.0.0.1 --node-lease-duration-seconds=40
   node_manifests | "${kubectl[@]}" apply -f - >/dev/null
-  wait_until "kwok nodes" 60 "${kubectl[@]}" wait --for=condition=Ready node --all --timeout=1s
+  wait_until "kwok nodes" 120 all_nodes_ready
   wait_until "default ServiceAccount" 60 "${kubectl[@]}" get serviceaccount default -n default
   wait_until kube-scheduler 30 curl -skf "https://127.0.0.1:$scheduler_port/healthz"
   log "cluster: ready in $(python3 -c "print(round($(date +%s.%N) - $started, 1))")s with $nodes kwok nodes; logs in $state/logs"

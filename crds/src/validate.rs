@@ -279,8 +279,58 @@ pub fn validate_trainer_spec(trainer: &TrainerSpec) -> Result<(), Vec<FieldError
     }
 }
 
+/// Every number of a trainer spec that is a float, by field path: NaN and ±Inf compare false
+/// against every bound, so each range rule would let them through.
+fn trainer_floats(trainer: &TrainerSpec) -> Vec<(&'static str, Option<f64>)> {
+    let optimizer = trainer.optimizer.as_ref();
+    let schedule = trainer.lr_schedule.as_ref();
+    vec![
+        ("spec.trainer.gradClipNorm", trainer.grad_clip_norm),
+        ("spec.trainer.model.dropout", trainer.model.dropout),
+        (
+            "spec.trainer.dataset.validationSplit",
+            trainer.dataset.validation_split,
+        ),
+        ("spec.trainer.optimizer.lr", optimizer.and_then(|o| o.lr)),
+        (
+            "spec.trainer.optimizer.momentum",
+            optimizer.and_then(|o| o.momentum),
+        ),
+        ("spec.trainer.optimizer.eps", optimizer.and_then(|o| o.eps)),
+        (
+            "spec.trainer.optimizer.weightDecay",
+            optimizer.and_then(|o| o.weight_decay),
+        ),
+        (
+            "spec.trainer.lrSchedule.gamma",
+            schedule.and_then(|s| s.gamma),
+        ),
+        (
+            "spec.trainer.lrSchedule.minLr",
+            schedule.and_then(|s| s.min_lr),
+        ),
+        (
+            "spec.trainer.earlyStopping.minDelta",
+            trainer.early_stopping.as_ref().and_then(|e| e.min_delta),
+        ),
+    ]
+}
+
 fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldError>) {
     let base = "spec.trainer";
+    let before = errors.len();
+    for (field, value) in trainer_floats(trainer) {
+        if let Some(v) = value.filter(|v| !v.is_finite()) {
+            errors.push(FieldError::new(
+                field,
+                format!("must be a finite number, not {v}"),
+            ));
+        }
+    }
+    if errors.len() > before {
+        // The range rules below would repeat the same fields with less helpful messages.
+        return;
+    }
     validate_dataset(&trainer.dataset, errors);
     if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
         errors.push(FieldError::new(
@@ -578,6 +628,35 @@ spec:
     #[test]
     fn a_plain_job_is_valid() {
         assert_eq!(validate(&job(BASE)), Ok(()));
+    }
+
+    #[test]
+    fn non_finite_numbers_are_refused_with_their_field() {
+        let with = |trainer_extra: &str| {
+            job(&BASE.replace(
+                "    epochs: 1\n",
+                &format!("    epochs: 1\n{trainer_extra}"),
+            ))
+        };
+        for (yaml, field) in [
+            (
+                "    optimizer: {type: adam, lr: .nan}\n",
+                "spec.trainer.optimizer.lr",
+            ),
+            (
+                "    optimizer: {type: sgd, momentum: .inf}\n",
+                "spec.trainer.optimizer.momentum",
+            ),
+            ("    gradClipNorm: -.inf\n", "spec.trainer.gradClipNorm"),
+            (
+                "    lrSchedule: {type: cosine, minLr: .nan}\n",
+                "spec.trainer.lrSchedule.minLr",
+            ),
+        ] {
+            let j = with(yaml);
+            assert_eq!(fields(validate(&j)), [field], "{yaml}");
+            assert_eq!(fields(validate_trainer_spec(&j.spec.trainer)), [field]);
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferrotrain_crds::TrainingJob;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
 use crate::children::LABEL_JOB;
@@ -18,7 +19,37 @@ use crate::children::LABEL_JOB;
 /// A job, by namespace and name.
 pub type JobKey = (String, String);
 
-type PodsByJob = HashMap<JobKey, BTreeMap<String, Arc<Pod>>>;
+type PodsByJob = HashMap<JobKey, BTreeMap<String, KeptPod>>;
+
+/// What the index keeps of a pod: its metadata, node and status. A `Pod` holds a `PodSpec` inline
+/// (1.4 KiB of a 2.1 KiB struct, nearly all empty options once slimmed); the node name is all of
+/// the spec the lifecycle reads.
+struct KeptPod {
+    metadata: ObjectMeta,
+    node_name: Option<String>,
+    status: Option<PodStatus>,
+}
+
+impl KeptPod {
+    fn new(pod: Pod) -> Self {
+        Self {
+            node_name: pod.spec.and_then(|s| s.node_name),
+            metadata: pod.metadata,
+            status: pod.status,
+        }
+    }
+
+    fn to_pod(&self) -> Pod {
+        Pod {
+            metadata: self.metadata.clone(),
+            spec: self.node_name.as_ref().map(|node| PodSpec {
+                node_name: Some(node.clone()),
+                ..PodSpec::default()
+            }),
+            status: self.status.clone(),
+        }
+    }
+}
 
 /// The operator's pods (those labelled with [`LABEL_JOB`]), indexed by job.
 #[derive(Default)]
@@ -37,7 +68,7 @@ fn key_of(pod: &Pod) -> Option<(JobKey, String)> {
 
 fn insert(map: &mut PodsByJob, pod: Pod) {
     if let Some((job, name)) = key_of(&pod) {
-        map.entry(job).or_default().insert(name, Arc::new(pod));
+        map.entry(job).or_default().insert(name, KeptPod::new(pod));
     }
 }
 
@@ -77,13 +108,14 @@ impl PodIndex {
         self.listed.load(Ordering::SeqCst)
     }
 
-    /// The pods labelled as `job`'s in `namespace` (of any job with that name: callers check owners).
-    pub fn pods_of(&self, namespace: &str, job: &str) -> Vec<Arc<Pod>> {
+    /// The pods labelled as `job`'s in `namespace` (of any job with that name: callers check
+    /// owners), as slimmed by the watch: metadata, node name and status.
+    pub fn pods_of(&self, namespace: &str, job: &str) -> Vec<Pod> {
         self.pods
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(namespace.to_string(), job.to_string()))
-            .map(|pods| pods.values().cloned().collect())
+            .map(|pods| pods.values().map(KeptPod::to_pod).collect())
             .unwrap_or_default()
     }
 
@@ -238,6 +270,19 @@ mod tests {
         index.apply(&Event::Delete(pod("a", "a-worker-0", "Running")));
         assert_eq!(phases(&index, "a"), ["a-worker-1:Running"]);
         assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn the_node_and_status_survive_the_index() {
+        let mut scheduled = pod("a", "a-worker-0", "Running");
+        scheduled.spec = Some(PodSpec {
+            node_name: Some("n1".into()),
+            ..PodSpec::default()
+        });
+        let index = PodIndex::listed_with([scheduled.clone(), pod("a", "a-worker-1", "Pending")]);
+        let pods = index.pods_of("ml", "a");
+        assert_eq!(pods[0], scheduled);
+        assert_eq!(pods[1].spec, None, "an unscheduled pod has no node");
     }
 
     #[test]

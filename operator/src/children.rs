@@ -30,6 +30,8 @@ pub const TOKEN_DIR: &str = "/var/run/ferrotrain";
 pub const TOKEN_KEY: &str = "token";
 /// Scratch mount (the root file system is read-only).
 pub const SCRATCH_DIR: &str = "/scratch";
+/// Seconds a worker has between SIGTERM and SIGKILL (its emergency checkpoint fits in this).
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 /// UID the workers run as when the image does not say.
 pub const WORKER_UID: i64 = 65532;
 
@@ -327,7 +329,7 @@ pub fn worker_pod(
             hostname: Some(worker),
             subdomain: Some(name),
             restart_policy: Some("Never".into()),
-            termination_grace_period_seconds: Some(30),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             scheduler_name: policy.scheduler_name.clone(),
             priority_class_name: overlay
                 .priority_class_name

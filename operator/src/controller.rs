@@ -648,6 +648,11 @@ impl JobDirectory for KubeDirectory {
     }
 }
 
+/// Pod events of one job come in bursts (a gang is scheduled, starts, becomes ready): they are
+/// folded into one reconcile once the job's pods have been quiet this long. Progress writes never
+/// reach the scheduler (the predicate drops them), so nothing keeps delaying a job.
+const RECONCILE_DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// How the controller runs: the namespace it watches and how many jobs it reconciles at once.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -704,7 +709,11 @@ pub async fn run(
     let context = Arc::new(Context::new(client, settings, Arc::clone(&hub), index));
     let controller = Controller::for_stream(job_events, store.clone())
         .owns_stream(pod_events)
-        .with_config(ControllerConfig::default().concurrency(options.concurrency.max(1)));
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(options.concurrency.max(1))
+                .debounce(RECONCILE_DEBOUNCE),
+        );
     // Deleted jobs are never reconciled again: drop their metric series and write records
     // against the job cache.
     let own = Arc::clone(&context);

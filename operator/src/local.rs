@@ -197,7 +197,7 @@ pub fn run(
         std::thread::spawn(move || serve_progress(listener, &token, &inbox, &attempt_now));
     }
 
-    let display = Display::new(options.json);
+    let display = Display::new(options.json, Arc::clone(&interrupts));
     let batch_size = job.spec.trainer.batch_size.max(1) as u64;
     let mut workers: Vec<Worker> = Vec::new();
     let mut suspended_by_user = false;
@@ -225,6 +225,7 @@ pub fn run(
         }
         let now = Timestamp::now();
         reap(&mut workers);
+        kill_past_grace(&mut workers, now);
         let observed = Observed {
             workers: workers
                 .iter()
@@ -360,6 +361,19 @@ pub fn run(
         // Workers that exited after being deleted are gone, like deleted pods.
         workers.retain(|w| !(w.deleting_since.is_some() && w.exited.is_some()));
         std::thread::sleep(options.tick);
+    }
+}
+
+/// The runner is the kubelet of its workers: one still alive a grace period after its SIGTERM
+/// (stopped, or ignoring the signal) is killed, as a kubelet would, so a restart or a suspension
+/// never waits on it forever.
+fn kill_past_grace(workers: &mut [Worker], now: Timestamp) {
+    for w in workers.iter_mut().filter(|w| w.exited.is_none()) {
+        if let Some(since) = w.deleting_since
+            && now.duration_since(since).as_secs() >= crate::children::TERMINATION_GRACE_SECONDS
+        {
+            let _ = w.child.kill();
+        }
     }
 }
 
@@ -560,10 +574,13 @@ struct Display {
     json: bool,
     bar: indicatif::ProgressBar,
     last_json: Mutex<Option<(Instant, String)>>,
+    /// Counted as one Ctrl-C when the reader of stdout goes away (`… | head -1`).
+    interrupts: Arc<AtomicUsize>,
+    stdout_closed: std::sync::atomic::AtomicBool,
 }
 
 impl Display {
-    fn new(json: bool) -> Self {
+    fn new(json: bool, interrupts: Arc<AtomicUsize>) -> Self {
         let bar = if json {
             indicatif::ProgressBar::hidden()
         } else {
@@ -579,15 +596,28 @@ impl Display {
             json,
             bar,
             last_json: Mutex::new(None),
+            interrupts,
+            stdout_closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Writes one line to stdout. A reader that went away stops the run as Ctrl-C does (the
+    /// workers checkpoint and stop) instead of a panic that would orphan them.
+    fn emit(&self, line: &str) {
+        use std::io::Write;
+        if self.stdout_closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            self.stdout_closed.store(true, Ordering::SeqCst);
+            self.interrupts.fetch_max(1, Ordering::SeqCst);
         }
     }
 
     fn line(&self, text: &str) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "message", "message": text})
-            );
+            self.emit(&serde_json::json!({"event": "message", "message": text}).to_string());
         } else {
             self.bar.println(text);
         }
@@ -595,9 +625,9 @@ impl Display {
 
     fn event(&self, warning: bool, reason: &str, message: &str) {
         if self.json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "event", "type": if warning { "Warning" } else { "Normal" }, "reason": reason, "message": message})
+            self.emit(
+                &serde_json::json!({"event": "event", "type": if warning { "Warning" } else { "Normal" }, "reason": reason, "message": message})
+                    .to_string(),
             );
         } else {
             self.bar.println(format!(
@@ -630,7 +660,7 @@ impl Display {
                     *text != line && at.elapsed() >= Duration::from_secs(1)
                 });
                 if changed {
-                    println!("{line}");
+                    self.emit(&line);
                     *last = Some((Instant::now(), line));
                 }
             }

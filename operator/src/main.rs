@@ -222,22 +222,25 @@ async fn operator(
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;
-    let limited = |qps: f64, burst: u32| -> anyhow::Result<kube::Client> {
+    let hub = Arc::new(server::ProgressHub::default());
+    let limited = |name: &'static str, qps: f64, burst: u32| -> anyhow::Result<kube::Client> {
+        let layer = RateLimitLayer::new(qps, burst);
+        hub.register_throttle(name, layer.stats());
         Ok(kube::client::ClientBuilder::try_from(config.clone())
             .context("connecting to the Kubernetes API")?
-            .with_layer(&RateLimitLayer::new(qps, burst))
+            .with_layer(&layer)
             .build())
     };
     // Three clients, three budgets: a backlog of reconciles never delays a lease renewal, and
     // progress writes never delay the reconciler.
-    let client = limited(limits.api_qps, limits.api_burst)?;
+    let client = limited("reconciler", limits.api_qps, limits.api_burst)?;
     let progress_client = limited(
+        "progress",
         limits.progress_qps,
         limits.progress_qps.ceil().clamp(1.0, 10_000.0) as u32,
     )?;
     let lease_client =
         kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
-    let hub = Arc::new(server::ProgressHub::default());
     let job_cache = controller::job_cache();
     let directory = Arc::new(controller::KubeDirectory {
         jobs: job_cache.0.clone(),
@@ -326,7 +329,8 @@ fn run(file: &std::path::Path, json: bool, state_dir: PathBuf) -> anyhow::Result
     };
     let yaml = serde_yaml::to_string(&serde_json::json!({ "status": status }))?;
     std::fs::write(state_dir.join(&name).join("status.yaml"), &yaml)?;
-    print!("{yaml}");
+    // The reader of stdout may be gone (`… | head -1`); the status is in status.yaml too.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes());
     eprintln!("{name}: {summary}");
     Ok(code)
 }

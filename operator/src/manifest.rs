@@ -153,9 +153,24 @@ pub type Document = (usize, Result<Value, ManifestError>);
 pub fn parse_documents(text: &str) -> Vec<Document> {
     let mut documents = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        match Value::deserialize(document) {
-            Ok(Value::Null) => {}
-            Ok(value) => documents.push((index, Ok(value))),
+        // Through YAML's own values first: JSON has no NaN or infinity, and converting would turn
+        // `.nan` into null, that is into the field's default.
+        let parsed = serde_yaml::Value::deserialize(document).and_then(|yaml| {
+            let mut non_finite = Vec::new();
+            find_non_finite(&yaml, "", &mut non_finite);
+            Ok((serde_yaml::from_value::<Value>(yaml)?, non_finite))
+        });
+        match parsed {
+            Ok((Value::Null, _)) => {}
+            Ok((_, non_finite)) if !non_finite.is_empty() => documents.push((
+                index,
+                Err(ManifestError::new(
+                    Layer::Schema,
+                    &non_finite[0].0,
+                    format!("must be a finite number, not {}", non_finite[0].1),
+                )),
+            )),
+            Ok((value, _)) => documents.push((index, Ok(value))),
             Err(e) => {
                 documents.push((
                     index,
@@ -171,6 +186,37 @@ pub fn parse_documents(text: &str) -> Vec<Document> {
         }
     }
     documents
+}
+
+/// Paths of the NaN and infinite numbers in a YAML document.
+fn find_non_finite(value: &serde_yaml::Value, path: &str, found: &mut Vec<(String, f64)>) {
+    match value {
+        serde_yaml::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| !f.is_finite()) {
+                found.push((path.to_string(), f));
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                find_non_finite(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        serde_yaml::Value::Mapping(map) => {
+            for (key, item) in map {
+                let key = key
+                    .as_str()
+                    .map_or_else(|| format!("{key:?}"), str::to_string);
+                let path = if path.is_empty() {
+                    key
+                } else {
+                    format!("{path}.{key}")
+                };
+                find_non_finite(item, &path, found);
+            }
+        }
+        serde_yaml::Value::Tagged(tagged) => find_non_finite(&tagged.value, path, found),
+        _ => {}
+    }
 }
 
 fn check_type_meta(object: &Value) -> Result<(), Vec<ManifestError>> {
@@ -387,6 +433,27 @@ spec:
         let errors = admission.admit(&job).expect_err("typo");
         assert_eq!(errors[0].field, "spec.workers.replica");
         assert_eq!(errors[0].layer, Layer::Schema);
+    }
+
+    #[test]
+    fn nan_and_infinity_are_refused_where_they_are_written() {
+        let text = JOB.replace(
+            "    epochs: 1\n",
+            "    epochs: 1\n    optimizer: {type: adam, lr: .nan}\n",
+        );
+        let docs = parse_documents(&text);
+        let error = docs[0]
+            .1
+            .as_ref()
+            .expect_err("NaN is not a number a job can use");
+        assert_eq!(
+            (error.layer, error.field.as_str()),
+            (Layer::Schema, "spec.trainer.optimizer.lr")
+        );
+        assert!(error.message.contains("finite"), "{}", error.message);
+        let docs = parse_documents("a: {b: [1, -.inf]}\n");
+        let error = docs[0].1.as_ref().expect_err("infinity");
+        assert_eq!(error.field, "a.b[1]");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! queues in the operator instead of drawing 429s from the API server's priority and fairness.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,10 +48,30 @@ impl TokenBucket {
     }
 }
 
+/// How often and how long a client was held back by its limit (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct ThrottleStats {
+    held: AtomicU64,
+    held_nanos: AtomicU64,
+}
+
+impl ThrottleStats {
+    /// Requests that had to wait for a token.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Seconds the client spent waiting for tokens: near the elapsed time, it runs at its limit.
+    pub fn held_seconds(&self) -> f64 {
+        self.held_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
 /// Layer that limits the requests of every service it wraps to one shared bucket.
 #[derive(Clone)]
 pub struct RateLimitLayer {
     bucket: Arc<Mutex<TokenBucket>>,
+    stats: Arc<ThrottleStats>,
 }
 
 impl RateLimitLayer {
@@ -58,7 +79,13 @@ impl RateLimitLayer {
     pub fn new(qps: f64, burst: u32) -> Self {
         Self {
             bucket: Arc::new(Mutex::new(TokenBucket::new(qps, burst, Instant::now()))),
+            stats: Arc::default(),
         }
+    }
+
+    /// The layer's throttling figures.
+    pub fn stats(&self) -> Arc<ThrottleStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -69,7 +96,9 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             bucket: Arc::clone(&self.bucket),
+            stats: Arc::clone(&self.stats),
             wait: None,
+            waiting_since: None,
             granted: false,
         }
     }
@@ -79,7 +108,9 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     bucket: Arc<Mutex<TokenBucket>>,
+    stats: Arc<ThrottleStats>,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting_since: Option<Instant>,
     granted: bool,
 }
 
@@ -99,14 +130,29 @@ where
                 }
                 self.wait = None;
             }
+            let now = Instant::now();
             let taken = self
                 .bucket
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take(Instant::now());
+                .take(now);
             match taken {
-                Ok(()) => self.granted = true,
-                Err(delay) => self.wait = Some(Box::pin(tokio::time::sleep(delay))),
+                Ok(()) => {
+                    self.granted = true;
+                    if let Some(since) = self.waiting_since.take() {
+                        let nanos = now.duration_since(since).as_nanos();
+                        self.stats
+                            .held_nanos
+                            .fetch_add(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    }
+                }
+                Err(delay) => {
+                    if self.waiting_since.is_none() {
+                        self.waiting_since = Some(now);
+                        self.stats.held.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.wait = Some(Box::pin(tokio::time::sleep(delay)));
+                }
             }
         }
         self.inner.poll_ready(cx)
@@ -156,8 +202,15 @@ mod tests {
                 .expect("answer");
             assert_eq!(answer, n);
         }
-        // Two at once, then ten more at five a second.
+        // Two at once, then ten more at five a second, each held back.
         let elapsed = start.elapsed().as_secs_f64();
         assert!((elapsed - 2.0).abs() < 0.01, "{elapsed}");
+        let stats = layer.stats();
+        assert_eq!(stats.held(), 10);
+        assert!(
+            (stats.held_seconds() - 2.0).abs() < 0.01,
+            "{}",
+            stats.held_seconds()
+        );
     }
 }

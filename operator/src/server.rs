@@ -79,6 +79,8 @@ pub struct ProgressHub {
     pub ready: AtomicBool,
     /// The leader's progress endpoint while another replica leads (from the Lease).
     leader_url: Mutex<Option<String>>,
+    /// Client-side API rate limits, by client.
+    throttles: Mutex<Vec<(&'static str, Arc<crate::ratelimit::ThrottleStats>)>>,
 }
 
 impl ProgressHub {
@@ -87,6 +89,18 @@ impl ProgressHub {
         let hub = Self::default();
         hub.leader.store(true, Ordering::SeqCst);
         hub
+    }
+
+    /// Reports a rate-limited API client's throttling in `/metrics` under `client`.
+    pub fn register_throttle(
+        &self,
+        client: &'static str,
+        stats: Arc<crate::ratelimit::ThrottleStats>,
+    ) {
+        self.throttles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((client, stats));
     }
 
     /// Records where the current leader takes progress reports (`None`: unknown or this replica).
@@ -272,6 +286,22 @@ impl ProgressHub {
             "ferrotrain_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}\nferrotrain_reconcile_duration_seconds_sum {}\nferrotrain_reconcile_duration_seconds_count {}\n",
             c.reconciles, c.reconcile_seconds, c.reconciles
         ));
+        out.push_str("# HELP ferrotrain_api_throttled_requests_total API requests held back by the client-side rate limit.\n# TYPE ferrotrain_api_throttled_requests_total counter\n");
+        let throttles = self.throttles.lock().unwrap_or_else(|e| e.into_inner());
+        for (client, stats) in throttles.iter() {
+            out.push_str(&format!(
+                "ferrotrain_api_throttled_requests_total{{client=\"{client}\"}} {}\n",
+                stats.held()
+            ));
+        }
+        out.push_str("# HELP ferrotrain_api_throttled_seconds_total Time API clients waited for their rate limit.\n# TYPE ferrotrain_api_throttled_seconds_total counter\n");
+        for (client, stats) in throttles.iter() {
+            out.push_str(&format!(
+                "ferrotrain_api_throttled_seconds_total{{client=\"{client}\"}} {}\n",
+                stats.held_seconds()
+            ));
+        }
+        drop(throttles);
         out.push_str("# HELP ferrotrain_reconcile_errors_total Reconcile errors by category.\n# TYPE ferrotrain_reconcile_errors_total counter\n");
         for (label, n) in &c.reconcile_errors {
             out.push_str(&format!(

@@ -253,6 +253,110 @@ fn a_killed_worker_restarts_from_a_checkpoint_in_s3() {
 }
 
 #[test]
+fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let s = Scratch::new("stopped");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest("stopped", &format!("file://{}", ckpt.display()), "");
+    let args = ["run", &manifest.display().to_string(), "--output", "json"];
+    let mut child = s
+        .ferrotrain(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("a committed checkpoint", Duration::from_secs(120), || {
+        manifests(&ckpt) > 0
+    });
+    // A stopped worker cannot act on SIGTERM; only SIGKILL ends it.
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let signal = |name: &str, pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args([name, &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    signal("-STOP", workers[1]);
+    let stopped_at = Instant::now();
+    signal("-INT", child.id());
+    let limit = Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if stopped_at.elapsed() > limit {
+            let _ = child.kill();
+            for pid in &workers {
+                signal("-KILL", *pid);
+            }
+            panic!("the run still waits on its stopped worker after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(130), "suspended");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(60),
+        "ended {:?} after the worker stopped",
+        stopped_at.elapsed()
+    );
+    // Dead or a zombie (its parent is gone): never stopped or running any more.
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z")
+        })
+    };
+    wait_for("the workers to be gone", Duration::from_secs(10), || {
+        !workers.iter().any(alive)
+    });
+}
+
+#[test]
+fn a_closed_stdout_suspends_the_run_instead_of_panicking() {
+    // `ferrotrain run job.yaml --output json | head -1`
+    let s = Scratch::new("epipe");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest("epipe", &format!("file://{}", ckpt.display()), "");
+    let mut child = s
+        .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("a first line");
+    // The reader is gone: the next line the run writes meets a closed pipe.
+    let started = Instant::now();
+    let workers = children_of(child.id());
+    let output = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break child.wait_with_output().expect("output");
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the run did not stop after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(130), "suspended: {stderr}");
+    for pid in workers {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "worker {pid} outlived its supervisor: {stat}"
+        );
+    }
+}
+
+#[test]
 fn ctrl_c_suspends_and_the_same_command_resumes() {
     let s = Scratch::new("sigint");
     let ckpt = s.0.join("ckpt");

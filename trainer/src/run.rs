@@ -201,7 +201,9 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             match e {
                 TrainError::Comm(_) => exit::PEER_LOST,
                 TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
-                TrainError::Model(_) | TrainError::Config(_) => exit::BAD_CONFIG,
+                TrainError::Model(_) | TrainError::Config(_) | TrainError::Diverged { .. } => {
+                    exit::BAD_CONFIG
+                }
                 TrainError::Threads(_) | TrainError::Engine(_) => exit::INTERNAL,
             }
         }

@@ -150,6 +150,16 @@ pub enum TrainError {
     /// The compute threads could not start.
     #[error("cannot start the compute threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),
+    /// The loss stopped being a number: training diverged, and more steps cannot bring it back.
+    #[error(
+        "the training loss is {loss} at step {step}: training diverged; lower spec.trainer.optimizer.lr or set gradClipNorm"
+    )]
+    Diverged {
+        /// The step whose loss was not finite.
+        step: u64,
+        /// The loss (NaN or infinite).
+        loss: f64,
+    },
 }
 
 /// An upload in progress: its step, start time and task.
@@ -408,7 +418,15 @@ fn train_on_pool(
         state.step += 1;
         state.samples_in_epoch += global_batch as u64;
         state.optimizer_steps = optimizer.steps;
-        state.loss = Some(f64::from(grads[n + 1]) / f64::from(grads[n + 3]).max(1.0));
+        let loss = f64::from(grads[n + 1]) / f64::from(grads[n + 3]).max(1.0);
+        // Every rank sees the same all-reduced loss, so every rank stops here.
+        if !loss.is_finite() && apply {
+            return Err(TrainError::Diverged {
+                step: state.step,
+                loss,
+            });
+        }
+        state.loss = Some(loss);
         if warmed_up {
             train_seconds += step_started.elapsed().as_secs_f64();
             trained_samples += global_batch as u64;

@@ -207,3 +207,18 @@ fn a_device_failure_commits_an_emergency_checkpoint_and_the_next_attempt_resumes
         "resumed from the emergency checkpoint, not the periodic one at step 20"
     );
 }
+
+#[test]
+fn a_diverging_run_stops_with_an_error_instead_of_training_on_nan() {
+    let fx = Fixture::new("diverge");
+    let mut spec = fx.spec("");
+    spec.grad_clip_norm = None;
+    spec.optimizer.as_mut().expect("optimizer").lr = Some(1e30);
+    match fx.run(&spec, None, None) {
+        Err(TrainError::Diverged { step, loss }) => {
+            assert!(!loss.is_finite(), "{loss}");
+            assert!(step < 50, "stopped at step {step}");
+        }
+        other => panic!("expected a divergence error, got {other:?}"),
+    }
+}

@@ -98,15 +98,27 @@ async fn api_requests(client: &Client) -> RequestCounts {
     counts
 }
 
-/// The operator's reconcile histogram: (upper bound, cumulative count).
-async fn reconcile_histogram(address: &str) -> Vec<(f64, f64)> {
-    let text = reqwest::get(format!("http://{address}/metrics"))
+async fn operator_metrics(address: &str) -> String {
+    reqwest::get(format!("http://{address}/metrics"))
         .await
         .and_then(|r| r.error_for_status())
         .unwrap_or_else(|e| panic!("operator metrics: {e}"))
         .text()
         .await
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Seconds the reconciler's API client has waited for its rate limit.
+async fn reconciler_throttled(address: &str) -> f64 {
+    let text = operator_metrics(address).await;
+    series(&text, "ferrotrain_api_throttled_seconds_total")
+        .find(|(labels, _)| label(labels, "client") == "reconciler")
+        .map_or(0.0, |(_, seconds)| seconds)
+}
+
+/// The operator's reconcile histogram: (upper bound, cumulative count).
+async fn reconcile_histogram(address: &str) -> Vec<(f64, f64)> {
+    let text = operator_metrics(address).await;
     series(&text, "ferrotrain_reconcile_duration_seconds_bucket")
         .map(|(labels, n)| {
             let le = label(labels, "le");
@@ -213,29 +225,42 @@ async fn wait_all(
     }
 }
 
-/// Pods scheduled per second by the scheduler in this run: from the pods' PodScheduled
-/// transition times (1 s resolution).
-fn scheduler_throughput(pods: &[Pod]) -> (usize, f64) {
-    let times: Vec<i64> = pods
-        .iter()
-        .filter_map(|p| {
-            p.status
-                .as_ref()?
-                .conditions
-                .as_ref()?
-                .iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "True")?
-                .last_transition_time
-                .as_ref()
-                .map(|t| t.0.as_second())
-        })
-        .collect();
+/// The scheduler in this run, from the pods (1 s resolution): pods scheduled, pods scheduled a
+/// second while it worked, and the median and largest wait from a pod's creation to its binding.
+/// Waits near zero mean the scheduler kept up with the pods it was given.
+fn scheduler_figures(pods: &[Pod]) -> (usize, f64, i64, i64) {
+    let mut waits = Vec::new();
+    let mut times = Vec::new();
+    for pod in pods {
+        let scheduled = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+            })
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0.as_second());
+        let created = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second());
+        if let (Some(scheduled), Some(created)) = (scheduled, created) {
+            times.push(scheduled);
+            waits.push(scheduled - created);
+        }
+    }
+    waits.sort_unstable();
     let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
-        return (0, 0.0);
+        return (0, 0.0, 0, 0);
     };
     (
         times.len(),
         times.len() as f64 / ((last - first) as f64 + 1.0),
+        waits.get(waits.len() / 2).copied().unwrap_or(0),
+        waits.last().copied().unwrap_or(0),
     )
 }
 
@@ -339,7 +364,10 @@ async fn bench(jobs: usize, steady: Duration) {
     let cluster = Cluster::from_env();
     let client = cluster.admin().await;
     install_crd(&client).await;
-    let installed = install_operator(&cluster, &[], &[]).await;
+    // Extra operator arguments, for example other limits than the chart's defaults.
+    let extra = std::env::var("FERROTRAIN_SCALE_OPERATOR_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let installed = install_operator(&cluster, &[], &extra).await;
     let operator = &installed.operator;
     let namespace = test_namespace(&client, "scale", "restricted").await;
     let api: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
@@ -359,7 +387,8 @@ async fn bench(jobs: usize, steady: Duration) {
 
     let requests_start = api_requests(&client).await;
     let histogram_start = reconcile_histogram(&operator.address).await;
-    let (_, _, cpu_start) = process_usage(operator.pid());
+    let throttled_start = reconciler_throttled(&operator.address).await;
+    let (rss_start, _, cpu_start) = process_usage(operator.pid());
     let created_from = Instant::now();
     eprintln!("creating {jobs} jobs of {WORKERS} workers in {namespace}");
     futures::stream::iter(0..jobs)
@@ -385,9 +414,10 @@ async fn bench(jobs: usize, steady: Duration) {
         .await
         .map(|l| l.items)
         .unwrap_or_default();
-    let (scheduled, scheduler_rate) = scheduler_throughput(&pods);
-    let (_, _, cpu_burst) = process_usage(operator.pid());
+    let (scheduled, scheduler_rate, wait_p50, wait_max) = scheduler_figures(&pods);
+    let (rss_burst, _, cpu_burst) = process_usage(operator.pid());
     let histogram_burst = reconcile_histogram(&operator.address).await;
+    let throttled_burst = reconciler_throttled(&operator.address).await - throttled_start;
     let requests_burst = api_requests(&client).await;
     let burst_seconds = running.map_or(1.0, |t| (t - created_from).as_secs_f64());
 
@@ -472,7 +502,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let status_writes = rate_of(
         &requests_steady,
         &requests_steady_end,
-        |verb, resource| verb == "PATCH" && resource == "trainingjobs/status",
+        |verb, resource| matches!(verb, "PATCH" | "APPLY") && resource == "trainingjobs/status",
         seconds,
     );
     let operator_other = rate_of(
@@ -488,6 +518,8 @@ async fn bench(jobs: usize, steady: Duration) {
         },
         seconds,
     );
+    let (p50_done, n_done) = quantile(&histogram_steady_end, &histogram_end, 0.5);
+    let (p99_done, _) = quantile(&histogram_steady_end, &histogram_end, 0.99);
     let (p50_all, n_all) = quantile(&histogram_start, &histogram_end, 0.5);
     let (p99_all, _) = quantile(&histogram_start, &histogram_end, 0.99);
     let (p50_burst, n_burst) = quantile(&histogram_start, &histogram_burst, 0.5);
@@ -497,8 +529,13 @@ async fn bench(jobs: usize, steady: Duration) {
     let fmt_s = |s: Option<f64>| s.map_or("did not finish".to_string(), |s| format!("{s:.1} s"));
 
     println!(
-        "\n## {jobs} TrainingJobs x {WORKERS} workers ({} pods)",
-        jobs * WORKERS as usize
+        "\n## {jobs} TrainingJobs x {WORKERS} workers ({} pods), operator arguments: {}",
+        jobs * WORKERS as usize,
+        if extra.is_empty() {
+            "chart defaults".to_string()
+        } else {
+            extra.join(" ")
+        }
     );
     println!("| measure | value |");
     println!("|---|---:|");
@@ -507,7 +544,10 @@ async fn bench(jobs: usize, steady: Duration) {
         fmt_s(to_running)
     );
     println!(
-        "| scheduler throughput (PodScheduled times) | {scheduler_rate:.0} pods/s over {scheduled} pods |"
+        "| scheduler: pods bound a second while binding | {scheduler_rate:.0} pods/s over {scheduled} pods |"
+    );
+    println!(
+        "| scheduler: wait from pod creation to binding, median / max | {wait_p50} / {wait_max} s |"
     );
     println!(
         "| first create -> every gang Running, pods/s | {:.0} |",
@@ -523,9 +563,17 @@ async fn bench(jobs: usize, steady: Duration) {
         p99_burst * 1e3
     );
     println!(
+        "| reconciler's API client held by its rate limit, burst | {throttled_burst:.0} s of {burst_seconds:.0} s |"
+    );
+    println!(
         "| reconcile p50 / p99, steady ({n_steady:.0} reconciles) | <= {:.1} / <= {:.1} ms |",
         p50_steady * 1e3,
         p99_steady * 1e3
+    );
+    println!(
+        "| reconcile p50 / p99, completion ({n_done:.0} reconciles) | <= {:.1} / <= {:.1} ms |",
+        p50_done * 1e3,
+        p99_done * 1e3
     );
     println!(
         "| reconcile p50 / p99, whole run ({n_all:.0} reconciles) | <= {:.1} / <= {:.1} ms |",
@@ -548,7 +596,9 @@ async fn bench(jobs: usize, steady: Duration) {
         "| HTTP 429 answers (whole run) | {:.0} |",
         code_total(&requests_end, "429") - code_total(&requests_start, "429")
     );
-    println!("| operator RSS steady / peak | {rss:.1} / {peak:.1} MiB |");
+    println!(
+        "| operator RSS before / after the burst / steady / peak | {rss_start:.1} / {rss_burst:.1} / {rss:.1} / {peak:.1} MiB |"
+    );
     println!(
         "| operator CPU burst / steady / completion | {:.2} / {:.2} / {:.2} cores |",
         (cpu_burst - cpu_start) / burst_seconds,
