@@ -34,6 +34,12 @@ pub const PROGRESS_TOKEN_PATH: &str = "FERROTRAIN_PROGRESS_TOKEN_PATH";
 pub const SCRATCH_DIR: &str = "FERROTRAIN_SCRATCH_DIR";
 /// Directory holding the built-in datasets (`mnist/`); the trainer image sets it.
 pub const DATA_DIR: &str = "FERROTRAIN_DATA_DIR";
+/// Set by `ferrotrain run` only: the PID of the supervising runner. A worker whose parent is no
+/// longer this process was orphaned and stops (after its emergency checkpoint).
+pub const SUPERVISOR_PID: &str = "FERROTRAIN_SUPERVISOR_PID";
+/// Set by `ferrotrain run` only: a file each worker holds a shared lock on while it lives, so
+/// that a later run can wait until no worker of an earlier one is left.
+pub const GANG_LOCK: &str = "FERROTRAIN_GANG_LOCK";
 /// S3 access key id; set from the checkpoint Secret by `secretKeyRef`, never as a literal.
 pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 /// S3 secret access key; set from the checkpoint Secret by `secretKeyRef`.

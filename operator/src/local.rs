@@ -60,6 +60,110 @@ pub enum RunError {
     /// Local I/O failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Another `ferrotrain run` of the same job in the same state directory is running.
+    #[error(
+        "job {job} is already running under PID {pid} (lock {lock}); stop it first, or use another --state-dir"
+    )]
+    AlreadyRunning {
+        /// The job.
+        job: String,
+        /// The PID that holds the lock, as it wrote it.
+        pid: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// Workers of an earlier run of the job are still alive.
+    #[error(
+        "workers of an earlier run of {job} are still alive after {seconds}s (lock {lock}); stop them first"
+    )]
+    EarlierWorkersAlive {
+        /// The job.
+        job: String,
+        /// How long was waited.
+        seconds: u64,
+        /// The gang lock file.
+        lock: String,
+    },
+}
+
+/// How long a new run waits for the workers of an earlier one (orphaned by a killed runner) to
+/// finish their emergency checkpoint and exit.
+const EARLIER_WORKERS_WAIT: Duration = Duration::from_secs(60);
+
+/// Takes the job's run lock for the life of the returned file: a second `ferrotrain run` of the
+/// same job and state directory is refused, naming the PID that runs it.
+fn lock_job(job_dir: &Path, job: &str) -> Result<std::fs::File, RunError> {
+    use std::io::Seek;
+    let path = job_dir.join("run.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{}", std::process::id())?;
+            file.flush()?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(RunError::AlreadyRunning {
+                job: job.to_string(),
+                pid: if pid.trim().is_empty() {
+                    "unknown".into()
+                } else {
+                    pid.trim().to_string()
+                },
+                lock: path.display().to_string(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// Waits until no worker of an earlier run holds the gang lock (workers hold it shared).
+fn wait_for_earlier_workers(
+    gang_lock: &Path,
+    job: &str,
+    display: &Display,
+) -> Result<(), RunError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(gang_lock)?;
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                file.unlock()?;
+                return Ok(());
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if started.elapsed() >= EARLIER_WORKERS_WAIT {
+                    return Err(RunError::EarlierWorkersAlive {
+                        job: job.to_string(),
+                        seconds: EARLIER_WORKERS_WAIT.as_secs(),
+                        lock: gang_lock.display().to_string(),
+                    });
+                }
+                if !told {
+                    display
+                        .line("waiting for the workers of an earlier run to checkpoint and exit");
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
 }
 
 fn render(file: &str, errors: &[ManifestError]) -> String {
@@ -179,6 +283,8 @@ pub fn run(
     job.spec.checkpoint = Some(checkpoint.clone());
     preflight(&job)?;
     std::fs::create_dir_all(job_dir.join("logs"))?;
+    let _run_lock = lock_job(&job_dir, &name)?;
+    let gang_lock = job_dir.join("gang.lock");
 
     let token = random_token()
         .ok_or_else(|| RunError::Preflight("no system randomness for the progress token".into()))?;
@@ -198,6 +304,7 @@ pub fn run(
     }
 
     let display = Display::new(options.json, Arc::clone(&interrupts));
+    wait_for_earlier_workers(&gang_lock, &name, &display)?;
     let batch_size = job.spec.trainer.batch_size.max(1) as u64;
     let mut workers: Vec<Worker> = Vec::new();
     let mut suspended_by_user = false;
@@ -292,7 +399,14 @@ pub fn run(
                                 .join(format!("attempt-{attempt}-rank-{rank}.log")),
                         )?;
                         let mut command = Command::new(&options.worker[0]);
-                        command.args(&options.worker[1..]).envs(env.to_env());
+                        command
+                            .args(&options.worker[1..])
+                            .envs(env.to_env())
+                            .env(
+                                ferrotrain_crds::env::SUPERVISOR_PID,
+                                std::process::id().to_string(),
+                            )
+                            .env(ferrotrain_crds::env::GANG_LOCK, &gang_lock);
                         if let Some(gpu) = gpu_of_worker(
                             std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
                             gpu_device_nodes(),

@@ -357,6 +357,55 @@ fn a_closed_stdout_suspends_the_run_instead_of_panicking() {
 }
 
 #[test]
+fn one_run_per_job_and_a_killed_runner_leaves_no_workers_behind() {
+    let s = Scratch::new("locked");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest("locked", &format!("file://{}", ckpt.display()), "");
+    let args = ["run", &manifest.display().to_string(), "--output", "json"];
+    let mut first = s
+        .ferrotrain(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("a committed checkpoint", Duration::from_secs(120), || {
+        manifests(&ckpt) > 0
+    });
+    // A second run of the same job races on retention and logs: it is refused, naming the PID.
+    let second = s.ferrotrain(&args).output().expect("second run");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains(&format!("already running under PID {}", first.id())),
+        "{stderr}"
+    );
+    // The runner is killed outright: its workers notice, checkpoint and exit.
+    let workers = children_of(first.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    first.kill().expect("kill -9 the runner");
+    first.wait().expect("reaped");
+    let alive = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z")
+        })
+    };
+    wait_for(
+        "the orphaned workers to stop",
+        Duration::from_secs(60),
+        || !workers.iter().any(alive),
+    );
+    let rerun = s.ferrotrain(&args).output().expect("reruns");
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_eq!(status_of(&rerun)["progress"]["step"].as_i64(), Some(1200));
+}
+
+#[test]
 fn ctrl_c_suspends_and_the_same_command_resumes() {
     let s = Scratch::new("sigint");
     let ckpt = s.0.join("ckpt");

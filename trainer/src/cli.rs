@@ -83,6 +83,18 @@ pub fn run_worker(args: WorkerArgs) -> u8 {
             return exit::INTERNAL;
         }
     }
+    // Under `ferrotrain run`: hold the gang lock while alive, and stop when orphaned.
+    let _gang = std::env::var_os(ferrotrain_crds::env::GANG_LOCK).and_then(|path| {
+        let file = std::fs::File::open(&path).ok()?;
+        file.lock_shared().ok()?;
+        Some(file)
+    });
+    if let Some(pid) = std::env::var(ferrotrain_crds::env::SUPERVISOR_PID)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        watch_supervisor(pid, Arc::clone(&stop));
+    }
     let options = Options {
         rendezvous_timeout: Duration::from_secs(args.rendezvous_timeout_seconds),
         peer_timeout: Duration::from_secs(args.peer_timeout_seconds),
@@ -92,4 +104,23 @@ pub fn run_worker(args: WorkerArgs) -> u8 {
         data_dir: args.data_dir.unwrap_or_else(default_data_dir),
     };
     run(role, &options, stop)
+}
+
+/// Stops the worker (as SIGTERM does: emergency checkpoint, then exit 75) once its parent is no
+/// longer `supervisor`: the runner was killed and the worker was re-parented. Without this an
+/// orphaned gang would train on and race with the next run of the job.
+fn watch_supervisor(supervisor: u32, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        loop {
+            if std::os::unix::process::parent_id() != supervisor {
+                tracing::warn!(
+                    supervisor,
+                    "the supervising `ferrotrain run` is gone: stopping after an emergency checkpoint"
+                );
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
 }
