@@ -21,6 +21,8 @@ pub const SCRATCH_VOLUME: &str = "scratch";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Longest pod hostname (a DNS label).
 const MAX_DNS_LABEL: usize = 63;
+/// The API server's limit on the total size of an object's annotations (keys and values).
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 
 /// One problem with a manifest: the full field path and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +84,21 @@ pub fn validate(job: &TrainingJob) -> Result<(), Vec<FieldError>> {
 }
 
 fn validate_name(job: &TrainingJob, errors: &mut Vec<FieldError>) {
+    let annotation_bytes: usize = job
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if annotation_bytes > MAX_ANNOTATION_BYTES {
+        errors.push(FieldError::new(
+            "metadata.annotations",
+            format!(
+                "total {annotation_bytes} bytes; the API server accepts at most {MAX_ANNOTATION_BYTES} (256 KiB)"
+            ),
+        ));
+    }
     let Some(name) = job.metadata.name.as_deref() else {
         errors.push(FieldError::new("metadata.name", "is required"));
         return;
@@ -628,6 +645,23 @@ spec:
     #[test]
     fn a_plain_job_is_valid() {
         assert_eq!(validate(&job(BASE)), Ok(()));
+    }
+
+    #[test]
+    fn annotations_over_the_api_servers_limit_are_refused() {
+        let mut j = job(BASE);
+        j.metadata.annotations = Some(
+            [("big".to_string(), "x".repeat(MAX_ANNOTATION_BYTES))]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(fields(validate(&j)), ["metadata.annotations"]);
+        j.metadata.annotations = Some(
+            [("small".to_string(), "x".repeat(1000))]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(validate(&j), Ok(()));
     }
 
     #[test]

@@ -30,6 +30,20 @@ pub struct RunOptions {
     pub worker: Vec<String>,
     /// How often to observe and decide.
     pub tick: Duration,
+    /// Start more workers than the machine has CPUs.
+    pub oversubscribe: bool,
+}
+
+/// Refuses a gang with more workers than CPUs: the ranks run in lockstep, so they all wait for
+/// the slowest, and a thousand trainers on a laptop exhaust its memory long before they train.
+pub fn check_fits(replicas: i32, cpus: usize, oversubscribe: bool) -> Result<(), RunError> {
+    let replicas = usize::try_from(replicas.max(0)).unwrap_or(0);
+    if replicas > cpus && !oversubscribe {
+        return Err(RunError::Preflight(format!(
+            "spec.workers.replicas: {replicas} workers do not fit this machine's {cpus} CPUs (the ranks train in lockstep, so more workers than CPUs is slower, and each holds its own copy of the data); lower replicas, or pass --oversubscribe"
+        )));
+    }
+    Ok(())
 }
 
 /// How a local run ended.
@@ -282,6 +296,11 @@ pub fn run(
     let checkpoint = local_checkpoint(&job, &options.state_dir);
     job.spec.checkpoint = Some(checkpoint.clone());
     preflight(&job)?;
+    check_fits(
+        job.spec.workers.replicas,
+        std::thread::available_parallelism().map_or(1, usize::from),
+        options.oversubscribe,
+    )?;
     std::fs::create_dir_all(job_dir.join("logs"))?;
     let _run_lock = lock_job(&job_dir, &name)?;
     let gang_lock = job_dir.join("gang.lock");
@@ -378,6 +397,11 @@ pub fn run(
                     }
                     let port = free_port()?;
                     for rank in 0..*world_size {
+                        if interrupts.load(Ordering::SeqCst) > 0 {
+                            // Ctrl-C while starting a large gang: stop starting; the next turn
+                            // stops the started ones.
+                            break;
+                        }
                         let env = WorkerEnv {
                             rank,
                             world_size: *world_size,
@@ -856,6 +880,19 @@ mod tests {
         assert_eq!(gpu_of_worker(Some("GPU-5d7c"), 8, 1), None);
     }
     use super::*;
+
+    #[test]
+    fn a_gang_larger_than_the_machine_needs_oversubscribe() {
+        assert!(check_fits(2, 2, false).is_ok());
+        let refused = check_fits(1024, 8, false).expect_err("1024 workers on 8 CPUs");
+        let message = refused.to_string();
+        assert!(
+            message.starts_with("spec.workers.replicas: 1024"),
+            "{message}"
+        );
+        assert!(message.contains("--oversubscribe"), "{message}");
+        assert!(check_fits(1024, 8, true).is_ok());
+    }
 
     #[test]
     fn workers_share_the_cpus() {

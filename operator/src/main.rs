@@ -35,6 +35,9 @@ enum Command {
         /// Directory for job state, logs and default checkpoints.
         #[arg(long, default_value = ".ferrotrain")]
         state_dir: PathBuf,
+        /// Start more workers than this machine has CPUs.
+        #[arg(long)]
+        oversubscribe: bool,
     },
     /// Check TrainingJob manifests against the CRD schema, its CEL rules and Ferrotrain's checks.
     Validate {
@@ -120,7 +123,8 @@ fn main() -> anyhow::Result<ExitCode> {
             file,
             output,
             state_dir,
-        } => run(&file, output == "json", state_dir),
+            oversubscribe,
+        } => run(&file, output == "json", state_dir, oversubscribe),
         Command::Validate { files } => {
             let admission = Admission::new()?;
             let mut out = std::io::stdout().lock();
@@ -274,7 +278,12 @@ async fn operator(
     Ok(())
 }
 
-fn run(file: &std::path::Path, json: bool, state_dir: PathBuf) -> anyhow::Result<ExitCode> {
+fn run(
+    file: &std::path::Path,
+    json: bool,
+    state_dir: PathBuf,
+    oversubscribe: bool,
+) -> anyhow::Result<ExitCode> {
     let job = match local::load_job(file) {
         Ok(job) => job,
         Err(e) => {
@@ -304,6 +313,7 @@ fn run(file: &std::path::Path, json: bool, state_dir: PathBuf) -> anyhow::Result
         state_dir: state_dir.clone(),
         worker,
         tick: Duration::from_millis(200),
+        oversubscribe,
     };
     let name = job.metadata.name.clone().unwrap_or_default();
     let outcome = match local::run(job, &options, interrupts) {

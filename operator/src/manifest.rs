@@ -151,6 +151,8 @@ pub type Document = (usize, Result<Value, ManifestError>);
 
 /// Splits a (multi-document) YAML text. Empty documents are skipped.
 pub fn parse_documents(text: &str) -> Vec<Document> {
+    // Editors on some systems save UTF-8 with a byte-order mark; YAML parsers reject it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut documents = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         // Through YAML's own values first: JSON has no NaN or infinity, and converting would turn
@@ -454,6 +456,12 @@ spec:
         let docs = parse_documents("a: {b: [1, -.inf]}\n");
         let error = docs[0].1.as_ref().expect_err("infinity");
         assert_eq!(error.field, "a.b[1]");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_an_error() {
+        let docs = parse_documents(&format!("\u{feff}{JOB}"));
+        assert!(docs[0].1.is_ok(), "{:?}", docs[0].1);
     }
 
     #[test]
