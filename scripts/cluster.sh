@@ -241,10 +241,13 @@ start() {
   local delegation=(--kubeconfig="$state/kubeconfig" --authentication-kubeconfig="$state/kubeconfig"
     --authorization-kubeconfig="$state/kubeconfig" --bind-address=127.0.0.1 --leader-elect=false)
   launch kube-scheduler "$bin/kube-scheduler" "${delegation[@]}" --secure-port="$scheduler_port"
+  # The pod garbage collector's default threshold (12,500 terminated pods) would delete the
+  # succeeded workers of the scale benchmark's 20,000 before the operator sees them succeed.
   launch kube-controller-manager "$bin/kube-controller-manager" "${delegation[@]}" \
     --secure-port="$manager_port" --service-account-private-key-file="$pki/service-account.key" \
     --root-ca-file="$pki/ca.crt" --use-service-account-credentials=true \
-    --node-monitor-grace-period=20s --node-monitor-period=2s
+    --node-monitor-grace-period=20s --node-monitor-period=2s \
+    --terminated-pod-gc-threshold=100000
   kwok_config >"$state/kwok.yaml"
   launch kwok "$bin/kwok" --kubeconfig="$state/kubeconfig" --config="$state/kwok.yaml" --manage-all-nodes=false \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake --manage-nodes-with-label-selector= \

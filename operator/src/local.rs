@@ -241,6 +241,7 @@ struct Worker {
     child: Child,
     exited: Option<WorkerState>,
     deleting_since: Option<Timestamp>,
+    log: PathBuf,
 }
 
 /// Loss and accuracy over the run, for the curve.
@@ -350,7 +351,7 @@ pub fn run(
             display.line("Ctrl-C: stopping the workers after an emergency checkpoint (press again to kill them)");
         }
         let now = Timestamp::now();
-        reap(&mut workers);
+        reap(&mut workers, &display);
         kill_past_grace(&mut workers, now);
         let observed = Observed {
             workers: workers
@@ -417,11 +418,16 @@ pub fn run(
                             progress_token_path: Some(token_path.display().to_string()),
                             scratch_dir: None,
                         };
-                        let log = std::fs::File::create(
-                            job_dir
-                                .join("logs")
-                                .join(format!("attempt-{attempt}-rank-{rank}.log")),
-                        )?;
+                        // Appended: a run resumed after a suspension numbers its attempts from 1
+                        // again, and must not overwrite the logs of the run before.
+                        let log_path = job_dir
+                            .join("logs")
+                            .join(format!("attempt-{attempt}-rank-{rank}.log"));
+                        let mut log = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&log_path)?;
+                        writeln!(log, "--- ferrotrain run, started {now} ---")?;
                         let mut command = Command::new(&options.worker[0]);
                         command
                             .args(&options.worker[1..])
@@ -454,6 +460,7 @@ pub fn run(
                             child,
                             exited: None,
                             deleting_since: None,
+                            log: log_path,
                         });
                     }
                 }
@@ -521,12 +528,47 @@ pub fn compute_threads_per_worker(cpus: usize, workers: u32) -> usize {
     (cpus / usize::try_from(workers.max(1)).unwrap_or(1)).max(1)
 }
 
-fn reap(workers: &mut [Worker]) {
+/// Notes the workers that exited; a failure is shown with its cause from the worker's log.
+fn reap(workers: &mut [Worker], display: &Display) {
     for w in workers.iter_mut().filter(|w| w.exited.is_none()) {
         if let Ok(Some(status)) = w.child.try_wait() {
-            w.exited = Some(classify_exit(status));
+            let state = classify_exit(status);
+            if let WorkerState::Failed(cause) = state
+                && w.deleting_since.is_none()
+            {
+                let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+                display.line(&format!(
+                    "rank {} (attempt {}) failed with {}: {} (log: {})",
+                    w.rank,
+                    w.attempt,
+                    cause.reason(),
+                    last_error(&text).unwrap_or_else(|| "no error in its log".into()),
+                    w.log.display()
+                ));
+            }
+            w.exited = Some(state);
         }
     }
+}
+
+/// The last error a worker logged: the trainer logs JSON lines; the error's own text is in
+/// `fields.error`, else `fields.message`; a line that is not JSON is taken as it is.
+pub fn last_error(log: &str) -> Option<String> {
+    let line = log.lines().rev().find(|l| {
+        l.contains("\"level\":\"ERROR\"")
+            || (!l.starts_with('{') && !l.trim().is_empty() && !l.starts_with("--- ferrotrain run"))
+    })?;
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+        return Some(line.trim().to_string());
+    };
+    let fields = &value["fields"];
+    let text = match (fields["message"].as_str(), fields["error"].as_str()) {
+        (Some(message), Some(error)) => format!("{message}: {error}"),
+        (Some(message), None) => message.to_string(),
+        (None, Some(error)) => error.to_string(),
+        (None, None) => line.trim().to_string(),
+    };
+    Some(text)
 }
 
 /// Maps a worker's exit status to the lifecycle's view of it.
@@ -725,7 +767,8 @@ impl Display {
             indicatif::ProgressBar::new(1)
         };
         let style =
-            indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
+            // wide_msg: the message is cut to the terminal's width instead of wrapping.
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:20}] {pos}/{len} {wide_msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> ");
         bar.set_style(style);
@@ -880,6 +923,23 @@ mod tests {
         assert_eq!(gpu_of_worker(Some("GPU-5d7c"), 8, 1), None);
     }
     use super::*;
+
+    #[test]
+    fn the_last_error_of_a_worker_log_is_found() {
+        let log = "--- ferrotrain run, started 2026-11-28T00:00:00Z ---\n\
+            {\"level\":\"INFO\",\"fields\":{\"message\":\"data loaded\"}}\n\
+            {\"level\":\"ERROR\",\"fields\":{\"message\":\"training data\",\"error\":\"file:///d.csv: row 3: expected 4 columns\"}}\n\
+            {\"level\":\"INFO\",\"fields\":{\"message\":\"bye\"}}\n";
+        assert_eq!(
+            last_error(log).as_deref(),
+            Some("training data: file:///d.csv: row 3: expected 4 columns")
+        );
+        assert_eq!(
+            last_error("thread 'main' panicked at src/x.rs:1\n").as_deref(),
+            Some("thread 'main' panicked at src/x.rs:1")
+        );
+        assert_eq!(last_error("--- ferrotrain run, started x ---\n"), None);
+    }
 
     #[test]
     fn a_gang_larger_than_the_machine_needs_oversubscribe() {

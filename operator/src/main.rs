@@ -354,6 +354,12 @@ fn list_checkpoints(
 ) -> anyhow::Result<String> {
     use ferrotrain_trainer::checkpoint::CheckpointStore;
     use ferrotrain_trainer::storage::{S3Options, open};
+    // Listing must not create what it lists: opening a file:// store creates its directory.
+    if let Some(path) = uri.strip_prefix("file://")
+        && !std::path::Path::new(path).is_dir()
+    {
+        return Ok(format!("no checkpoints under {uri}: no such directory\n"));
+    }
     let location = open(uri, &S3Options { endpoint, region })?;
     let store = CheckpointStore::new(location, usize::MAX, "");
     let runtime = tokio::runtime::Builder::new_current_thread()

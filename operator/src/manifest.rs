@@ -6,7 +6,6 @@
 use std::fmt;
 
 use ferrotrain_crds::{TrainingJob, crd};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The layer that rejected a manifest.
@@ -154,10 +153,12 @@ pub fn parse_documents(text: &str) -> Vec<Document> {
     // Editors on some systems save UTF-8 with a byte-order mark; YAML parsers reject it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut documents = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    // Each document is parsed on its own: a YAML parser cannot resynchronise after a syntax
+    // error, which would hide every document after a broken one.
+    for (index, document) in split_documents(text).into_iter().enumerate() {
         // Through YAML's own values first: JSON has no NaN or infinity, and converting would turn
         // `.nan` into null, that is into the field's default.
-        let parsed = serde_yaml::Value::deserialize(document).and_then(|yaml| {
+        let parsed = serde_yaml::from_str::<serde_yaml::Value>(document).and_then(|yaml| {
             let mut non_finite = Vec::new();
             find_non_finite(&yaml, "", &mut non_finite);
             Ok((serde_yaml::from_value::<Value>(yaml)?, non_finite))
@@ -173,19 +174,38 @@ pub fn parse_documents(text: &str) -> Vec<Document> {
                 )),
             )),
             Ok((value, _)) => documents.push((index, Ok(value))),
-            Err(e) => {
-                documents.push((
-                    index,
-                    Err(ManifestError::new(
-                        Layer::Document,
-                        "",
-                        format!("invalid YAML: {e}"),
-                    )),
-                ));
-                // The parser cannot resynchronise after a syntax error.
-                break;
-            }
+            Err(e) => documents.push((
+                index,
+                Err(ManifestError::new(
+                    Layer::Document,
+                    "",
+                    format!("invalid YAML: {e}"),
+                )),
+            )),
         }
+    }
+    documents
+}
+
+/// The documents of a YAML stream, split at `---` marker lines (a marker at the first column
+/// always starts a document in YAML). A marker on the first line opens the first document.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let marker = line.trim_end_matches(['\n', '\r']);
+        if marker == "---" || marker.starts_with("--- ") || marker.starts_with("---\t") {
+            if offset > 0 {
+                documents.push(&text[start..offset]);
+            }
+            // The marker line may carry content (`--- {a: 1}`): keep it, without the marker.
+            start = offset + 3;
+        }
+        offset += line.len();
+    }
+    if start < text.len() || documents.is_empty() {
+        documents.push(&text[start.min(text.len())..]);
     }
     documents
 }
@@ -462,6 +482,20 @@ spec:
     fn a_byte_order_mark_is_not_an_error() {
         let docs = parse_documents(&format!("\u{feff}{JOB}"));
         assert!(docs[0].1.is_ok(), "{:?}", docs[0].1);
+    }
+
+    #[test]
+    fn a_broken_document_does_not_hide_the_next_ones() {
+        let docs = parse_documents("a: [1\n---\nb: 2\n--- {c: 3}\n");
+        assert_eq!(docs.len(), 3);
+        assert!(docs[0].1.is_err());
+        assert_eq!(docs[1].1.as_ref().ok(), Some(&serde_json::json!({"b": 2})));
+        assert_eq!(docs[2].1.as_ref().ok(), Some(&serde_json::json!({"c": 3})));
+        assert_eq!(
+            (docs[1].0, docs[2].0),
+            (1, 2),
+            "documents keep their numbers"
+        );
     }
 
     #[test]

@@ -88,6 +88,37 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `ferrotrain run --output json` of a fresh two-worker job (output discarded) and waits
+/// for its first committed checkpoint; returns the scratch dir, the run's arguments and the run.
+fn start_until_first_checkpoint(name: &str) -> (Scratch, Vec<String>, Child) {
+    let s = Scratch::new(name);
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest(name, &format!("file://{}", ckpt.display()), "");
+    let args: Vec<String> = ["run", &manifest.display().to_string(), "--output", "json"]
+        .map(String::from)
+        .to_vec();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = s
+        .ferrotrain(&argv)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("a committed checkpoint", Duration::from_secs(120), || {
+        manifests(&ckpt) > 0
+    });
+    (s, args, child)
+}
+
+/// Whether a process still runs or is stopped (not gone, not a zombie).
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
 fn manifests(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("manifests"))
         .map(|d| d.count())
@@ -254,19 +285,7 @@ fn a_killed_worker_restarts_from_a_checkpoint_in_s3() {
 
 #[test]
 fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
-    let s = Scratch::new("stopped");
-    let ckpt = s.0.join("ckpt");
-    let manifest = s.manifest("stopped", &format!("file://{}", ckpt.display()), "");
-    let args = ["run", &manifest.display().to_string(), "--output", "json"];
-    let mut child = s
-        .ferrotrain(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    wait_for("a committed checkpoint", Duration::from_secs(120), || {
-        manifests(&ckpt) > 0
-    });
+    let (_scratch, _, mut child) = start_until_first_checkpoint("stopped");
     // A stopped worker cannot act on SIGTERM; only SIGKILL ends it.
     let workers = children_of(child.id());
     assert_eq!(workers.len(), 2, "{workers:?}");
@@ -303,15 +322,8 @@ fn a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() {
         stopped_at.elapsed()
     );
     // Dead or a zombie (its parent is gone): never stopped or running any more.
-    let alive = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z")
-        })
-    };
     wait_for("the workers to be gone", Duration::from_secs(10), || {
-        !workers.iter().any(alive)
+        !workers.iter().any(|pid| is_alive(*pid))
     });
 }
 
@@ -358,19 +370,8 @@ fn a_closed_stdout_suspends_the_run_instead_of_panicking() {
 
 #[test]
 fn one_run_per_job_and_a_killed_runner_leaves_no_workers_behind() {
-    let s = Scratch::new("locked");
-    let ckpt = s.0.join("ckpt");
-    let manifest = s.manifest("locked", &format!("file://{}", ckpt.display()), "");
-    let args = ["run", &manifest.display().to_string(), "--output", "json"];
-    let mut first = s
-        .ferrotrain(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    wait_for("a committed checkpoint", Duration::from_secs(120), || {
-        manifests(&ckpt) > 0
-    });
+    let (s, args, mut first) = start_until_first_checkpoint("locked");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // A second run of the same job races on retention and logs: it is refused, naming the PID.
     let second = s.ferrotrain(&args).output().expect("second run");
     let stderr = String::from_utf8_lossy(&second.stderr);
@@ -384,17 +385,10 @@ fn one_run_per_job_and_a_killed_runner_leaves_no_workers_behind() {
     assert_eq!(workers.len(), 2, "{workers:?}");
     first.kill().expect("kill -9 the runner");
     first.wait().expect("reaped");
-    let alive = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z")
-        })
-    };
     wait_for(
         "the orphaned workers to stop",
         Duration::from_secs(60),
-        || !workers.iter().any(alive),
+        || !workers.iter().any(|pid| is_alive(*pid)),
     );
     let rerun = s.ferrotrain(&args).output().expect("reruns");
     assert!(
@@ -474,6 +468,21 @@ fn ctrl_c_suspends_and_the_same_command_resumes() {
         "step continues from {emergency}, first report {first_step}"
     );
     assert_eq!(status_of(&rerun)["progress"]["step"].as_i64(), Some(1200));
+    // The rerun numbers its attempts from 1 again: the first run's logs are kept, not replaced.
+    let log = std::fs::read_to_string(s.0.join(".ferrotrain/sigint/logs/attempt-1-rank-0.log"))
+        .expect("rank 0 log");
+    assert_eq!(log.matches("--- ferrotrain run, started").count(), 2);
+}
+
+#[test]
+fn listing_checkpoints_of_a_missing_directory_creates_nothing() {
+    let s = Scratch::new("nolist");
+    let missing = s.0.join("never-created");
+    let uri = format!("file://{}", missing.display());
+    let out = s.ferrotrain(&["checkpoints", &uri]).output().expect("runs");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no such directory"));
+    assert!(!missing.exists(), "listing created {}", missing.display());
 }
 
 #[test]

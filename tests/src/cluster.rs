@@ -73,6 +73,20 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Applies YAML documents server-side as admin (field manager `ferrotrain-tests`).
+    pub fn apply(&self, yaml: &str) -> String {
+        self.kubectl_ok(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=ferrotrain-tests",
+                "-f",
+                "-",
+            ],
+            Some(yaml),
+        )
+    }
+
     /// A kubeconfig that authenticates as a ServiceAccount with a token from the TokenRequest
     /// API, as a pod of that account would.
     pub async fn service_account_kubeconfig(&self, namespace: &str, account: &str) -> PathBuf {
@@ -294,16 +308,7 @@ pub async fn install_operator(cluster: &Cluster, values: &[&str], extra: &[&str]
             "RoleBinding",
         ],
     );
-    cluster.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=ferrotrain-tests",
-            "-f",
-            "-",
-        ],
-        Some(&rbac),
-    );
+    cluster.apply(&rbac);
     let kubeconfig = cluster
         .service_account_kubeconfig(&namespace, "ferrotrain")
         .await;
@@ -414,6 +419,18 @@ pub async fn job_pods(client: &Client, namespace: &str, job: &str) -> Vec<Pod> {
 /// What a kubelet writes when a pod's trainer container exits with `exit_code`: kwok only runs
 /// pods, so the tests terminate them.
 pub async fn terminate_container(client: &Client, namespace: &str, pod: &str, exit_code: i32) {
+    try_terminate_container(client, namespace, pod, exit_code)
+        .await
+        .expect("patch pod status");
+}
+
+/// [`terminate_container`], returning the API server's refusal (a pod deleted meanwhile).
+pub async fn try_terminate_container(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    exit_code: i32,
+) -> Result<(), kube::Error> {
     let phase = if exit_code == 0 {
         "Succeeded"
     } else {
@@ -442,7 +459,7 @@ pub async fn terminate_container(client: &Client, namespace: &str, pod: &str, ex
     Api::<Pod>::namespaced(client.clone(), namespace)
         .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
-        .expect("patch pod status");
+        .map(|_| ())
 }
 
 /// POSTs a progress report to an operator's endpoint; returns the HTTP status code.

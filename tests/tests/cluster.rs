@@ -354,16 +354,7 @@ async fn the_chart_is_admitted_in_restricted_namespaces() {
     let client = cluster.admin().await;
     let namespace = test_namespace(&client, "chart", "restricted").await;
     let rendered = render_chart("ferrotrain", &namespace, &[]);
-    cluster.kubectl_ok(
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=ferrotrain-tests",
-            "-f",
-            "-",
-        ],
-        Some(&rendered),
-    );
+    cluster.apply(&rendered);
     // The Deployment controller, the scheduler and kwok run the operator's pods: Pod Security
     // admission let them in.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferrotrain_crds::{Phase, TrainingJob};
 use ferrotrain_tests::cluster::{
-    Cluster, install_crd, install_operator, terminate_container, test_namespace,
+    Cluster, install_crd, install_operator, test_namespace, try_terminate_container,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -474,27 +474,47 @@ async fn bench(jobs: usize, steady: Duration) {
     stop.store(true, Ordering::SeqCst);
     let _ = generator.await;
 
-    // Completion: every worker exits 0, as a kubelet reports it.
+    // Completion: every running worker exits 0, as a kubelet reports it; again for the workers
+    // of gangs that restarted meanwhile, until every job has succeeded.
     let completed_from = Instant::now();
-    futures::stream::iter(0..jobs)
-        .for_each_concurrent(DRIVER_CONCURRENCY, |i| {
-            let client = client.clone();
-            let namespace = namespace.clone();
-            async move {
-                for rank in 0..WORKERS {
-                    terminate_container(
-                        &client,
-                        &namespace,
-                        &format!("job-{i:05}-worker-{rank}"),
-                        0,
-                    )
-                    .await;
+    let pods_api = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let succeeded = loop {
+        let running: Vec<String> = pods_api
+            .list(&ListParams::default().fields("status.phase=Running"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect();
+        futures::stream::iter(running)
+            .for_each_concurrent(DRIVER_CONCURRENCY, |pod| {
+                let client = client.clone();
+                let namespace = namespace.clone();
+                async move {
+                    // A pod deleted meanwhile has nothing left to complete.
+                    let _ = try_terminate_container(&client, &namespace, &pod, 0).await;
                 }
-            }
-        })
-        .await;
-    let succeeded = wait_all(&store, jobs, Phase::Succeeded, Duration::from_secs(1800)).await;
+            })
+            .await;
+        if let Some(done) = wait_all(&store, jobs, Phase::Succeeded, Duration::from_secs(60)).await
+        {
+            break Some(done);
+        }
+        if completed_from.elapsed() > Duration::from_secs(1800) {
+            break None;
+        }
+    };
     let to_succeeded = succeeded.map(|t| (t - completed_from).as_secs_f64());
+    let (infra, app) = store.state().iter().fold((0, 0), |(infra, app), j| {
+        let r = j
+            .status
+            .as_ref()
+            .and_then(|s| s.restarts.clone())
+            .unwrap_or_default();
+        (infra + r.infra, app + r.app)
+    });
     let histogram_end = reconcile_histogram(&operator.address).await;
     let requests_end = api_requests(&client).await;
     let (_, peak, cpu_end) = process_usage(operator.pid());
@@ -592,6 +612,7 @@ async fn bench(jobs: usize, steady: Duration) {
         "| other operator requests (steady) | {operator_other:.2} /s = {:.3} per job per minute |",
         operator_other * 60.0 / jobs as f64
     );
+    println!("| gang restarts (whole run) | infrastructure {infra}, application {app} |");
     println!(
         "| HTTP 429 answers (whole run) | {:.0} |",
         code_total(&requests_end, "429") - code_total(&requests_start, "429")
