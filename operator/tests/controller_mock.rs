@@ -202,6 +202,16 @@ fn owned_pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>, uid: 
     })
 }
 
+/// A gang of a running job, one worker failed: both are deleted, in rank order.
+fn deletes_of_the_failed_gang() -> Vec<Expect> {
+    vec![
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
+            .answer(200, pod(0, 1, "Running", None)),
+        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
+            .answer(200, pod(1, 1, "Failed", Some(1))),
+    ]
+}
+
 async fn run(job: TrainingJob, pods: Vec<Value>, script: Vec<Expect>) {
     run_with(Arc::new(job), pods, script).await;
 }
@@ -283,11 +293,8 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
         "checkpoint": {"uri": "s3://ckpt/mnist/step-40", "step": 40},
         "conditions": [{"type": "Running", "status": "True", "reason": "GangRunning", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
     let pods = vec![pod(0, 1, "Running", None), pod(1, 1, "Failed", Some(1))];
-    let script = vec![
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
-            .answer(200, pod(0, 1, "Running", None)),
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
-            .answer(200, pod(1, 1, "Failed", Some(1))),
+    let mut script = deletes_of_the_failed_gang();
+    script.extend([
         expect(Method::PATCH, STATUS).check(|b| {
             assert_eq!(b["status"]["phase"], "Restarting");
             assert_eq!(b["status"]["attempt"], 2);
@@ -300,7 +307,7 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
         }),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "WorkerFailed")),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Restarting")),
-    ];
+    ]);
     run(job(running), pods, script).await;
 }
 
@@ -448,11 +455,8 @@ async fn a_copy_older_than_the_last_status_write_is_not_decided_on() {
         "conditions": [{"type": "Running", "status": "True", "reason": "GangRunning", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
     let job = Arc::new(job(running.clone()));
     let pods = vec![pod(0, 1, "Running", None), pod(1, 1, "Failed", Some(1))];
-    let script = vec![
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
-            .answer(200, pod(0, 1, "Running", None)),
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
-            .answer(200, pod(1, 1, "Failed", Some(1))),
+    let mut script = deletes_of_the_failed_gang();
+    script.extend([
         expect(Method::PATCH, STATUS).answer(200, {
             let mut written = job_json(running);
             written["metadata"]["resourceVersion"] = json!("9");
@@ -460,7 +464,7 @@ async fn a_copy_older_than_the_last_status_write_is_not_decided_on() {
         }),
         expect(Method::POST, EVENTS),
         expect(Method::POST, EVENTS),
-    ];
+    ]);
     let ctx = run_with(Arc::clone(&job), pods, script).await;
     // The same copy (resourceVersion 7) again: no API call (nothing would answer one).
     tokio::time::timeout(Duration::from_secs(5), reconcile(job, ctx))
