@@ -45,10 +45,11 @@ FERROTRAIN_HELM="$helm4" cargo test --workspace --locked --test chart -- --ignor
 step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
 
-step "S3 tests against a local SeaweedFS"
+step "S3 tests against a local SeaweedFS, faults through the proxy, a full disk"
 trap 'scripts/s3-server.sh stop; scripts/cluster.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
-cargo test --workspace --locked --test s3 --test local_run -- --ignored
+cargo test --workspace --locked --test s3 --test local_run --test s3_faults --test full_disk \
+  -- --ignored
 
 # etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kwok, built from their
 # released sources (cached outside the clone by the hash of tests/cluster/*/go.sum).
@@ -60,6 +61,11 @@ step "cluster suites (the real ferrotrain operator against the control plane)"
 # One at a time: the scenarios share the fake nodes, and some take a node away.
 cargo test --workspace --locked --test cluster -- --ignored --test-threads=1
 scripts/cluster.sh stop
+
+# Coverage-guided fuzzing of the parsers (cargo-fuzz on the stable toolchain), each target for
+# a bounded time from the committed seed corpus; a crash fails the run.
+step "fuzz targets (${FUZZ_SECONDS:-60}s each)"
+bash scripts/fuzz.sh
 
 step "done"
 echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"

@@ -4,8 +4,9 @@
 
 use crate::types::{
     CheckpointSpec, CleanPodPolicy, DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode,
-    EarlyStoppingSpec, LrScheduleKind, LrScheduleSpec, ModeKind, ModelKind, ModelSpec,
-    OptimizerKind, OptimizerSpec, Precision, ResumePolicy, RunPolicy, TrainerSpec,
+    EarlyStoppingSpec, FailureAction, FailureReason, LrScheduleKind, LrScheduleSpec, ModeKind,
+    ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, Precision, ResumePolicy, RunPolicy,
+    TrainerSpec,
 };
 
 /// Hidden layer widths of an MLP without `hidden`.
@@ -256,7 +257,81 @@ impl RunPolicy {
             .and_then(|g| g.schedule_timeout_seconds)
             .unwrap_or(GANG_SCHEDULE_TIMEOUT_SECONDS)
     }
+
+    /// What a worker failure does: the first of `failurePolicy.rules` that matches it, else the
+    /// first matching default rule ([`DEFAULT_FAILURE_RULES`]), else a gang restart charged to
+    /// the failure's budget.
+    pub fn failure_action(&self, failure: Failure) -> (FailureAction, RuleSource) {
+        let user = self.failure_policy.iter().flat_map(|p| p.rules.iter());
+        for (index, rule) in user.enumerate() {
+            let matches = match failure {
+                Failure::ExitCode(code) => rule.on_exit_codes.iter().flatten().any(|c| *c == code),
+                Failure::Reason(reason) => rule.on_reasons.iter().flatten().any(|r| *r == reason),
+                Failure::Other => false,
+            };
+            if matches {
+                return (rule.action, RuleSource::User(index));
+            }
+        }
+        DEFAULT_FAILURE_RULES
+            .iter()
+            .find(|rule| failure == Failure::ExitCode(rule.exit_code))
+            .map_or(
+                (FailureAction::RestartGang, RuleSource::Fallthrough),
+                |rule| (rule.action, RuleSource::Default(rule)),
+            )
+    }
 }
+
+/// A worker failure as failure-policy rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The container exited with this code.
+    ExitCode(i32),
+    /// The platform reported this reason.
+    Reason(FailureReason),
+    /// Neither (a local process killed by a signal): only the fall-through applies.
+    Other,
+}
+
+/// Which rule decided a failure's action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleSource {
+    /// `spec.runPolicy.failurePolicy.rules[i]`.
+    User(usize),
+    /// A built-in default rule.
+    Default(&'static DefaultFailureRule),
+    /// No rule: restart the gang, charged to the failure's budget.
+    Fallthrough,
+}
+
+/// A built-in rule for the trainer's own exit codes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DefaultFailureRule {
+    /// Exit code it matches.
+    pub exit_code: i32,
+    /// Action taken.
+    pub action: FailureAction,
+    /// Why, for conditions and events.
+    pub why: &'static str,
+}
+
+/// Exit codes that no retry can fix: the trainer's configuration or its data is wrong, and a new
+/// attempt would fail the same way. A user rule for the same code (for a custom image that uses
+/// it differently) takes precedence. Exit 6 (data unreachable) and 5 (checkpoint storage) are
+/// transient and restart as any other failure.
+pub const DEFAULT_FAILURE_RULES: [DefaultFailureRule; 2] = [
+    DefaultFailureRule {
+        exit_code: crate::env::EXIT_BAD_CONFIG,
+        action: FailureAction::FailJob,
+        why: "the trainer's configuration is invalid or training diverged",
+    },
+    DefaultFailureRule {
+        exit_code: crate::env::EXIT_DATA_ERROR,
+        action: FailureAction::FailJob,
+        why: "the training data is malformed",
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -281,6 +356,7 @@ mod tests {
                 label_column: None,
                 header: None,
                 validation_split: None,
+                classes: None,
             },
             batch_size: 64,
             epochs: Some(1),

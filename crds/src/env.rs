@@ -45,6 +45,14 @@ pub const ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 /// S3 secret access key; set from the checkpoint Secret by `secretKeyRef`.
 pub const SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
+/// Trainer exit code: the configuration or env contract is invalid, or training diverged (no
+/// retry can help; the default failure policy fails the job).
+pub const EXIT_BAD_CONFIG: i32 = 2;
+/// Trainer exit code: the training data is malformed (the default failure policy fails the job).
+pub const EXIT_DATA_ERROR: i32 = 3;
+/// Trainer exit code: the training data could not be read (missing, unreachable, access denied);
+/// a later attempt may succeed, so the gang restarts against the application budget.
+pub const EXIT_DATA_UNAVAILABLE: i32 = 6;
 /// Trainer exit code: a peer rank was lost (a consequence; the operator looks for the cause).
 pub const EXIT_PEER_LOST: i32 = 4;
 /// Trainer exit code: stopped by SIGTERM after committing an emergency checkpoint.

@@ -37,6 +37,43 @@ pub struct ProgressReport {
     /// Whether training has finished (the last report of a successful run).
     #[serde(default)]
     pub done: bool,
+    /// Checkpoints that failed verification when this attempt looked for one to resume from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_checkpoints: Option<RejectedCheckpoints>,
+}
+
+/// Checkpoints a resume had to pass over because their data did not verify.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RejectedCheckpoints {
+    /// How many.
+    pub count: u32,
+    /// Step of the newest one.
+    pub newest_step: u64,
+    /// Why the newest one was rejected.
+    pub problem: String,
+    /// Step the attempt resumed from instead; none: it started from step 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
+}
+
+impl RejectedCheckpoints {
+    /// One line for status and events.
+    pub fn describe(&self) -> String {
+        let what = if self.count == 1 {
+            "1 checkpoint".to_string()
+        } else {
+            format!("{} checkpoints", self.count)
+        };
+        let then = match self.resumed_from {
+            Some(step) => format!("resumed from the older checkpoint of step {step}"),
+            None => "training restarted from step 0".to_string(),
+        };
+        format!(
+            "{what} failed verification (newest, step {}: {}); {then}",
+            self.newest_step, self.problem
+        )
+    }
 }
 
 /// A committed checkpoint, as reported.

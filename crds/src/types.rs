@@ -216,9 +216,10 @@ pub struct TrainerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub eval_every_steps: Option<i64>,
-    /// Seed of parameter initialisation, shuffling and dropout. Default: 42.
+    /// Seed of parameter initialisation, shuffling and dropout, 0 to 2^53 − 1 (the largest
+    /// integer every JSON parser keeps exact). Default: 42.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 9_007_199_254_740_991_i64))]
     pub seed: Option<i64>,
     /// Compute device: auto (CUDA when built in and a GPU is visible, else CPU), cpu or cuda.
     /// Default: auto.
@@ -306,6 +307,11 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 0.5))]
     pub validation_split: Option<f64>,
+    /// Number of classes; every label must be below it. Unset: one more than the largest
+    /// training label, and then every class up to it must occur in the training labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 256))]
+    pub classes: Option<i32>,
 }
 
 /// Dataset formats.
@@ -620,6 +626,73 @@ pub struct RunPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+    /// What a worker failure does to the job, by exit code or failure reason. Unset: the
+    /// defaults of docs/lifecycle.md (configuration and data errors fail the job; every other
+    /// failure restarts the gang against its budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+}
+
+/// Rules that decide what a worker failure does. The first rule that matches decides; a failure
+/// no rule matches falls through to the default rules.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicy {
+    /// The rules, tried in order.
+    #[schemars(length(min = 1, max = 32))]
+    pub rules: Vec<FailurePolicyRule>,
+}
+
+/// One rule: a set of exit codes or of failure reasons, and the action taken when the failure
+/// that explains a gang's end is one of them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.onExitCodes) != has(self.onReasons)").message("a rule matches either onExitCodes or onReasons; set exactly one").field_path(".onExitCodes"))]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePolicyRule {
+    /// What to do when the rule matches.
+    pub action: FailureAction,
+    /// Exit codes of the worker's container (1 to 255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(range(min = 1, max = 255)))]
+    pub on_exit_codes: Option<Vec<i32>>,
+    /// Failure reasons the platform reports (condition and event reasons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub on_reasons: Option<Vec<FailureReason>>,
+}
+
+/// What a matching failure-policy rule does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureAction {
+    /// Fail the job at once: the failure cannot go away on a retry.
+    FailJob,
+    /// Restart the gang from its checkpoint, charged to the budget of the failure's class.
+    RestartGang,
+    /// Restart the gang from its checkpoint without charging any budget (counted in
+    /// `status.restarts.uncharged`).
+    RestartGangWithoutBudget,
+}
+
+/// Failure reasons a rule can match, as the platform names them in conditions and events.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The kubelet evicted the pod (node pressure).
+    Evicted,
+    /// The scheduler preempted the pod for a higher-priority one.
+    Preempted,
+    /// The pod was disrupted (a drain through the Eviction API).
+    DisruptionTarget,
+    /// The pod's node went away.
+    NodeLost,
+    /// The container was killed for exceeding its memory limit.
+    #[serde(rename = "OOMKilled")]
+    OomKilled,
+    /// The trainer stopped on SIGTERM after an emergency checkpoint (exit 75).
+    PreemptedAfterCheckpoint,
+    /// A worker of the running gang disappeared.
+    WorkerMissing,
+    /// Someone other than the operator deleted a worker.
+    WorkerDeleted,
 }
 
 /// Pods deleted when a job finishes.
@@ -752,6 +825,9 @@ pub struct RestartCounts {
     /// Gangs released because they did not all schedule within the gang timeout (no budget).
     #[serde(default)]
     pub schedule_timeouts: i32,
+    /// Restarts a `RestartGangWithoutBudget` failure-policy rule allowed (no budget).
+    #[serde(default)]
+    pub uncharged: i32,
 }
 
 /// Training progress.
@@ -805,6 +881,12 @@ pub struct CheckpointStatus {
     /// Checkpoints committed so far in this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<i64>,
+    /// Checkpoints the current attempt passed over on resume because they did not verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<i64>,
+    /// What happened to them, when any were rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Productive versus lost time.

@@ -2,7 +2,7 @@
 //! arithmetic, names that must fit a pod hostname, reserved names of the env contract). The
 //! operator and the local runner call [`validate`] before acting on a job.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -10,7 +10,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use crate::env;
 use crate::types::{
     CheckpointSpec, DatasetKind, DatasetSpec, EarlyStoppingMetric, EarlyStoppingMode,
-    LrScheduleKind, ModelKind, PodOverlay, TrainerSpec, TrainingJob, WorkersSpec,
+    FailurePolicy, FailureReason, LrScheduleKind, ModelKind, PodOverlay, TrainerSpec, TrainingJob,
+    WorkersSpec,
 };
 
 /// Label and annotation prefix owned by the operator.
@@ -75,11 +76,47 @@ pub fn validate(job: &TrainingJob) -> Result<(), Vec<FieldError>> {
                 ),
             ));
         }
+        if let Some(failure_policy) = &policy.failure_policy {
+            validate_failure_policy(failure_policy, &mut errors);
+        }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// Rules are tried in order, so a code or reason an earlier rule (or the same rule) already
+/// names can never reach a later one: that is a mistake, not a policy.
+fn validate_failure_policy(policy: &FailurePolicy, errors: &mut Vec<FieldError>) {
+    let mut codes: BTreeMap<i32, usize> = BTreeMap::new();
+    let mut reasons: Vec<(FailureReason, usize)> = Vec::new();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let base = format!("spec.runPolicy.failurePolicy.rules[{index}]");
+        for (i, code) in rule.on_exit_codes.iter().flatten().enumerate() {
+            if let Some(first) = codes.insert(*code, index) {
+                codes.insert(*code, first);
+                errors.push(FieldError::new(
+                    format!("{base}.onExitCodes[{i}]"),
+                    format!(
+                        "exit code {code} is already matched by rules[{first}]; rules are tried in order, so this one would never apply to it"
+                    ),
+                ));
+            }
+        }
+        for (i, reason) in rule.on_reasons.iter().flatten().enumerate() {
+            if let Some((_, first)) = reasons.iter().find(|(r, _)| r == reason) {
+                errors.push(FieldError::new(
+                    format!("{base}.onReasons[{i}]"),
+                    format!(
+                        "{reason:?} is already matched by rules[{first}]; rules are tried in order, so this one would never apply to it"
+                    ),
+                ));
+            } else {
+                reasons.push((*reason, index));
+            }
+        }
     }
 }
 

@@ -45,6 +45,7 @@ fn main() {
             rank,
             attempt: 1,
             state: WorkerState::Running { ready: true },
+            message: None,
         })
         .collect();
     let mut failing = healthy.clone();

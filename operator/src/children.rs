@@ -303,6 +303,9 @@ pub fn worker_pod(
         }]),
         resources: workers.resources.clone(),
         volume_mounts: Some(mounts),
+        // A failed worker's last log lines become its termination message: the cause of a
+        // failure reaches the job's status without anyone reading logs.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -472,12 +475,43 @@ pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<Worke
             },
         }
     };
+    let message = match state {
+        WorkerState::Failed(_) | WorkerState::Terminating { .. } => termination_message(&status),
+        _ => None,
+    };
     Some(WorkerView {
         name,
         rank,
         attempt,
         state,
+        message,
     })
+}
+
+/// The last error in the trainer container's termination message (its own, or the tail of its
+/// log under `FallbackToLogsOnError`), cut to [`MAX_FAILURE_MESSAGE`] characters.
+fn termination_message(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.name == "trainer")
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.as_deref())
+        .and_then(crate::local::last_error)
+        .map(|m| shorten(&m, MAX_FAILURE_MESSAGE))
+}
+
+/// Longest worker message carried into conditions and events.
+pub const MAX_FAILURE_MESSAGE: usize = 300;
+
+/// `text` cut to at most `max` characters, with an ellipsis when cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 /// Whether an object's controller owner reference points at the job with this UID.
@@ -518,7 +552,7 @@ pub fn slim_pod(pod: &mut Pod) {
                 .into_iter()
                 .filter(|c| c.name == "trainer")
                 .map(|c| k8s_openapi::api::core::v1::ContainerStatus {
-                    state: c.state,
+                    state: c.state.map(slim_state),
                     name: c.name,
                     ..Default::default()
                 })
@@ -528,6 +562,20 @@ pub fn slim_pod(pod: &mut Pod) {
         status.pod_ips = None;
         status.host_ips = None;
     }
+}
+
+/// A container state whose termination message is cut to the error [`worker_view`] reads.
+fn slim_state(
+    mut state: k8s_openapi::api::core::v1::ContainerState,
+) -> k8s_openapi::api::core::v1::ContainerState {
+    if let Some(terminated) = state.terminated.as_mut() {
+        terminated.message = terminated
+            .message
+            .as_deref()
+            .and_then(crate::local::last_error)
+            .map(|m| shorten(&m, MAX_FAILURE_MESSAGE));
+    }
+    state
 }
 
 /// The cause a `DisruptionTarget` condition names: set by the scheduler (preemption), the

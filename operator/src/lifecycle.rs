@@ -13,9 +13,10 @@
 
 use std::time::Duration;
 
+use ferrotrain_crds::defaults::{Failure, RuleSource};
 use ferrotrain_crds::{
-    CleanPodPolicy, GoodputStatus, Phase, RestartCounts, RunPolicy, TrainingJob, TrainingJobStatus,
-    WorkerCounts,
+    CleanPodPolicy, FailureAction, FailureReason, GoodputStatus, Phase, RestartCounts, RunPolicy,
+    TrainingJob, TrainingJobStatus, WorkerCounts,
 };
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -58,6 +59,22 @@ impl FailureCause {
     /// Whether the infrastructure budget pays for it (else the application budget).
     pub fn is_infrastructure(self) -> bool {
         !matches!(self, FailureCause::ExitCode(_))
+    }
+
+    /// The failure as `runPolicy.failurePolicy` rules match it.
+    pub fn as_policy_failure(self) -> Failure {
+        Failure::Reason(match self {
+            FailureCause::ExitCode(code) => return Failure::ExitCode(code),
+            FailureCause::Signal(_) => return Failure::Other,
+            FailureCause::Evicted => FailureReason::Evicted,
+            FailureCause::Preempted => FailureReason::Preempted,
+            FailureCause::DisruptionTarget => FailureReason::DisruptionTarget,
+            FailureCause::NodeLost => FailureReason::NodeLost,
+            FailureCause::OomKilled => FailureReason::OomKilled,
+            FailureCause::PreemptedAfterCheckpoint => FailureReason::PreemptedAfterCheckpoint,
+            FailureCause::Missing => FailureReason::WorkerMissing,
+            FailureCause::Deleted => FailureReason::WorkerDeleted,
+        })
     }
 
     /// Whether it counts as a preemption.
@@ -175,6 +192,9 @@ pub struct WorkerView {
     pub attempt: u32,
     /// State.
     pub state: WorkerState,
+    /// The last error the worker reported, when it failed (the container's termination message
+    /// on a cluster, the last error of its log under `ferrotrain run`).
+    pub message: Option<String>,
 }
 
 /// Everything observed about a job's children.
@@ -526,7 +546,7 @@ impl Decider<'_> {
         let current = self.current(observed);
         // Workers not observed yet are still being created, not missing.
         if let Some(failed) = first_failure(&current, None) {
-            if !self.wait_for_cause(&current, failed.1) {
+            if !self.wait_for_cause(&current, failed.cause) {
                 self.restart_after_failure(observed, failed);
             }
             return;
@@ -692,7 +712,7 @@ impl Decider<'_> {
     fn running(&mut self, observed: &Observed) {
         let current = self.current(observed);
         if let Some(failed) = first_failure(&current, Some(self.desired())) {
-            if !self.wait_for_cause(&current, failed.1) {
+            if !self.wait_for_cause(&current, failed.cause) {
                 self.restart_after_failure(observed, failed);
             }
             return;
@@ -819,18 +839,36 @@ impl Decider<'_> {
         }
     }
 
-    fn restart_after_failure(
-        &mut self,
-        observed: &Observed,
-        (worker, cause): (String, FailureCause),
-    ) {
+    fn restart_after_failure(&mut self, observed: &Observed, failure: GangFailure) {
+        let cause = failure.cause;
+        let message = failure.describe();
+        let (action, source) = self.policy.failure_action(cause.as_policy_failure());
+        if action == FailureAction::FailJob {
+            let why = match source {
+                RuleSource::User(index) => format!("spec.runPolicy.failurePolicy.rules[{index}]"),
+                RuleSource::Default(rule) => format!(
+                    "exit code {} means {}, which a retry cannot fix (a failurePolicy rule can retry it)",
+                    rule.exit_code, rule.why
+                ),
+                RuleSource::Fallthrough => "the failure policy".into(),
+            };
+            self.fail(
+                observed,
+                "FailedByPolicy",
+                format!("{message}; {why} fails the job"),
+            );
+            return;
+        }
         let infra = cause.is_infrastructure();
+        let charged = action == FailureAction::RestartGang;
         {
             let restarts = self
                 .status
                 .restarts
                 .get_or_insert_with(RestartCounts::default);
-            if infra {
+            if !charged {
+                restarts.uncharged += 1;
+            } else if infra {
                 restarts.infra += 1;
             } else {
                 restarts.app += 1;
@@ -839,8 +877,7 @@ impl Decider<'_> {
                 restarts.preemption += 1;
             }
         }
-        let message = format!("worker {worker} failed: {}", cause.reason());
-        if self.budget_exhausted(infra) {
+        if charged && self.budget_exhausted(infra) {
             let (reason, field, max) = if infra {
                 (
                     "InfraRestartBudgetExhausted",
@@ -861,10 +898,16 @@ impl Decider<'_> {
             );
             return;
         }
+        let uncharged = match source {
+            RuleSource::User(index) if !charged => {
+                format!(" (spec.runPolicy.failurePolicy.rules[{index}]: no budget charged)")
+            }
+            _ => String::new(),
+        };
         self.event(
             true,
             "WorkerFailed",
-            &format!("{message}; restarting the gang from the latest checkpoint"),
+            &format!("{message}; restarting the gang from the latest checkpoint{uncharged}"),
         );
         self.account_attempt_end(false);
         self.set_condition("Running", false, &cause.reason(), &message);
@@ -1066,26 +1109,52 @@ fn is_scheduled(state: WorkerState) -> bool {
     )
 }
 
+/// The failure that explains a gang's end: which worker, why, and what it said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct GangFailure {
+    worker: String,
+    cause: FailureCause,
+    message: Option<String>,
+}
+
+impl GangFailure {
+    /// `worker j-worker-1 failed: ExitCode3 (its last error)`.
+    fn describe(&self) -> String {
+        match &self.message {
+            Some(m) => format!(
+                "worker {} failed: {} ({m})",
+                self.worker,
+                self.cause.reason()
+            ),
+            None => format!("worker {} failed: {}", self.worker, self.cause.reason()),
+        }
+    }
+}
+
 /// The failed worker that explains the gang's failure. The operator deletes the current
 /// attempt's workers only after it has moved on to the next attempt, so a current worker being
 /// deleted was disrupted (preemption, drain, node loss) or deleted by someone else. A worker that
 /// merely lost its peer (exit 4) is a consequence, never the cause while another explanation
 /// exists: in order, a failure of its own, a disruption, a worker missing from the running gang
 /// (with `desired`), then the lowest rank.
-fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<(String, FailureCause)> {
+fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<GangFailure> {
     let peer_lost = FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST);
-    let mut failed: Vec<(u8, u32, String, FailureCause)> = current
+    let failure = |w: &WorkerView, cause| GangFailure {
+        worker: w.name.clone(),
+        cause,
+        message: w.message.clone(),
+    };
+    let mut failed: Vec<(u8, u32, GangFailure)> = current
         .iter()
         .filter_map(|w| match w.state {
             WorkerState::Failed(cause) if cause == peer_lost => {
-                Some((3, w.rank, w.name.clone(), cause))
+                Some((3, w.rank, failure(w, cause)))
             }
-            WorkerState::Failed(cause) => Some((0, w.rank, w.name.clone(), cause)),
+            WorkerState::Failed(cause) => Some((0, w.rank, failure(w, cause))),
             WorkerState::Terminating { cause, .. } => Some((
                 1,
                 w.rank,
-                w.name.clone(),
-                cause.unwrap_or(FailureCause::Deleted),
+                failure(w, cause.unwrap_or(FailureCause::Deleted)),
             )),
             _ => None,
         })
@@ -1095,13 +1164,18 @@ fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<(Strin
     {
         let present: Vec<u32> = current.iter().map(|w| w.rank).collect();
         let missing = (0..desired).find(|r| !present.contains(r)).unwrap_or(0);
-        failed.push((2, missing, format!("rank {missing}"), FailureCause::Missing));
+        failed.push((
+            2,
+            missing,
+            GangFailure {
+                worker: format!("rank {missing}"),
+                cause: FailureCause::Missing,
+                message: None,
+            },
+        ));
     }
-    failed.sort_by_key(|(order, rank, ..)| (*order, *rank));
-    failed
-        .into_iter()
-        .next()
-        .map(|(_, _, name, cause)| (name, cause))
+    failed.sort_by_key(|(order, rank, _)| (*order, *rank));
+    failed.into_iter().next().map(|(_, _, failure)| failure)
 }
 
 /// Sets a condition, keeping lastTransitionTime when the status does not change.

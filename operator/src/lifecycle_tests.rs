@@ -27,6 +27,7 @@ fn w(rank: u32, attempt: u32, state: WorkerState) -> WorkerView {
         rank,
         attempt,
         state,
+        message: None,
     }
 }
 
@@ -366,12 +367,140 @@ fn node_loss_is_infrastructure() {
 
 #[test]
 fn exhausting_the_application_budget_fails_the_job_naming_it() {
-    let d = fail_one("maxAppRestarts: 0", FailureCause::ExitCode(2));
+    let d = fail_one("maxAppRestarts: 0", FailureCause::ExitCode(1));
     assert_eq!(phase(&d), Phase::Failed);
     let failed = condition(&d, "Failed").expect("Failed condition");
     assert_eq!(failed.reason, "AppRestartBudgetExhausted");
     assert!(failed.message.contains("maxAppRestarts (0)"));
     assert!(d.status.completion_time.is_some());
+}
+
+// ---- failure policy ---------------------------------------------------------------------------
+
+fn fail_one_saying(policy: &str, cause: FailureCause, message: &str) -> Decision {
+    let mut j = running_job(policy, 2);
+    let mut failed = w(1, 1, WorkerState::Failed(cause));
+    failed.message = Some(message.into());
+    step(&mut j, vec![w(0, 1, RUNNING), failed], 20)
+}
+
+#[test]
+fn a_configuration_error_fails_the_job_at_once_with_the_workers_own_words() {
+    let d = fail_one_saying(
+        "",
+        FailureCause::ExitCode(2),
+        "training failed: loss became NaN at step 7",
+    );
+    assert_eq!(phase(&d), Phase::Failed);
+    assert_eq!(deleted(&d), vec!["j-worker-0"], "cleanPodPolicy Running");
+    assert_eq!((restarts(&d).app, restarts(&d).infra), (0, 0));
+    let failed = condition(&d, "Failed").expect("Failed condition");
+    assert_eq!(failed.reason, "FailedByPolicy");
+    assert!(
+        failed.message.contains(
+            "worker j-worker-1 failed: ExitCode2 (training failed: loss became NaN at step 7)"
+        ),
+        "{}",
+        failed.message
+    );
+    assert!(
+        failed.message.contains("exit code 2 means"),
+        "{}",
+        failed.message
+    );
+}
+
+#[test]
+fn malformed_data_fails_fast_but_unreadable_data_is_retried() {
+    let d = fail_one("", FailureCause::ExitCode(3));
+    assert_eq!(phase(&d), Phase::Failed);
+    assert!(
+        condition(&d, "Failed")
+            .expect("Failed")
+            .message
+            .contains("the training data is malformed")
+    );
+    let d = fail_one("", FailureCause::ExitCode(6));
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!(restarts(&d).app, 1);
+}
+
+#[test]
+fn a_user_rule_comes_before_the_defaults() {
+    let d = fail_one(
+        "failurePolicy: {rules: [{action: RestartGang, onExitCodes: [2, 3]}]}",
+        FailureCause::ExitCode(3),
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!(restarts(&d).app, 1);
+}
+
+#[test]
+fn a_rule_can_restart_without_charging_a_budget() {
+    let policy = "maxAppRestarts: 0, maxInfraRestarts: 0, failurePolicy: {rules: [{action: RestartGangWithoutBudget, onExitCodes: [42]}, {action: RestartGangWithoutBudget, onReasons: [Preempted]}]}";
+    let d = fail_one(policy, FailureCause::ExitCode(42));
+    assert_eq!(phase(&d), Phase::Restarting);
+    let counts = restarts(&d);
+    assert_eq!((counts.app, counts.infra, counts.uncharged), (0, 0, 1));
+    assert!(
+        d.events.iter().any(
+            |e| e.reason == "WorkerFailed" && e.message.contains("rules[0]: no budget charged")
+        )
+    );
+    let d = disrupt_one(policy, FailureCause::Preempted);
+    let counts = restarts(&d);
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!(
+        (counts.infra, counts.preemption, counts.uncharged),
+        (0, 1, 1),
+        "still counted as a preemption"
+    );
+    // A code no rule names is charged as before: the budget of 0 is used up.
+    let d = fail_one(policy, FailureCause::ExitCode(1));
+    assert_eq!(phase(&d), Phase::Failed);
+    assert_eq!(
+        condition(&d, "Failed").expect("Failed").reason,
+        "AppRestartBudgetExhausted"
+    );
+}
+
+#[test]
+fn a_reason_rule_can_fail_the_job() {
+    let d = fail_one(
+        "failurePolicy: {rules: [{action: FailJob, onExitCodes: [9]}, {action: FailJob, onReasons: [OOMKilled, NodeLost]}]}",
+        FailureCause::OomKilled,
+    );
+    assert_eq!(phase(&d), Phase::Failed);
+    let failed = condition(&d, "Failed").expect("Failed");
+    assert_eq!(failed.reason, "FailedByPolicy");
+    assert!(
+        failed
+            .message
+            .contains("spec.runPolicy.failurePolicy.rules[1] fails the job"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(restarts(&d).infra, 0);
+}
+
+#[test]
+fn a_restart_names_the_workers_last_error() {
+    let d = fail_one_saying(
+        "",
+        FailureCause::ExitCode(1),
+        "rendezvous: connection refused",
+    );
+    assert!(d.events.iter().any(|e| {
+        e.reason == "WorkerFailed"
+            && e.message
+                .contains("ExitCode1 (rendezvous: connection refused)")
+    }));
+    assert!(
+        condition(&d, "Running")
+            .expect("Running")
+            .message
+            .contains("rendezvous: connection refused")
+    );
 }
 
 #[test]
@@ -437,7 +566,7 @@ fn a_failure_while_scheduling_restarts_too() {
     let d = step(
         &mut j,
         vec![
-            w(0, 1, WorkerState::Failed(FailureCause::ExitCode(3))),
+            w(0, 1, WorkerState::Failed(FailureCause::ExitCode(6))),
             w(1, 1, PENDING),
         ],
         5,
@@ -505,6 +634,7 @@ fn workers_of_older_attempts_are_deleted() {
         rank: 0,
         attempt: 0,
         state: RUNNING,
+        message: None,
     });
     let d = step(&mut j, workers, 20);
     assert_eq!(deleted(&d), vec!["j-worker-old"]);

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -44,6 +45,72 @@ pub fn check_fits(replicas: i32, cpus: usize, oversubscribe: bool) -> Result<(),
         )));
     }
     Ok(())
+}
+
+/// Memory a worker needs besides its data: the trainer's runtime, buffers and model (an MNIST
+/// MLP worker peaks at about 240 MiB resident, 27 MiB over its data).
+const WORKER_BASE_BYTES: u64 = 64 << 20;
+/// The built-in MNIST as every worker holds it: 70,000 images of 784 f32 features.
+const MNIST_BYTES: u64 = 70_000 * 784 * 4;
+
+/// About how much memory one worker of `spec` needs: every worker holds the whole dataset as
+/// f32 features (an IDX byte or a CSV field of a few characters becomes 4 bytes), plus its
+/// runtime. Datasets in object storage are not counted (their size is not known up front).
+pub fn worker_memory_estimate(spec: &ferrotrain_crds::TrainerSpec) -> u64 {
+    let dataset = &spec.dataset;
+    let file_bytes = |uri: &Option<String>| {
+        uri.as_deref()
+            .and_then(|u| u.strip_prefix("file://"))
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    };
+    let data = match dataset.kind {
+        ferrotrain_crds::DatasetKind::Mnist => MNIST_BYTES,
+        ferrotrain_crds::DatasetKind::Idx | ferrotrain_crds::DatasetKind::Csv => [
+            &dataset.images,
+            &dataset.test_images,
+            &dataset.uri,
+            &dataset.test_uri,
+        ]
+        .into_iter()
+        .map(file_bytes)
+        .sum::<u64>()
+        .saturating_mul(4),
+    };
+    WORKER_BASE_BYTES.saturating_add(data)
+}
+
+/// Refuses a gang whose workers together would need more memory than the machine has
+/// available: the kernel's OOM killer would end them one by one instead.
+pub fn check_memory(
+    replicas: i32,
+    per_worker: u64,
+    available: Option<u64>,
+    oversubscribe: bool,
+) -> Result<(), RunError> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let replicas = u64::try_from(replicas.max(0)).unwrap_or(0);
+    let needed = per_worker.saturating_mul(replicas);
+    if needed > available && !oversubscribe {
+        let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+        return Err(RunError::Preflight(format!(
+            "spec.workers.replicas: {replicas} workers need about {:.1} GiB of memory (about {:.0} MiB each: every worker holds the training data and its own runtime), and this machine has {:.1} GiB available; lower replicas, or pass --oversubscribe",
+            gib(needed),
+            per_worker as f64 / f64::from(1u32 << 20),
+            gib(available)
+        )));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes; `None` where there is no such file.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// How a local run ended.
@@ -242,6 +309,8 @@ struct Worker {
     exited: Option<WorkerState>,
     deleting_since: Option<Timestamp>,
     log: PathBuf,
+    /// Its last logged error and the log's path, once it failed.
+    message: Option<String>,
 }
 
 /// Loss and accuracy over the run, for the curve.
@@ -300,6 +369,12 @@ pub fn run(
     check_fits(
         job.spec.workers.replicas,
         std::thread::available_parallelism().map_or(1, usize::from),
+        options.oversubscribe,
+    )?;
+    check_memory(
+        job.spec.workers.replicas,
+        worker_memory_estimate(&job.spec.trainer),
+        available_memory(),
         options.oversubscribe,
     )?;
     std::fs::create_dir_all(job_dir.join("logs"))?;
@@ -369,13 +444,19 @@ pub fn run(
                         (None, Some(state)) => state,
                         (None, None) => WorkerState::Running { ready: true },
                     },
+                    message: w.message.clone(),
                 })
                 .collect(),
         };
         {
             let status = job.status.get_or_insert_with(TrainingJobStatus::default);
+            let rejected_before = status.checkpoint.as_ref().and_then(|c| c.message.clone());
             if let Ok(inbox) = inbox.lock() {
                 inbox.tracker.apply(status, batch_size, now);
+            }
+            let rejected = status.checkpoint.as_ref().and_then(|c| c.message.as_ref());
+            if let Some(message) = rejected.filter(|m| Some(*m) != rejected_before.as_ref()) {
+                display.event(true, "CheckpointsRejected", message);
             }
         }
         let decision = decide(&job, &observed, now);
@@ -449,7 +530,11 @@ pub fn run(
                             let threads = compute_threads_per_worker(cpus, *world_size);
                             command.env("RAYON_NUM_THREADS", threads.to_string());
                         }
+                        // A process group of its own: a terminal's Ctrl-C reaches the runner
+                        // alone, which then stops the workers in order (SIGTERM, grace, SIGKILL);
+                        // a worker whose runner is gone stops by itself (SUPERVISOR_PID).
                         let child = command
+                            .process_group(0)
                             .stdin(Stdio::null())
                             .stdout(log.try_clone()?)
                             .stderr(log)
@@ -459,6 +544,7 @@ pub fn run(
                             attempt: *attempt,
                             child,
                             exited: None,
+                            message: None,
                             deleting_since: None,
                             log: log_path,
                         });
@@ -537,12 +623,17 @@ fn reap(workers: &mut [Worker], display: &Display) {
                 && w.deleting_since.is_none()
             {
                 let text = std::fs::read_to_string(&w.log).unwrap_or_default();
+                let error = last_error(&text).unwrap_or_else(|| "no error in its log".into());
                 display.line(&format!(
-                    "rank {} (attempt {}) failed with {}: {} (log: {})",
+                    "rank {} (attempt {}) failed with {}: {error} (log: {})",
                     w.rank,
                     w.attempt,
                     cause.reason(),
-                    last_error(&text).unwrap_or_else(|| "no error in its log".into()),
+                    w.log.display()
+                ));
+                w.message = Some(format!(
+                    "{}; log: {}",
+                    crate::children::shorten(&error, crate::children::MAX_FAILURE_MESSAGE),
                     w.log.display()
                 ));
             }
@@ -757,6 +848,28 @@ struct Display {
     /// Counted as one Ctrl-C when the reader of stdout goes away (`… | head -1`).
     interrupts: Arc<AtomicUsize>,
     stdout_closed: std::sync::atomic::AtomicBool,
+    /// The terminal's settings before the bar turned off its echo of control characters.
+    terminal: Option<nix::sys::termios::Termios>,
+}
+
+/// Turns off the terminal's echo of control characters (`stty -echoctl`) and returns the
+/// settings to restore. The echoed `^C` of a Ctrl-C lands on the bar's line behind the bar's
+/// back, which then cannot clear that line and leaves a stale copy of itself on screen.
+fn quiet_control_echo() -> Option<nix::sys::termios::Termios> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return None;
+    }
+    let original = tcgetattr(&stdin).ok()?;
+    if !original.local_flags.contains(LocalFlags::ECHOCTL) {
+        return None;
+    }
+    let mut quiet = original.clone();
+    quiet.local_flags.remove(LocalFlags::ECHOCTL);
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).ok()?;
+    Some(original)
 }
 
 impl Display {
@@ -779,6 +892,7 @@ impl Display {
             last_json: Mutex::new(None),
             interrupts,
             stdout_closed: std::sync::atomic::AtomicBool::new(false),
+            terminal: if json { None } else { quiet_control_echo() },
         }
     }
 
@@ -875,6 +989,13 @@ impl Display {
 impl Drop for Display {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
+        if let Some(original) = &self.terminal {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                original,
+            );
+        }
     }
 }
 
@@ -952,6 +1073,33 @@ mod tests {
         );
         assert!(message.contains("--oversubscribe"), "{message}");
         assert!(check_fits(1024, 8, true).is_ok());
+    }
+
+    #[test]
+    fn a_gang_that_needs_more_memory_than_is_available_needs_oversubscribe() {
+        let spec: ferrotrain_crds::TrainerSpec = serde_yaml::from_str(
+            "model: {type: mlp}\ndataset: {type: mnist}\nbatchSize: 8\nepochs: 1\n",
+        )
+        .expect("spec");
+        let per_worker = worker_memory_estimate(&spec);
+        assert_eq!(per_worker, (64 << 20) + 70_000 * 784 * 4);
+        let gib = 1u64 << 30;
+        assert!(check_memory(2, per_worker, Some(2 * gib), false).is_ok());
+        let refused = check_memory(16, per_worker, Some(2 * gib), false)
+            .expect_err("16 MNIST workers in 2 GiB")
+            .to_string();
+        assert!(
+            refused.starts_with(
+                "spec.workers.replicas: 16 workers need about 4.3 GiB of memory (about 273 MiB each"
+            ),
+            "{refused}"
+        );
+        assert!(refused.contains("2.0 GiB available"), "{refused}");
+        assert!(check_memory(16, per_worker, Some(2 * gib), true).is_ok());
+        assert!(
+            check_memory(16, per_worker, None, false).is_ok(),
+            "unknown: no check"
+        );
     }
 
     #[test]

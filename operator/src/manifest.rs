@@ -128,11 +128,14 @@ impl Admission {
                 .map(|e| ManifestError::new(Layer::Cel, e.field_path.clone(), e.message.clone()))
                 .collect());
         }
-        let job: TrainingJob = serde_json::from_value(object).map_err(|e| {
+        // What the schema admits but the types cannot hold (an integer beyond i64, for
+        // example) is named by its field too.
+        let job: TrainingJob = serde_path_to_error::deserialize(object).map_err(|e| {
+            let field = e.path().to_string();
             vec![ManifestError::new(
                 Layer::Schema,
-                "",
-                format!("does not decode: {e}"),
+                if field == "." { String::new() } else { field },
+                e.into_inner().to_string(),
             )]
         })?;
         ferrotrain_crds::validate(&job).map_err(|errors| {

@@ -162,7 +162,25 @@ impl ProgressTracker {
                 step: Some(c.step as i64),
                 time: Timestamp::from_millisecond(c.unix_ms as i64).ok().map(Time),
                 count: Some(self.checkpoints),
+                ..CheckpointStatus::default()
             });
+        }
+        // Every report of an attempt carries what its resume passed over; a later attempt that
+        // found nothing wrong clears it.
+        match &report.rejected_checkpoints {
+            Some(rejected) => {
+                let checkpoint = status
+                    .checkpoint
+                    .get_or_insert_with(CheckpointStatus::default);
+                checkpoint.rejected = Some(i64::from(rejected.count));
+                checkpoint.message = Some(rejected.describe());
+            }
+            None => {
+                if let Some(checkpoint) = status.checkpoint.as_mut() {
+                    checkpoint.rejected = None;
+                    checkpoint.message = None;
+                }
+            }
         }
     }
 
@@ -258,6 +276,43 @@ mod tests {
         assert!(!tokens_match("a", ""));
         assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
         assert_eq!(bearer(Some("Basic abc")), None);
+    }
+
+    #[test]
+    fn rejected_checkpoints_reach_the_status_until_an_attempt_without_them() {
+        let mut t = ProgressTracker::default();
+        let rejected = ProgressReport {
+            attempt: 1,
+            world_size: 2,
+            step: 3,
+            total_steps: 1000,
+            rejected_checkpoints: Some(ferrotrain_crds::progress::RejectedCheckpoints {
+                count: 3,
+                newest_step: 300,
+                problem: "data/300/params.bin: SHA-256 does not match the manifest".into(),
+                resumed_from: None,
+            }),
+            ..ProgressReport::default()
+        };
+        let body_of = |r: &ProgressReport| serde_json::to_vec(r).expect("json");
+        assert_eq!(
+            t.accept(Some("k"), "k", &body_of(&rejected), 1, at(0)),
+            Ok(())
+        );
+        let mut status = TrainingJobStatus::default();
+        t.apply(&mut status, 64, at(0));
+        let checkpoint = status.checkpoint.clone().expect("checkpoint status");
+        assert_eq!(checkpoint.rejected, Some(3));
+        assert_eq!(
+            checkpoint.message.as_deref(),
+            Some(
+                "3 checkpoints failed verification (newest, step 300: data/300/params.bin: SHA-256 does not match the manifest); training restarted from step 0"
+            )
+        );
+        assert_eq!(t.accept(Some("k"), "k", &body(2, 10), 2, at(5)), Ok(()));
+        t.apply(&mut status, 64, at(5));
+        let checkpoint = status.checkpoint.expect("checkpoint status");
+        assert_eq!((checkpoint.rejected, checkpoint.message), (None, None));
     }
 
     #[test]

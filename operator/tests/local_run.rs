@@ -545,3 +545,39 @@ fn an_unreachable_checkpoint_store_is_named_in_one_line() {
         "{stderr}"
     );
 }
+
+/// Ctrl-C in a terminal signals the whole foreground process group, workers included. The
+/// workers' own checkpoint-and-exit is the suspension the runner asked for, not a failure.
+#[test]
+fn ctrl_c_in_a_terminal_suspends_without_reporting_failed_workers() {
+    use std::os::unix::process::CommandExt;
+    let s = Scratch::new("terminal");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest("terminal", &format!("file://{}", ckpt.display()), "");
+    let child = s
+        .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    wait_for("a committed checkpoint", Duration::from_secs(120), || {
+        manifests(&ckpt) > 0
+    });
+    let group = format!("-{}", child.id());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let output = finish(child);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(130), "suspended: {stdout}");
+    assert!(
+        !stdout.contains("failed with"),
+        "a suspended worker was reported as failed:\n{stdout}"
+    );
+    assert!(stdout.contains("\"Suspended\""), "{stdout}");
+}

@@ -431,6 +431,18 @@ pub async fn try_terminate_container(
     pod: &str,
     exit_code: i32,
 ) -> Result<(), kube::Error> {
+    terminate_container_saying(client, namespace, pod, exit_code, None).await
+}
+
+/// [`try_terminate_container`] with the termination message the kubelet reports: the tail of
+/// the container's log under `terminationMessagePolicy: FallbackToLogsOnError`.
+pub async fn terminate_container_saying(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    exit_code: i32,
+    message: Option<&str>,
+) -> Result<(), kube::Error> {
     let phase = if exit_code == 0 {
         "Succeeded"
     } else {
@@ -450,6 +462,7 @@ pub async fn try_terminate_container(
                 "state": {"terminated": {
                     "exitCode": exit_code,
                     "reason": if exit_code == 0 { "Completed" } else { "Error" },
+                    "message": message,
                     "startedAt": now,
                     "finishedAt": now,
                 }},

@@ -1,7 +1,8 @@
 //! Helpers for Ferrotrain's cross-crate integration tests: locating workspace files and checking
-//! a CRD schema against the API server's structural-schema rules.
+//! a CRD schema against the API server's structural-schema rules; a fault-injecting S3 proxy.
 
 pub mod cluster;
+pub mod faultproxy;
 pub mod kubelet;
 pub mod pss;
 pub mod structural;

@@ -10,7 +10,7 @@ use ferrotrain_crds::TrainingJob;
 use ferrotrain_tests::cluster::{
     Cluster, Installed, Operator, dedicated_node, delete_namespace, hold_pod, install_crd,
     install_operator, job_pods, job_token, post_progress, release_pod, render_chart, send_signal,
-    terminate_container, test_namespace, token_secret_name, wait_for,
+    terminate_container, terminate_container_saying, test_namespace, token_secret_name, wait_for,
 };
 use ferrotrain_tests::workspace_root;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -463,6 +463,60 @@ async fn a_worker_exit_restarts_the_whole_gang() {
     assert_eq!(
         running_pods(&client, &namespace, "restart", 2).await.len(),
         2
+    );
+    assert!(installed.operator.forbidden().is_empty());
+}
+
+/// A malformed-data exit (3) fails the job on its first attempt, naming the worker's own last
+/// error from its termination message; a user rule turns exit 42 into an uncharged restart.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("policy", "restricted").await;
+    let rules = ", maxAppRestarts: 0, failurePolicy: {rules: [{action: RestartGangWithoutBudget, onExitCodes: [42]}]}";
+    create_job(&client, &namespace, &job_manifest("policy", 2, rules)).await;
+    wait_phase(&client, &namespace, "policy", "Running", 60).await;
+    terminate_container(&client, &namespace, "policy-worker-0", 42).await;
+    let job = wait_for("attempt 2 running", Duration::from_secs(60), || async {
+        let job = job_status(&client, &namespace, "policy").await?;
+        (job.status.as_ref()?.attempt == Some(2) && phase_name(&job).as_deref() == Some("Running"))
+            .then_some(job)
+    })
+    .await;
+    let restarts = job.status.and_then(|s| s.restarts).unwrap_or_default();
+    assert_eq!((restarts.app, restarts.uncharged), (0, 1), "{restarts:?}");
+    let log_tail = concat!(
+        "{\"level\":\"INFO\",\"fields\":{\"message\":\"compute threads\"}}\n",
+        "{\"level\":\"ERROR\",\"fields\":{\"message\":\"training data\",",
+        "\"error\":\"s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10)\"}}\n"
+    );
+    terminate_container_saying(&client, &namespace, "policy-worker-1", 3, Some(log_tail))
+        .await
+        .expect("terminate");
+    let job = wait_phase(&client, &namespace, "policy", "Failed", 60).await;
+    let status = job.status.unwrap_or_default();
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("Failed condition");
+    assert_eq!(failed.reason, "FailedByPolicy", "{failed:?}");
+    assert!(
+        failed.message.contains(
+            "worker policy-worker-1 failed: ExitCode3 (training data: s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10))"
+        ),
+        "{}",
+        failed.message
+    );
+    assert_eq!(
+        status.restarts.map(|r| r.app),
+        Some(0),
+        "no budget was used"
     );
     assert!(installed.operator.forbidden().is_empty());
 }

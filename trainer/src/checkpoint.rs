@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::Location;
+use crate::storage::{self, Location};
 
 const FORMAT: u32 = 1;
 const MANIFESTS: &str = "manifests";
@@ -90,6 +90,9 @@ impl Manifest {
         self.objects.iter().map(|o| o.size).sum()
     }
 }
+
+/// The newest checkpoint that verifies, if any, and the newer ones passed over (step, problem).
+pub type LatestAndRejected = (Option<(Snapshot, Manifest)>, Vec<(u64, String)>);
 
 /// A committed checkpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -206,8 +209,15 @@ impl CheckpointStore {
                     .map_err(store_error(format!("write of {key}")))
             });
         }
-        // The data objects go up together; the manifest only after all of them landed.
-        futures::future::try_join_all(puts).await?;
+        // The data objects go up together; the manifest only after all of them landed. A
+        // failed commit (a full disk, a store that gave up) takes back what it wrote, so that
+        // it leaves no garbage behind to fill the disk further.
+        let dir = format!("{DATA}/{step:012}-{nonce}");
+        if let Err(e) = futures::future::try_join_all(puts).await {
+            self.take_back(&dir, names.iter().map(|(_, key, _)| key.as_str()))
+                .await;
+            return Err(e);
+        }
         let mut objects = Vec::new();
         for ((name, key, size), hash) in names.into_iter().zip(hashes) {
             objects.push(ObjectEntry {
@@ -248,9 +258,17 @@ impl CheckpointStore {
                     self.delete_objects(&manifest).await;
                 }
             }
-            Err(e) => return Err(store_error(format!("commit of {manifest_key}"))(e)),
+            Err(e) => {
+                self.take_back(&dir, manifest.objects.iter().map(|o| o.key.as_str()))
+                    .await;
+                return Err(store_error(format!("commit of {manifest_key}"))(e));
+            }
         }
-        self.retain().await?;
+        // The checkpoint is committed; deleting older ones is housekeeping that the next commit
+        // does again, so its failure must not fail this commit (and the attempt with it).
+        if let Err(e) = self.retain().await {
+            tracing::warn!(error = %e, "old checkpoints not deleted yet; the next commit tries again");
+        }
         Ok(Committed {
             step,
             manifest_uri: format!("{}/{manifest_key}", self.location.uri.trim_end_matches('/')),
@@ -277,6 +295,14 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Deletes the objects of a commit that failed, and its directory on a local disk.
+    async fn take_back(&self, dir: &str, keys: impl Iterator<Item = &str>) {
+        for key in keys {
+            let _ = self.location.store.delete(&self.location.key(key)).await;
+        }
+        self.location.remove_empty_dir(dir);
+    }
+
     async fn delete_objects(&self, manifest: &Manifest) {
         for object in &manifest.objects {
             // A leftover data object is only garbage; it never affects correctness.
@@ -291,13 +317,14 @@ impl CheckpointStore {
     /// Manifest keys, newest step first.
     async fn manifest_keys(&self) -> Result<Vec<(u64, String)>, CheckpointError> {
         let prefix = self.location.key(MANIFESTS);
-        let metas: Vec<_> = self
-            .location
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(store_error(format!("listing of {}", self.location.uri)))?;
+        let metas: Vec<_> = storage::retry_reads(MANIFESTS, || {
+            self.location
+                .store
+                .list(Some(&prefix))
+                .try_collect::<Vec<_>>()
+        })
+        .await
+        .map_err(store_error(format!("listing of {}", self.location.uri)))?;
         let mut keys: Vec<(u64, String)> = metas
             .iter()
             .filter_map(|m| {
@@ -318,51 +345,44 @@ impl CheckpointStore {
         }
     }
 
-    /// Reads a checkpoint's data and checks sizes and hashes.
-    async fn verify(&self, manifest: &Manifest) -> Result<Snapshot, String> {
+    /// Reads a checkpoint's data and checks sizes and hashes. A missing or corrupt object makes
+    /// the checkpoint invalid (`Ok(Err(problem))`); a store that fails to answer is an error of
+    /// its own: the checkpoint may be fine, and passing over it would lose its progress.
+    async fn verify(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Result<Snapshot, String>, CheckpointError> {
         let mut snapshot = Snapshot {
             state: manifest.state.clone(),
             ..Snapshot::default()
         };
         for object in &manifest.objects {
-            let bytes = self
-                .location
-                .read(&object.key)
-                .await
-                .map_err(|e| format!("{}: {e}", object.key))?;
-            if bytes.len() as u64 != object.size {
-                return Err(format!(
-                    "{}: {} bytes, manifest says {}",
-                    object.key,
-                    bytes.len(),
-                    object.size
-                ));
-            }
-            if sha256_hex(&bytes) != object.sha256 {
-                return Err(format!(
-                    "{}: SHA-256 does not match the manifest",
-                    object.key
-                ));
-            }
-            let values = decode_f32(&bytes);
-            match object.name.as_str() {
-                "params" => snapshot.params = values,
-                "moment1" => snapshot.moment1 = values,
-                "moment2" => snapshot.moment2 = values,
-                other => return Err(format!("unknown object role {other:?}")),
+            let bytes = match self.location.read(&object.key).await {
+                Ok(bytes) => bytes,
+                Err(e @ object_store::Error::NotFound { .. }) => {
+                    return Ok(Err(format!("{}: {e}", object.key)));
+                }
+                Err(e) => return Err(store_error(format!("read of {}", object.key))(e)),
+            };
+            if let Err(problem) = check_object(&mut snapshot, object, &bytes) {
+                return Ok(Err(problem));
             }
         }
-        if snapshot.params.is_empty() {
-            return Err("manifest lists no parameters".into());
-        }
-        Ok(snapshot)
+        Ok(complete(snapshot))
     }
 
     /// The newest checkpoint that verifies, skipping corrupt ones with a warning each.
     pub async fn load_latest(&self) -> Result<Option<(Snapshot, Manifest)>, CheckpointError> {
+        Ok(self.load_latest_noting_rejects().await?.0)
+    }
+
+    /// [`Self::load_latest`], and the checkpoints it passed over (step, problem), newest first.
+    pub async fn load_latest_noting_rejects(&self) -> Result<LatestAndRejected, CheckpointError> {
+        let mut rejected = Vec::new();
         for (step, key) in self.manifest_keys().await? {
             let Some(manifest) = self.read_manifest(&key).await? else {
                 tracing::warn!(checkpoint = %key, "manifest is unreadable; trying an older checkpoint");
+                rejected.push((step, "manifest is unreadable".to_string()));
                 continue;
             };
             if manifest.config_hash != self.config_hash {
@@ -371,14 +391,15 @@ impl CheckpointStore {
                     uri: self.location.uri.clone(),
                 });
             }
-            match self.verify(&manifest).await {
-                Ok(snapshot) => return Ok(Some((snapshot, manifest))),
+            match self.verify(&manifest).await? {
+                Ok(snapshot) => return Ok((Some((snapshot, manifest)), rejected)),
                 Err(problem) => {
                     tracing::warn!(checkpoint = %key, %problem, "checkpoint does not verify; trying an older one");
+                    rejected.push((step, problem));
                 }
             }
         }
-        Ok(None)
+        Ok((None, rejected))
     }
 
     /// Every checkpoint, newest first, each verified.
@@ -388,7 +409,10 @@ impl CheckpointStore {
             let manifest = self.read_manifest(&key).await?;
             let problem = match &manifest {
                 None => Some("manifest is unreadable".to_string()),
-                Some(m) => self.verify(m).await.err(),
+                Some(m) => match self.verify(m).await {
+                    Ok(verified) => verified.err(),
+                    Err(e) => Some(format!("cannot be read now: {e}")),
+                },
             };
             out.push(Listed {
                 step,
@@ -420,6 +444,65 @@ fn encode_f32(values: &[f32]) -> Vec<u8> {
     } else {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
+}
+
+/// Checks one data object against its manifest entry and keeps its values.
+fn check_object(snapshot: &mut Snapshot, object: &ObjectEntry, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() as u64 != object.size {
+        return Err(format!(
+            "{}: {} bytes, manifest says {}",
+            object.key,
+            bytes.len(),
+            object.size
+        ));
+    }
+    if sha256_hex(bytes) != object.sha256 {
+        return Err(format!(
+            "{}: SHA-256 does not match the manifest",
+            object.key
+        ));
+    }
+    if !bytes.len().is_multiple_of(4) {
+        return Err(format!(
+            "{}: {} bytes is not a whole number of f32 values",
+            object.key,
+            bytes.len()
+        ));
+    }
+    let values = decode_f32(bytes);
+    match object.name.as_str() {
+        "params" => snapshot.params = values,
+        "moment1" => snapshot.moment1 = values,
+        "moment2" => snapshot.moment2 = values,
+        other => return Err(format!("unknown object role {other:?}")),
+    }
+    Ok(())
+}
+
+fn complete(snapshot: Snapshot) -> Result<Snapshot, String> {
+    if snapshot.params.is_empty() {
+        return Err("manifest lists no parameters".into());
+    }
+    Ok(snapshot)
+}
+
+/// Parses manifest bytes and verifies the objects it lists, read through `read`: the checks a
+/// resume makes, without storage (the fuzz target drives this).
+pub fn verify_manifest(
+    manifest: &[u8],
+    mut read: impl FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<(Manifest, Snapshot), String> {
+    let manifest: Manifest =
+        serde_json::from_slice(manifest).map_err(|e| format!("manifest is unreadable: {e}"))?;
+    let mut snapshot = Snapshot {
+        state: manifest.state.clone(),
+        ..Snapshot::default()
+    };
+    for object in &manifest.objects {
+        let bytes = read(&object.key).ok_or_else(|| format!("{}: not found", object.key))?;
+        check_object(&mut snapshot, object, &bytes)?;
+    }
+    Ok((manifest, complete(snapshot)?))
 }
 
 fn decode_f32(bytes: &[u8]) -> Vec<f32> {

@@ -117,6 +117,10 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
     let data: Splits =
         match runtime.block_on(load::load(&spec.dataset, &options.data_dir, seed, &data_s3)) {
             Ok(data) => data,
+            Err(e) if e.unreadable => {
+                tracing::error!(error = %e, "training data unavailable");
+                return exit::DATA_UNAVAILABLE;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "training data");
                 return exit::DATA_ERROR;

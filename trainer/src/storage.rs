@@ -2,12 +2,13 @@
 //! path-style, plain HTTP allowed for local servers) and `file://path`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferrotrain_crds::validate::{Scheme, parse_storage_uri};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
 
 /// A store and the key prefix everything lives under.
 #[derive(Clone, Debug)]
@@ -79,7 +80,8 @@ pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
         Scheme::S3 => {
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(&parsed.bucket)
-                .with_virtual_hosted_style_request(false);
+                .with_virtual_hosted_style_request(false)
+                .with_retry(store_retries());
             if let Some(region) = &options.region {
                 builder = builder.with_region(region);
             }
@@ -98,6 +100,52 @@ pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
     }
 }
 
+/// How long the S3 client keeps retrying a request (throttling, 5xx, refused or reset
+/// connections) before the trainer sees an error. The client's default (10 retries, backoff from
+/// 100 ms with base 2 and decorrelated jitter) gives up after 2 to 3 seconds of a store that is
+/// down; this rides out an outage or a restart of the store of up to about two minutes, with
+/// waits growing to 10 s.
+pub fn store_retries() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(10),
+            base: 3.0,
+        },
+        max_retries: 25,
+        retry_timeout: Duration::from_secs(120),
+    }
+}
+
+/// How many times [`retry_reads`] tries a read.
+pub const READ_ATTEMPTS: u32 = 3;
+
+/// Runs an idempotent read (a whole object, a listing) up to [`READ_ATTEMPTS`] times, waiting
+/// 0.5 s and then 1 s between tries, with a warning for each failure: the S3 client retries
+/// requests that fail, but not a response whose body breaks off part-way. A missing object is
+/// an answer, not a failure.
+pub async fn retry_reads<T, F, Fut>(what: &str, mut read: F) -> Result<T, object_store::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, object_store::Error>>,
+{
+    let mut wait = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(e @ object_store::Error::NotFound { .. }) => return Err(e),
+            Err(e) if attempt >= READ_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::warn!(%what, attempt, error = %e, "storage read failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 impl Location {
     /// The full key of `name` under the prefix.
     pub fn key(&self, name: &str) -> Path {
@@ -110,7 +158,21 @@ impl Location {
 
     /// Reads a whole object.
     pub async fn read(&self, name: &str) -> Result<bytes::Bytes, object_store::Error> {
-        self.store.get(&self.key(name)).await?.bytes().await
+        let key = self.key(name);
+        retry_reads(name, || async { self.store.get(&key).await?.bytes().await }).await
+    }
+
+    /// Removes the directory `name` of a `file://` location if it is empty (object stores have
+    /// no directories; a local one keeps those a failed write created). Anything else: nothing.
+    pub fn remove_empty_dir(&self, name: &str) {
+        if let Ok(parsed) = parse_storage_uri(&self.uri)
+            && parsed.scheme == Scheme::File
+        {
+            let mut dir = std::path::PathBuf::from(&parsed.path);
+            dir.extend(name.split('/').filter(|p| !p.is_empty()));
+            // Fails, as it should, when the directory is not empty or not there.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrotrain_crds::progress::{CheckpointReport, ProgressReport};
+use ferrotrain_crds::progress::{CheckpointReport, ProgressReport, RejectedCheckpoints};
 use ferrotrain_crds::{EarlyStoppingMode, ModeKind, TrainerSpec};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -102,6 +102,8 @@ pub struct Summary {
     pub samples_per_second: f64,
     /// Step this attempt started from.
     pub resumed_from: Option<u64>,
+    /// Checkpoints the resume passed over because they did not verify (rank 0).
+    pub rejected_checkpoints: Option<RejectedCheckpoints>,
     /// Whether early stopping ended the run.
     pub early_stopped: bool,
     /// Latest committed checkpoint (rank 0).
@@ -263,8 +265,12 @@ fn train_on_pool(
         ..TrainingState::default()
     };
     let mut resumed_from = None;
-    if let Some(plan) = job.checkpoint.as_ref().filter(|p| p.resume)
-        && let Some(snapshot) = load_resume_point(plan, ring, runtime)?
+    let (resume_point, rejected_checkpoints) = match job.checkpoint.as_ref().filter(|p| p.resume) {
+        Some(plan) => load_resume_point(plan, ring, runtime)?,
+        None => (None, None),
+    };
+    if let Some(plan) = job.checkpoint.as_ref()
+        && let Some(snapshot) = resume_point
     {
         if snapshot.params.len() != n
             || snapshot.moment1.len() != optimizer.m.len()
@@ -492,15 +498,18 @@ fn train_on_pool(
             && last_report_at.is_none_or(|t| t.elapsed() >= job.report_every)
         {
             let _ = uploader.busy();
-            reporter.report(&progress(
-                job.attempt,
-                &state,
-                total_steps,
-                trained_samples,
-                train_seconds,
-                uploader.latest.as_ref(),
-                false,
-            ));
+            reporter.report(&ProgressReport {
+                rejected_checkpoints: rejected_checkpoints.clone(),
+                ..progress(
+                    job.attempt,
+                    &state,
+                    total_steps,
+                    trained_samples,
+                    train_seconds,
+                    uploader.latest.as_ref(),
+                    false,
+                )
+            });
             last_report_at = Some(Instant::now());
         }
         if stopped {
@@ -527,15 +536,18 @@ fn train_on_pool(
         0.0
     };
     if let Some(reporter) = job.reporter.as_mut() {
-        reporter.report(&progress(
-            job.attempt,
-            &state,
-            total_steps,
-            trained_samples,
-            train_seconds,
-            uploader.latest.as_ref(),
-            !stopped,
-        ));
+        reporter.report(&ProgressReport {
+            rejected_checkpoints: rejected_checkpoints.clone(),
+            ..progress(
+                job.attempt,
+                &state,
+                total_steps,
+                trained_samples,
+                train_seconds,
+                uploader.latest.as_ref(),
+                !stopped,
+            )
+        });
         reporter.flush();
     }
     let summary = Summary {
@@ -546,6 +558,7 @@ fn train_on_pool(
         metrics: state.metrics.clone(),
         samples_per_second,
         resumed_from,
+        rejected_checkpoints,
         early_stopped,
         checkpoint: uploader.latest.clone(),
         checkpoint_stats: uploader.stats.clone(),
@@ -561,23 +574,37 @@ fn train_on_pool(
 
 /// Rank 0 reads the newest valid checkpoint and passes it around the ring, so that every rank
 /// resumes from the same one.
+/// Rank 0 finds the newest checkpoint that verifies and broadcasts it; it also returns what it
+/// had to pass over (peers return none), for the progress reports.
 fn load_resume_point(
     plan: &CheckpointPlan,
     ring: &mut Ring,
     runtime: &Handle,
-) -> Result<Option<Snapshot>, TrainError> {
+) -> Result<(Option<Snapshot>, Option<RejectedCheckpoints>), TrainError> {
     let mut bytes = Vec::new();
     if ring.rank() == 0 {
         // An unreadable store is fatal to the whole gang: tell the peers by sending nothing.
-        let loaded = runtime.block_on(plan.store.load_latest());
-        if let Ok(Some((snapshot, _))) = &loaded {
+        let loaded = runtime.block_on(plan.store.load_latest_noting_rejects());
+        if let Ok((Some((snapshot, _)), _)) = &loaded {
             bytes = encode_snapshot(snapshot);
         }
         ring.broadcast(&mut bytes)?;
-        return Ok(loaded?.map(|(snapshot, _)| snapshot));
+        let (latest, rejected) = loaded?;
+        let snapshot = latest.map(|(snapshot, _)| snapshot);
+        let rejected = rejected.first().map(|(newest_step, problem)| {
+            let report = RejectedCheckpoints {
+                count: u32::try_from(rejected.len()).unwrap_or(u32::MAX),
+                newest_step: *newest_step,
+                problem: problem.clone(),
+                resumed_from: snapshot.as_ref().map(|s| s.state.step),
+            };
+            tracing::warn!("{}", report.describe());
+            report
+        });
+        return Ok((snapshot, rejected));
     }
     ring.broadcast(&mut bytes)?;
-    Ok(decode_snapshot(&bytes))
+    Ok((decode_snapshot(&bytes), None))
 }
 
 fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
@@ -718,5 +745,6 @@ fn progress(
             unix_ms: c.unix_ms,
         }),
         done,
+        rejected_checkpoints: None,
     }
 }

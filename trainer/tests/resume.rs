@@ -222,3 +222,51 @@ fn a_diverging_run_stops_with_an_error_instead_of_training_on_nan() {
         other => panic!("expected a divergence error, got {other:?}"),
     }
 }
+
+/// When every checkpoint fails verification the run starts from step 0, and says so: the
+/// summary (and every progress report of the attempt) names how many were passed over and why.
+#[test]
+fn a_resume_that_rejects_every_checkpoint_says_so() {
+    let fx = Fixture::new("all-rejected");
+    let spec = fx.spec("");
+    let data = fx.data(&spec);
+    let Ok(Outcome::Preempted(first)) = fx.run(&spec, Some(fx.plan(&spec, &data)), Some(57)) else {
+        panic!("first attempt is preempted")
+    };
+    assert_eq!(first.step, 57);
+    // Flip one byte of every data object: no checkpoint verifies any more.
+    let mut objects = Vec::new();
+    let mut dirs = vec![fx.dir.join("ckpt")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if !path.to_string_lossy().contains("manifests") {
+                objects.push(path);
+            }
+        }
+    }
+    assert!(!objects.is_empty(), "checkpoint data objects exist");
+    for path in &objects {
+        let mut bytes = std::fs::read(path).expect("read");
+        bytes[0] ^= 0xff;
+        std::fs::write(path, bytes).expect("write");
+    }
+    let Ok(Outcome::Completed(second)) = fx.run(&spec, Some(fx.plan(&spec, &data)), None) else {
+        panic!("second attempt completes from scratch")
+    };
+    assert_eq!(second.resumed_from, None);
+    let rejected = second
+        .rejected_checkpoints
+        .expect("the rejects are reported");
+    assert_eq!((rejected.count, rejected.newest_step), (2, 57), "keep: 2");
+    assert_eq!(rejected.resumed_from, None);
+    let line = rejected.describe();
+    assert!(
+        line.starts_with("2 checkpoints failed verification (newest, step 57: ")
+            && line.contains("SHA-256 does not match")
+            && line.ends_with("training restarted from step 0"),
+        "{line}"
+    );
+}

@@ -21,6 +21,7 @@ pub fn parse(
         offset: None,
         row: Some(row),
         cause,
+        unreadable: false,
     };
     for (index, line) in text.lines().enumerate() {
         let row = index + 1;

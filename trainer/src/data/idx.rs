@@ -93,9 +93,21 @@ pub fn parse(file: &str, bytes: &[u8]) -> Result<IdxArray, DataError> {
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
-    let expected = dims
+    // The item size on its own: with no items the total is 0 whatever the inner dimensions,
+    // and an overflowing item size would surface later as a wrong feature count.
+    let item = dims[1..]
         .iter()
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+        .ok_or_else(|| DataError::at(file, 8, "dimension sizes overflow"))?;
+    if item == 0 {
+        return Err(DataError::at(
+            file,
+            8,
+            format!("dimensions {dims:?} describe items of zero values"),
+        ));
+    }
+    let expected = dims[0]
+        .checked_mul(item)
         .ok_or_else(|| DataError::at(file, 4, "dimension sizes overflow"))?;
     let body = &bytes[header..];
     if body.len() < expected {
@@ -142,6 +154,29 @@ mod tests {
     use flate2::write::GzEncoder;
 
     use super::*;
+
+    /// Found by the `idx` fuzz target: no items, but inner dimensions whose product overflows.
+    /// The size check multiplied all dimensions, so the zero hid the overflow, and the item size
+    /// computed later overflowed (a panic in checked builds, a wrong feature count otherwise).
+    #[test]
+    fn inner_dimensions_that_overflow_are_refused_even_with_no_items() {
+        let mut bytes = vec![0, 0, 0x08, 6];
+        for dim in [0u32, 2, 2, 0x0001_ff03, 0x0405_0607, 0x0809_0a0b] {
+            bytes.extend_from_slice(&dim.to_be_bytes());
+        }
+        let err = parse("x.idx", &bytes).expect_err("an item size beyond usize");
+        assert!(
+            err.to_string().contains("dimension sizes overflow"),
+            "{err}"
+        );
+        // Items with no values are refused too: nothing to train on.
+        let mut bytes = vec![0, 0, 0x08, 2];
+        for dim in [3u32, 0] {
+            bytes.extend_from_slice(&dim.to_be_bytes());
+        }
+        let err = parse("y.idx", &bytes).expect_err("empty items");
+        assert!(err.to_string().contains("items of zero values"), "{err}");
+    }
 
     fn sample() -> IdxArray {
         IdxArray {

@@ -39,13 +39,14 @@ pub async fn load(
     seed: u64,
     s3: &S3Options,
 ) -> Result<Splits, DataError> {
+    let declared = spec.classes;
     let splits = match spec.kind {
         DatasetKind::Mnist => {
             let dir = data_dir.join("mnist");
             let read = |name: &str| {
                 let path = dir.join(name);
                 std::fs::read(&path).map_err(|e| {
-                    DataError::file(
+                    DataError::unreadable(
                         &path.display().to_string(),
                         format!("{e}; the built-in MNIST lives in $FERROTRAIN_DATA_DIR/mnist"),
                     )
@@ -54,7 +55,8 @@ pub async fn load(
             let [ti, tl, ei, el] = MNIST_FILES;
             let train = idx_pair(ti, &read(ti)?, tl, &read(tl)?)?;
             let eval = idx_pair(ei, &read(ei)?, el, &read(el)?)?;
-            Splits { train, eval }
+            let classes = class_count(tl, &train, Some((el, &eval)), declared)?;
+            with_classes(Splits { train, eval }, classes)
         }
         DatasetKind::Idx => {
             let (images, labels) = (
@@ -68,11 +70,18 @@ pub async fn load(
                 &fetch(labels, s3).await?,
             )?;
             match (&spec.test_images, &spec.test_labels) {
-                (Some(ti), Some(tl)) => Splits {
-                    train,
-                    eval: idx_pair(ti, &fetch(ti, s3).await?, tl, &fetch(tl, s3).await?)?,
-                },
-                _ => split(train, spec.validation_split_or_default(), seed),
+                (Some(ti), Some(tl)) => {
+                    let eval = idx_pair(ti, &fetch(ti, s3).await?, tl, &fetch(tl, s3).await?)?;
+                    let classes = class_count(labels, &train, Some((tl, &eval)), declared)?;
+                    with_classes(Splits { train, eval }, classes)
+                }
+                _ => {
+                    let classes = class_count(labels, &train, None, declared)?;
+                    with_classes(
+                        split(train, spec.validation_split_or_default(), seed),
+                        classes,
+                    )
+                }
             }
         }
         DatasetKind::Csv => {
@@ -92,9 +101,16 @@ pub async fn load(
                             ),
                         ));
                     }
-                    Splits { train, eval }
+                    let classes = class_count(uri, &train, Some((test, &eval)), declared)?;
+                    with_classes(Splits { train, eval }, classes)
                 }
-                None => split(train, spec.validation_split_or_default(), seed),
+                None => {
+                    let classes = class_count(uri, &train, None, declared)?;
+                    with_classes(
+                        split(train, spec.validation_split_or_default(), seed),
+                        classes,
+                    )
+                }
             };
             let scaler = csv::Standardizer::fit(&splits.train);
             scaler.apply(&mut splits.train);
@@ -108,6 +124,80 @@ pub async fn load(
     Ok(splits)
 }
 
+/// The class count of a training set and its test set: `dataset.classes` when declared, every
+/// label below it; else one more than the largest training label, and then every class up to
+/// it must occur, so that one stray label (200 among digits) cannot make 201 classes.
+fn class_count(
+    train_file: &str,
+    train: &Dataset,
+    test: Option<(&str, &Dataset)>,
+    declared: Option<i32>,
+) -> Result<usize, DataError> {
+    let first_at_or_above = |data: &Dataset, limit: usize| {
+        data.labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| usize::from(**l) >= limit)
+            .map(|(i, l)| (i, *l))
+    };
+    let classes = match declared {
+        Some(declared) => {
+            let declared = usize::try_from(declared).unwrap_or(0);
+            if let Some((i, label)) = first_at_or_above(train, declared) {
+                return Err(DataError::file(
+                    train_file,
+                    format!(
+                        "label {label} of example {} is not below dataset.classes ({declared})",
+                        i + 1
+                    ),
+                ));
+            }
+            declared
+        }
+        None => {
+            let mut seen = [false; 256];
+            for label in &train.labels {
+                seen[usize::from(*label)] = true;
+            }
+            let inferred = train.classes;
+            let occurring = seen[..inferred.min(256)].iter().filter(|s| **s).count();
+            if occurring < inferred {
+                let largest = inferred - 1;
+                let example = train
+                    .labels
+                    .iter()
+                    .position(|l| usize::from(*l) == largest)
+                    .map_or(0, |i| i + 1);
+                return Err(DataError::file(
+                    train_file,
+                    format!(
+                        "label {largest} of example {example} makes {inferred} classes, but only {occurring} of them occur in the training labels; fix the label, or set dataset.classes to {inferred} if classes without examples are intended"
+                    ),
+                ));
+            }
+            inferred
+        }
+    };
+    if let Some((test_file, test)) = test
+        && let Some((i, label)) = first_at_or_above(test, classes)
+    {
+        return Err(DataError::file(
+            test_file,
+            format!(
+                "label {label} of example {} is not one of the {classes} classes of the training data",
+                i + 1
+            ),
+        ));
+    }
+    Ok(classes)
+}
+
+fn with_classes(mut splits: Splits, classes: usize) -> Splits {
+    splits.train.classes = classes;
+    splits.eval.classes = classes;
+    splits
+}
+
 fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, DataError> {
     value
         .as_deref()
@@ -117,7 +207,7 @@ fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, DataE
 async fn fetch(uri: &str, s3: &S3Options) -> Result<bytes::Bytes, DataError> {
     storage::read_uri(uri, s3)
         .await
-        .map_err(|e| DataError::file(uri, format!("cannot read: {e}")))
+        .map_err(|e| DataError::unreadable(uri, format!("cannot read: {e}")))
 }
 
 fn text(uri: &str, bytes: &[u8]) -> Result<String, DataError> {
@@ -175,6 +265,7 @@ mod tests {
             label_column: None,
             header: None,
             validation_split: None,
+            classes: None,
         }
     }
 
@@ -230,6 +321,60 @@ mod tests {
             .await
             .expect_err("missing file");
         assert!(err.to_string().contains("absent.csv: cannot read"), "{err}");
+        assert!(err.unreadable, "a missing file may appear later: {err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn labels_are_checked_against_the_class_count() {
+        let dir = std::env::temp_dir().join(format!("ferrotrain-classes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Digits 0..9 and one stray 200: without a check this made 201 classes.
+        let mut rows: String = (0..50).map(|i| format!("{},{i}\n", i % 10)).collect();
+        rows.push_str("200,7\n");
+        std::fs::write(dir.join("stray.csv"), &rows).expect("write");
+        let mut s = spec(DatasetKind::Csv);
+        s.uri = Some(format!("file://{}", dir.join("stray.csv").display()));
+        let err = load(&s, &dir, 7, &S3Options::default())
+            .await
+            .expect_err("a stray label");
+        assert!(!err.unreadable);
+        assert!(
+            err.to_string()
+                .contains("label 200 of example 51 makes 201 classes, but only 11 of them occur"),
+            "{err}"
+        );
+        s.classes = Some(10);
+        let err = load(&s, &dir, 7, &S3Options::default())
+            .await
+            .expect_err("above the declared count");
+        assert!(
+            err.to_string()
+                .contains("label 200 of example 51 is not below dataset.classes (10)"),
+            "{err}"
+        );
+        // Declared classes may have no examples; the count is the declared one.
+        s.classes = Some(256);
+        let splits = load(&s, &dir, 7, &S3Options::default())
+            .await
+            .expect("declared");
+        assert_eq!(splits.classes(), 256);
+        // A test set's labels must be classes of the training data.
+        let digits: String = (0..50).map(|i| format!("{},{i}\n", i % 10)).collect();
+        std::fs::write(dir.join("digits.csv"), &digits).expect("write");
+        std::fs::write(dir.join("test.csv"), "3,1\n12,2\n").expect("write");
+        let mut s = spec(DatasetKind::Csv);
+        s.uri = Some(format!("file://{}", dir.join("digits.csv").display()));
+        s.test_uri = Some(format!("file://{}", dir.join("test.csv").display()));
+        let err = load(&s, &dir, 7, &S3Options::default())
+            .await
+            .expect_err("test label 12");
+        assert!(
+            err.to_string().contains(
+                "test.csv: label 12 of example 2 is not one of the 10 classes of the training data"
+            ),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -17,6 +17,9 @@ pub struct DataError {
     pub row: Option<usize>,
     /// What is wrong.
     pub cause: String,
+    /// The data could not be read at all (missing, unreachable, denied) rather than being
+    /// malformed: a later attempt may succeed.
+    pub unreadable: bool,
 }
 
 impl DataError {
@@ -27,6 +30,15 @@ impl DataError {
             offset: Some(offset),
             row: None,
             cause: cause.into(),
+            unreadable: false,
+        }
+    }
+
+    /// A file or object that could not be read.
+    pub fn unreadable(file: &str, cause: impl Into<String>) -> Self {
+        Self {
+            unreadable: true,
+            ..Self::file(file, cause)
         }
     }
 
@@ -37,6 +49,7 @@ impl DataError {
             offset: None,
             row: None,
             cause: cause.into(),
+            unreadable: false,
         }
     }
 }
