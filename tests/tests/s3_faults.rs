@@ -292,23 +292,52 @@ fn snapshot(step: u64) -> Snapshot {
     }
 }
 
+/// A checkpoint store used directly (no job) through a fault proxy of its own.
+struct Direct {
+    proxy: FaultProxy,
+    uri: String,
+    store: CheckpointStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Direct {
+    fn new(name: &str, keep: usize) -> Self {
+        let proxy = FaultProxy::start(&endpoint()).expect("proxy");
+        let uri = unique_uri(name);
+        let options = S3Options {
+            endpoint: Some(proxy.endpoint()),
+            region: Some("us-east-1".into()),
+        };
+        let store = CheckpointStore::new(
+            storage::open(&uri, &options).expect("location"),
+            keep,
+            "cfg",
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Self {
+            proxy,
+            uri,
+            store,
+            runtime,
+        }
+    }
+}
+
 /// A read the store refuses or breaks off says nothing about the checkpoint: passing over it
 /// would resume from an older one (or from step 0) and lose the progress it holds. (A refusal,
 /// since the client itself retries a cut body for up to two minutes.)
 #[test]
 #[ignore = "needs the S3 server of scripts/test.sh"]
 fn a_failed_read_never_makes_a_valid_checkpoint_look_corrupt() {
-    let proxy = FaultProxy::start(&endpoint()).expect("proxy");
-    let uri = unique_uri("read");
-    let options = S3Options {
-        endpoint: Some(proxy.endpoint()),
-        region: Some("us-east-1".into()),
-    };
-    let store = CheckpointStore::new(storage::open(&uri, &options).expect("location"), 3, "cfg");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let Direct {
+        proxy,
+        uri: _,
+        store,
+        runtime,
+    } = Direct::new("read", 3);
     for step in [10, 20] {
         runtime
             .block_on(store.commit(&snapshot(step)))
@@ -349,17 +378,12 @@ fn a_failed_read_never_makes_a_valid_checkpoint_look_corrupt() {
 #[test]
 #[ignore = "needs the S3 server of scripts/test.sh"]
 fn a_failed_retention_does_not_fail_the_commit() {
-    let proxy = FaultProxy::start(&endpoint()).expect("proxy");
-    let uri = unique_uri("retain");
-    let options = S3Options {
-        endpoint: Some(proxy.endpoint()),
-        region: Some("us-east-1".into()),
-    };
-    let store = CheckpointStore::new(storage::open(&uri, &options).expect("location"), 1, "cfg");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let Direct {
+        proxy,
+        uri,
+        store,
+        runtime,
+    } = Direct::new("retain", 1);
     runtime
         .block_on(store.commit(&snapshot(10)))
         .expect("commit");
