@@ -19,7 +19,7 @@ use ferrotrain_trainer::storage::{self, S3Options};
 
 const FAULTS: usize = 20;
 const EVERY_STEPS: u64 = 100;
-const MAX_STEPS: u64 = 30_000;
+const MAX_STEPS: u64 = 50_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -268,8 +268,8 @@ fn a_job_under_twenty_faults_ends_as_the_undisturbed_one() {
     let mut runner = start_runner(&dir, &manifest);
     let mut injected = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(1200);
-    // Each fault waits for the gang to train again past the previous one, then a seeded 1-3 s.
-    let mut wait = Duration::from_millis(1000 + rng.below(2000));
+    // Each fault waits for the gang to train again past the previous one, then a seeded 0.5-2 s.
+    let mut wait = Duration::from_millis(500 + rng.below(1500));
     let mut past_step = 0;
     let mut training_since: Option<Instant> = None;
     while injected.len() < FAULTS {
@@ -324,7 +324,7 @@ fn a_job_under_twenty_faults_ends_as_the_undisturbed_one() {
         injected.push(fault);
         past_step = now.step;
         training_since = None;
-        wait = Duration::from_millis(1000 + rng.below(2000));
+        wait = Duration::from_millis(500 + rng.below(1500));
     }
     let status = runner.child.wait().expect("the run ends");
     let chaos_seconds = started.elapsed().as_secs_f64();
