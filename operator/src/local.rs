@@ -54,15 +54,21 @@ const WORKER_BASE_BYTES: u64 = 64 << 20;
 const MNIST_BYTES: u64 = 70_000 * 784 * 4;
 
 /// About how much memory one worker of `spec` needs: every worker holds the whole dataset as
-/// f32 features (an IDX byte or a CSV field of a few characters becomes 4 bytes), plus its
-/// runtime. Datasets in object storage are not counted (their size is not known up front).
+/// f32 features (an IDX byte or a CSV field of a few characters becomes 4 bytes; a gzipped file
+/// holds about five times its size), plus its runtime. Datasets in object storage are not
+/// counted (their size is not known up front).
 pub fn worker_memory_estimate(spec: &ferrotrain_crds::TrainerSpec) -> u64 {
     let dataset = &spec.dataset;
     let file_bytes = |uri: &Option<String>| {
-        uri.as_deref()
-            .and_then(|u| u.strip_prefix("file://"))
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len())
+        let Some(path) = uri.as_deref().and_then(|u| u.strip_prefix("file://")) else {
+            return 0;
+        };
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        if path.ends_with(".gz") {
+            size.saturating_mul(5)
+        } else {
+            size
+        }
     };
     let data = match dataset.kind {
         ferrotrain_crds::DatasetKind::Mnist => MNIST_BYTES,
@@ -1096,6 +1102,17 @@ mod tests {
         );
         assert!(refused.contains("2.0 GiB available"), "{refused}");
         assert!(check_memory(16, per_worker, Some(2 * gib), true).is_ok());
+        // Local files count by size; a gzipped one as about five times its size.
+        let dir = std::env::temp_dir().join(format!("ferrotrain-mem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("d.csv.gz"), vec![0u8; 1000]).expect("write");
+        let spec: ferrotrain_crds::TrainerSpec = serde_yaml::from_str(&format!(
+            "model: {{type: mlp}}\ndataset: {{type: csv, uri: 'file://{}/d.csv.gz'}}\nbatchSize: 8\nepochs: 1\n",
+            dir.display()
+        ))
+        .expect("spec");
+        assert_eq!(worker_memory_estimate(&spec), (64 << 20) + 1000 * 5 * 4);
+        std::fs::remove_dir_all(&dir).ok();
         assert!(
             check_memory(16, per_worker, None, false).is_ok(),
             "unknown: no check"
