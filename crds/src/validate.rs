@@ -95,14 +95,15 @@ fn validate_failure_policy(policy: &FailurePolicy, errors: &mut Vec<FieldError>)
     for (index, rule) in policy.rules.iter().enumerate() {
         let base = format!("spec.runPolicy.failurePolicy.rules[{index}]");
         for (i, code) in rule.on_exit_codes.iter().flatten().enumerate() {
-            if let Some(first) = codes.insert(*code, index) {
-                codes.insert(*code, first);
+            if let Some(&first) = codes.get(code) {
                 errors.push(FieldError::new(
                     format!("{base}.onExitCodes[{i}]"),
                     format!(
                         "exit code {code} is already matched by rules[{first}]; rules are tried in order, so this one would never apply to it"
                     ),
                 ));
+            } else {
+                codes.insert(*code, index);
             }
         }
         for (i, reason) in rule.on_reasons.iter().flatten().enumerate() {

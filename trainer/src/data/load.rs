@@ -39,8 +39,9 @@ pub async fn load(
     seed: u64,
     s3: &S3Options,
 ) -> Result<Splits, DataError> {
-    let declared = spec.classes;
-    let splits = match spec.kind {
+    // Each format reads its training set and, if given, its test set (with the files that
+    // hold their labels); the class count is checked and the split made once, below.
+    let (labels_file, train, test): (&str, Dataset, Option<(&str, Dataset)>) = match spec.kind {
         DatasetKind::Mnist => {
             let dir = data_dir.join("mnist");
             let read = |name: &str| {
@@ -55,8 +56,7 @@ pub async fn load(
             let [ti, tl, ei, el] = MNIST_FILES;
             let train = idx_pair(ti, &read(ti)?, tl, &read(tl)?)?;
             let eval = idx_pair(ei, &read(ei)?, el, &read(el)?)?;
-            let classes = class_count(tl, &train, Some((el, &eval)), declared)?;
-            with_classes(Splits { train, eval }, classes)
+            (tl, train, Some((el, eval)))
         }
         DatasetKind::Idx => {
             let (images, labels) = (
@@ -69,26 +69,20 @@ pub async fn load(
                 labels,
                 &fetch(labels, s3).await?,
             )?;
-            match (&spec.test_images, &spec.test_labels) {
-                (Some(ti), Some(tl)) => {
-                    let eval = idx_pair(ti, &fetch(ti, s3).await?, tl, &fetch(tl, s3).await?)?;
-                    let classes = class_count(labels, &train, Some((tl, &eval)), declared)?;
-                    with_classes(Splits { train, eval }, classes)
-                }
-                _ => {
-                    let classes = class_count(labels, &train, None, declared)?;
-                    with_classes(
-                        split(train, spec.validation_split_or_default(), seed),
-                        classes,
-                    )
-                }
-            }
+            let test = match (&spec.test_images, &spec.test_labels) {
+                (Some(ti), Some(tl)) => Some((
+                    tl.as_str(),
+                    idx_pair(ti, &fetch(ti, s3).await?, tl, &fetch(tl, s3).await?)?,
+                )),
+                _ => None,
+            };
+            (labels, train, test)
         }
         DatasetKind::Csv => {
             let uri = required(&spec.uri, "uri")?;
             let (column, header) = (spec.label_column_or_default(), spec.header_or_default());
             let train = csv::parse(uri, &text(uri, &fetch(uri, s3).await?)?, column, header)?;
-            let mut splits = match &spec.test_uri {
+            let test = match &spec.test_uri {
                 Some(test) => {
                     let eval =
                         csv::parse(test, &text(test, &fetch(test, s3).await?)?, column, header)?;
@@ -101,23 +95,30 @@ pub async fn load(
                             ),
                         ));
                     }
-                    let classes = class_count(uri, &train, Some((test, &eval)), declared)?;
-                    with_classes(Splits { train, eval }, classes)
+                    Some((test.as_str(), eval))
                 }
-                None => {
-                    let classes = class_count(uri, &train, None, declared)?;
-                    with_classes(
-                        split(train, spec.validation_split_or_default(), seed),
-                        classes,
-                    )
-                }
+                None => None,
             };
-            let scaler = csv::Standardizer::fit(&splits.train);
-            scaler.apply(&mut splits.train);
-            scaler.apply(&mut splits.eval);
-            splits
+            (uri, train, test)
         }
     };
+    let classes = class_count(
+        labels_file,
+        &train,
+        test.as_ref().map(|(file, eval)| (*file, eval)),
+        spec.classes,
+    )?;
+    let mut splits = match test {
+        Some((_, eval)) => Splits { train, eval },
+        None => split(train, spec.validation_split_or_default(), seed),
+    };
+    splits.train.classes = classes;
+    splits.eval.classes = classes;
+    if spec.kind == DatasetKind::Csv {
+        let scaler = csv::Standardizer::fit(&splits.train);
+        scaler.apply(&mut splits.train);
+        scaler.apply(&mut splits.eval);
+    }
     if splits.train.is_empty() {
         return Err(DataError::file("dataset", "the training split is empty"));
     }
@@ -190,12 +191,6 @@ fn class_count(
         ));
     }
     Ok(classes)
-}
-
-fn with_classes(mut splits: Splits, classes: usize) -> Splits {
-    splits.train.classes = classes;
-    splits.eval.classes = classes;
-    splits
 }
 
 fn required<'a>(value: &'a Option<String>, field: &str) -> Result<&'a str, DataError> {
