@@ -370,6 +370,7 @@ mod tests {
             eval_every_steps: None,
             seed: None,
             device: None,
+            init_from: None,
         }
     }
 

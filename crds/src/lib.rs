@@ -1,5 +1,6 @@
-//! The Ferrotrain API: the `TrainingJob` custom resource (`ferrotrain.io/v1alpha1`), its defaults,
-//! its semantic validation and the env contract between the operator and the trainer.
+//! The Ferrotrain API: the `TrainingJob` and `TrainingSweep` custom resources
+//! (`ferrotrain.io/v1alpha1`), their defaults, their semantic validation and the env contract
+//! between the operator and the trainer.
 //!
 //! This crate has no Kubernetes client and no async runtime: the operator, the local runner and the
 //! trainer all depend on it.
@@ -8,6 +9,7 @@ pub mod crd;
 pub mod defaults;
 pub mod env;
 pub mod progress;
+pub mod sweep;
 pub mod types;
 pub mod validate;
 

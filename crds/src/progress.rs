@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// Largest report body the operator accepts.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Evaluations a report carries, newest last.
+pub const MAX_REPORTED_EVALUATIONS: usize = 16;
 
 /// One progress report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,10 @@ pub struct ProgressReport {
     /// Latest evaluation metrics (valLoss, valAccuracy).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// The most recent evaluations with their steps, oldest first (at most
+    /// [`MAX_REPORTED_EVALUATIONS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evaluations: Vec<crate::types::Evaluation>,
     /// Training throughput the trainer measured (the operator computes its own as well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_second: Option<f64>,

@@ -225,6 +225,32 @@ pub struct TrainerSpec {
     /// Default: auto.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<Device>,
+    /// Warm start: begin from the parameters of another job's committed checkpoint (transfer
+    /// learning, fine-tuning, and the exploit step of a population-based sweep). The job's own
+    /// checkpoints take precedence once it has written one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFromSpec>,
+}
+
+/// A checkpoint to start from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitFromSpec {
+    /// A checkpoint manifest (`…/manifests/000000001000.json`, as in a TrainingJob's
+    /// `status.checkpoint.uri`) or a checkpoint location (`s3://bucket/prefix`, `file://dir`),
+    /// whose newest checkpoint that verifies is used. Read with this job's checkpoint endpoint
+    /// and credentials.
+    #[schemars(length(min = 1, max = 2048))]
+    pub uri: String,
+    /// Start the optimiser afresh (no moments) instead of taking the checkpoint's optimiser
+    /// state. Default: false; a checkpoint of another optimiser type needs true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_optimizer: Option<bool>,
+    /// Continue the checkpoint's step count, epoch and position in the data, so `maxSteps` and
+    /// the learning-rate schedule count from where it stopped (the segments of a
+    /// population-based sweep). Default: false, a new run that starts at step 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_steps: Option<bool>,
 }
 
 /// Model architecture.
@@ -851,6 +877,11 @@ pub struct ProgressStatus {
     /// Latest evaluation metrics (for example valLoss, valAccuracy).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
+    /// The most recent evaluations with the step of each (at most 16), oldest first: a sweep
+    /// compares trials at the same step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub evaluations: Vec<Evaluation>,
     /// Training throughput across the gang, computed by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_second: Option<f64>,
@@ -899,4 +930,14 @@ pub struct GoodputStatus {
     pub lost_seconds: f64,
     /// productive / (productive + lost), 1 when nothing has run yet.
     pub ratio: f64,
+}
+
+/// One evaluation of the model.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Evaluation {
+    /// Global step at which it was taken.
+    pub step: i64,
+    /// valLoss, valAccuracy.
+    pub metrics: BTreeMap<String, f64>,
 }

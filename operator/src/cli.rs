@@ -3,18 +3,18 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::manifest::{Admission, parse_documents};
+use crate::manifest::{Admission, Admitted, parse_documents};
 
 /// Outcome of `ferrotrain validate` over a set of files.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ValidateSummary {
-    /// TrainingJobs that passed every layer.
+    /// Objects that passed every layer.
     pub valid: usize,
     /// Documents (or unreadable files) with at least one error.
     pub invalid: usize,
 }
 
-/// Validates every TrainingJob document in `paths`, writing one line per error
+/// Validates every TrainingJob and TrainingSweep document in `paths`, writing one line per error
 /// (`FILE: FIELD: MESSAGE`) and one line per valid object.
 pub fn validate_files(
     admission: &Admission,
@@ -47,14 +47,18 @@ pub fn validate_files(
             };
             let result = document
                 .map_err(|e| vec![e])
-                .and_then(|value| admission.admit(&value));
+                .and_then(|value| admission.admit_any(&value));
             match result {
-                Ok(job) => {
+                Ok(admitted) => {
                     summary.valid += 1;
+                    let (kind, object_name) = match &admitted {
+                        Admitted::Job(job) => ("TrainingJob", job.metadata.name.clone()),
+                        Admitted::Sweep(sweep) => ("TrainingSweep", sweep.metadata.name.clone()),
+                    };
                     writeln!(
                         out,
-                        "{name}: TrainingJob {} is valid (schema, CEL rules, semantic checks)",
-                        job.metadata.name.as_deref().unwrap_or_default()
+                        "{name}: {kind} {} is valid (schema, CEL rules, semantic checks)",
+                        object_name.unwrap_or_default()
                     )?;
                 }
                 Err(errors) => {

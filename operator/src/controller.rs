@@ -38,9 +38,12 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     (
         "ferrotrain.io",
         "trainingjobs",
-        &["get", "list", "watch", "patch", "delete"],
+        // create: the trials of sweeps.
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
     ("ferrotrain.io", "trainingjobs/status", &["patch"]),
+    ("ferrotrain.io", "trainingsweeps", &["list", "watch"]),
+    ("ferrotrain.io", "trainingsweeps/status", &["patch"]),
     ("", "pods", &["list", "watch", "create", "delete"]),
     ("", "services", &["create", "patch"]),
     // Write-only: the progress endpoint checks tokens against the digest on the job.

@@ -21,3 +21,6 @@ pub mod manifest;
 pub mod progress;
 pub mod ratelimit;
 pub mod server;
+pub mod sweep;
+pub mod sweep_controller;
+pub mod sweep_local;

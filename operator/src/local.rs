@@ -33,6 +33,28 @@ pub struct RunOptions {
     pub tick: Duration,
     /// Start more workers than the machine has CPUs.
     pub oversubscribe: bool,
+    /// Print nothing (a sweep shows its trials itself).
+    pub quiet: bool,
+    /// Receives every status the run computes (a sweep watches its trials through it).
+    pub observer: Option<Arc<Mutex<TrainingJobStatus>>>,
+    /// Compute threads of each worker; none: the CPUs shared out among the job's workers.
+    pub threads_per_worker: Option<usize>,
+}
+
+impl RunOptions {
+    /// Options for a run in the foreground: the progress bar (or JSON lines), every CPU.
+    pub fn new(state_dir: PathBuf, worker: Vec<String>, json: bool, oversubscribe: bool) -> Self {
+        Self {
+            json,
+            state_dir,
+            worker,
+            tick: Duration::from_millis(200),
+            oversubscribe,
+            quiet: false,
+            observer: None,
+            threads_per_worker: None,
+        }
+    }
 }
 
 /// Refuses a gang with more workers than CPUs: the ranks run in lockstep, so they all wait for
@@ -112,7 +134,7 @@ pub fn check_memory(
 }
 
 /// `MemAvailable` of /proc/meminfo, in bytes; `None` where there is no such file.
-fn available_memory() -> Option<u64> {
+pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -263,13 +285,22 @@ fn render(file: &str, errors: &[ManifestError]) -> String {
 
 /// Reads and admits the one TrainingJob in `path`.
 pub fn load_job(path: &Path) -> Result<TrainingJob, RunError> {
+    load_one(path, "TrainingJob", Admission::admit)
+}
+
+/// Reads the one document in `path` and admits it with `admit` as a `kind`.
+pub fn load_one<T>(
+    path: &Path,
+    kind: &str,
+    admit: impl Fn(&Admission, &serde_json::Value) -> Result<T, Vec<ManifestError>>,
+) -> Result<T, RunError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| RunError::Preflight(format!("{file}: cannot read: {e}")))?;
     let documents = parse_documents(&text);
     let [(_, document)] = documents.as_slice() else {
         return Err(RunError::Preflight(format!(
-            "{file}: expected exactly one TrainingJob document, found {}",
+            "{file}: expected exactly one {kind} document, found {}",
             documents.len()
         )));
     };
@@ -278,9 +309,7 @@ pub fn load_job(path: &Path) -> Result<TrainingJob, RunError> {
         file: file.clone(),
         errors: vec![e],
     })?;
-    admission
-        .admit(&value)
-        .map_err(|errors| RunError::Invalid { file, errors })
+    admit(&admission, &value).map_err(|errors| RunError::Invalid { file, errors })
 }
 
 /// The checkpoint a local run uses: the manifest's, or a directory under the state dir.
@@ -404,7 +433,7 @@ pub fn run(
         std::thread::spawn(move || serve_progress(listener, &token, &inbox, &attempt_now));
     }
 
-    let display = Display::new(options.json, Arc::clone(&interrupts));
+    let display = Display::new(options.json, options.quiet, Arc::clone(&interrupts));
     wait_for_earlier_workers(&gang_lock, &name, &display)?;
     let batch_size = job.spec.trainer.batch_size.max(1) as u64;
     let mut workers: Vec<Worker> = Vec::new();
@@ -533,7 +562,9 @@ pub fn run(
                         }
                         if std::env::var_os("RAYON_NUM_THREADS").is_none() {
                             let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-                            let threads = compute_threads_per_worker(cpus, *world_size);
+                            let threads = options
+                                .threads_per_worker
+                                .unwrap_or_else(|| compute_threads_per_worker(cpus, *world_size));
                             command.env("RAYON_NUM_THREADS", threads.to_string());
                         }
                         // A process group of its own: a terminal's Ctrl-C reaches the runner
@@ -578,6 +609,11 @@ pub fn run(
         job.status = Some(decision.status.clone());
         let status = job.status.clone().unwrap_or_default();
         display.status(&status);
+        if let Some(observer) = &options.observer
+            && let Ok(mut seen) = observer.lock()
+        {
+            *seen = status.clone();
+        }
         curve.observe(&status);
         let live = workers.iter().any(|w| w.exited.is_none());
         let outcome = match status.phase {
@@ -879,8 +915,10 @@ fn quiet_control_echo() -> Option<nix::sys::termios::Termios> {
 }
 
 impl Display {
-    fn new(json: bool, interrupts: Arc<AtomicUsize>) -> Self {
-        let bar = if json {
+    fn new(json: bool, quiet: bool, interrupts: Arc<AtomicUsize>) -> Self {
+        // A hidden bar prints nothing, its `println` lines included.
+        let json = json && !quiet;
+        let bar = if json || quiet {
             indicatif::ProgressBar::hidden()
         } else {
             indicatif::ProgressBar::new(1)
@@ -898,7 +936,11 @@ impl Display {
             last_json: Mutex::new(None),
             interrupts,
             stdout_closed: std::sync::atomic::AtomicBool::new(false),
-            terminal: if json { None } else { quiet_control_echo() },
+            terminal: if json || quiet {
+                None
+            } else {
+                quiet_control_echo()
+            },
         }
     }
 

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -39,7 +38,23 @@ enum Command {
         #[arg(long)]
         oversubscribe: bool,
     },
-    /// Check TrainingJob manifests against the CRD schema, its CEL rules and Ferrotrain's checks.
+    /// Run a TrainingSweep manifest on this machine: its trials as local jobs, parallelTrials at
+    /// a time, then a results table and every trial's validation curve.
+    Sweep {
+        /// The TrainingSweep YAML (the same file `kubectl apply` takes).
+        file: PathBuf,
+        /// `text` draws one line per running trial; `json` streams JSON lines.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Directory for sweep and trial state, logs and default checkpoints.
+        #[arg(long, default_value = ".ferrotrain")]
+        state_dir: PathBuf,
+        /// Start more workers than this machine has CPUs.
+        #[arg(long)]
+        oversubscribe: bool,
+    },
+    /// Check TrainingJob and TrainingSweep manifests against the CRD schemas, their CEL rules and
+    /// Ferrotrain's checks.
     Validate {
         /// YAML files (multi-document files are fine).
         #[arg(required = true)]
@@ -57,7 +72,7 @@ enum Command {
         #[arg(long)]
         region: Option<String>,
     },
-    /// Print the TrainingJob CustomResourceDefinition.
+    /// Print the TrainingJob and TrainingSweep CustomResourceDefinitions.
     Crd,
     /// Run the Kubernetes controller (in-cluster or with the current kubeconfig).
     Operator {
@@ -125,6 +140,12 @@ fn main() -> anyhow::Result<ExitCode> {
             state_dir,
             oversubscribe,
         } => run(&file, output == "json", state_dir, oversubscribe),
+        Command::Sweep {
+            file,
+            output,
+            state_dir,
+            oversubscribe,
+        } => sweep(&file, output == "json", state_dir, oversubscribe),
         Command::Validate { files } => {
             let admission = Admission::new()?;
             let mut out = std::io::stdout().lock();
@@ -195,8 +216,10 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Crd => {
             print!(
-                "{}",
-                ferrotrain_crds::crd::crd_yaml().context("rendering the CRD")?
+                "{}---\n{}",
+                ferrotrain_crds::crd::crd_yaml().context("rendering the TrainingJob CRD")?,
+                ferrotrain_crds::crd::sweep_crd_yaml()
+                    .context("rendering the TrainingSweep CRD")?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -269,8 +292,14 @@ async fn operator(
         progress_client,
         Arc::clone(&hub),
     ));
-    // Returns on SIGTERM once in-flight reconciles finish.
-    controller::run(client, settings, options, job_cache, Arc::clone(&hub)).await;
+    // Both return on SIGTERM once their in-flight reconciles finish.
+    let sweeps = ferrotrain::sweep_controller::run(
+        client.clone(),
+        options.namespace.clone(),
+        Arc::clone(&hub),
+    );
+    let jobs = controller::run(client, settings, options, job_cache, Arc::clone(&hub));
+    futures::future::join(jobs, sweeps).await;
     // Hand over at once instead of leaving the others to wait for the lease to expire.
     election.abort();
     hub.leader.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -291,30 +320,9 @@ fn run(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let interrupts = Arc::new(AtomicUsize::new(0));
-    {
-        let interrupts = Arc::clone(&interrupts);
-        let mut signals = signal_hook::iterator::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ])?;
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                interrupts.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-    }
-    let worker = vec![
-        std::env::current_exe()?.display().to_string(),
-        "worker".into(),
-    ];
-    let options = RunOptions {
-        json,
-        state_dir: state_dir.clone(),
-        worker,
-        tick: Duration::from_millis(200),
-        oversubscribe,
-    };
+    let interrupts = interrupt_counter()?;
+    let worker = worker_command()?;
+    let options = RunOptions::new(state_dir.clone(), worker, json, oversubscribe);
     let name = job.metadata.name.clone().unwrap_or_default();
     let outcome = match local::run(job, &options, interrupts) {
         Ok(outcome) => outcome,
@@ -323,26 +331,123 @@ fn run(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let (status, code, summary) = match &outcome {
-        RunOutcome::Succeeded(s) => (s, ExitCode::SUCCESS, "Succeeded".to_string()),
-        RunOutcome::Failed(s) => (
-            s,
+    let (status, ending) = match &outcome {
+        RunOutcome::Succeeded(s) => (s, Ending::Succeeded),
+        RunOutcome::Failed(s) => (s, Ending::Failed(s.message.clone())),
+        RunOutcome::Suspended(s) => (s, Ending::Suspended),
+    };
+    conclude(
+        &state_dir,
+        &name,
+        status,
+        ending,
+        "resume from the emergency checkpoint",
+        true,
+    )
+}
+
+/// How a local run or sweep ended.
+enum Ending {
+    Succeeded,
+    Failed(Option<String>),
+    Suspended,
+}
+
+/// Writes the final status to `<state dir>/<name>/status.yaml` (and, with `echo`, to stdout) and
+/// the one-line outcome to stderr; returns the exit code (0, 1, or 130 when suspended).
+fn conclude(
+    state_dir: &std::path::Path,
+    name: &str,
+    status: &impl serde::Serialize,
+    ending: Ending,
+    resume: &str,
+    echo: bool,
+) -> anyhow::Result<ExitCode> {
+    let (code, summary) = match ending {
+        Ending::Succeeded => (ExitCode::SUCCESS, "Succeeded".to_string()),
+        Ending::Failed(message) => (
             ExitCode::FAILURE,
-            format!("Failed: {}", s.message.clone().unwrap_or_default()),
+            format!("Failed: {}", message.unwrap_or_default()),
         ),
-        RunOutcome::Suspended(s) => (
-            s,
+        Ending::Suspended => (
             ExitCode::from(130),
-            "Suspended: run the same command again to resume from the emergency checkpoint"
-                .to_string(),
+            format!("Suspended: run the same command again to {resume}"),
         ),
     };
     let yaml = serde_yaml::to_string(&serde_json::json!({ "status": status }))?;
-    std::fs::write(state_dir.join(&name).join("status.yaml"), &yaml)?;
-    // The reader of stdout may be gone (`… | head -1`); the status is in status.yaml too.
-    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes());
-    eprintln!("{name}: {summary}");
+    let path = state_dir.join(name).join("status.yaml");
+    std::fs::write(&path, &yaml)?;
+    if echo {
+        // The reader of stdout may be gone (`… | head -1`); the status is in status.yaml too.
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes());
+        eprintln!("{name}: {summary}");
+    } else {
+        eprintln!("{name}: {summary} (status in {})", path.display());
+    }
     Ok(code)
+}
+
+/// Counts SIGINT and SIGTERM: the first stops the work in order, the second kills it.
+fn interrupt_counter() -> anyhow::Result<Arc<AtomicUsize>> {
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&interrupts);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    Ok(interrupts)
+}
+
+/// The command that starts one local worker: this binary's hidden `worker` subcommand.
+fn worker_command() -> anyhow::Result<Vec<String>> {
+    Ok(vec![
+        std::env::current_exe()?.display().to_string(),
+        "worker".into(),
+    ])
+}
+
+fn sweep(
+    file: &std::path::Path,
+    json: bool,
+    state_dir: PathBuf,
+    oversubscribe: bool,
+) -> anyhow::Result<ExitCode> {
+    let sweep = match ferrotrain::sweep_local::load_sweep(file) {
+        Ok(sweep) => sweep,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let interrupts = interrupt_counter()?;
+    let options = RunOptions::new(state_dir.clone(), worker_command()?, json, oversubscribe);
+    let name = sweep.metadata.name.clone().unwrap_or_default();
+    let outcome = match ferrotrain::sweep_local::run_sweep(sweep, &options, interrupts) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    use ferrotrain::sweep_local::SweepOutcome;
+    let (status, ending) = match &outcome {
+        SweepOutcome::Succeeded(s) => (s, Ending::Succeeded),
+        SweepOutcome::Failed(s) => (s, Ending::Failed(s.message.clone())),
+        SweepOutcome::Suspended(s) => (s, Ending::Suspended),
+    };
+    conclude(
+        &state_dir,
+        &name,
+        status,
+        ending,
+        "resume the trials from their checkpoints",
+        false,
+    )
 }
 
 /// `ferrotrain checkpoints URI`: one line per checkpoint, newest first, each verified.

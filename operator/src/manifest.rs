@@ -1,10 +1,11 @@
-//! Admission of TrainingJob manifests offline, in the order an API server would apply them, then
+//! Admission of TrainingJob and TrainingSweep manifests offline, in the order an API server would apply them, then
 //! Ferrotrain's own checks: (1) the generated OpenAPI schema, with unknown fields rejected as
 //! `kubectl apply`'s strict field validation does; (2) the CEL rules of the CRD; (3)
 //! [`ferrotrain_crds::validate`]. `ferrotrain validate`, `ferrotrain run` and the tests share it.
 
 use std::fmt;
 
+use ferrotrain_crds::sweep::{TrainingSweep, TrialStatus};
 use ferrotrain_crds::{TrainingJob, crd};
 use serde_json::{Map, Value};
 
@@ -75,41 +76,105 @@ impl fmt::Display for ManifestError {
 #[error("the generated CRD schema is not a valid JSON schema: {0}")]
 pub struct SchemaCompileError(String);
 
-/// Validates TrainingJob documents against the generated CRD.
-pub struct Admission {
+/// The compiled schema of one kind.
+struct Checker {
+    kind: &'static str,
     schema: Value,
-    schema_validator: jsonschema::Validator,
+    validator: jsonschema::Validator,
+}
+
+impl Checker {
+    fn new(kind: &'static str, schema: Value) -> Result<Self, SchemaCompileError> {
+        let validator =
+            jsonschema::draft4::new(&schema).map_err(|e| SchemaCompileError(e.to_string()))?;
+        Ok(Self {
+            kind,
+            schema,
+            validator,
+        })
+    }
+}
+
+/// A document admitted as one of Ferrotrain's kinds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admitted {
+    /// A TrainingJob.
+    Job(Box<TrainingJob>),
+    /// A TrainingSweep.
+    Sweep(Box<TrainingSweep>),
+}
+
+/// Validates TrainingJob and TrainingSweep documents against the generated CRDs.
+pub struct Admission {
+    job: Checker,
+    sweep: Checker,
     cel: kube_cel::Validator,
 }
 
 impl Admission {
-    /// Compiles the generated CRD's schema.
+    /// Compiles the generated CRDs' schemas.
     pub fn new() -> Result<Self, SchemaCompileError> {
-        let schema = crd::schema_json();
-        let schema_validator =
-            jsonschema::draft4::new(&schema).map_err(|e| SchemaCompileError(e.to_string()))?;
         Ok(Self {
-            schema,
-            schema_validator,
+            job: Checker::new("TrainingJob", crd::schema_json())?,
+            sweep: Checker::new("TrainingSweep", crd::sweep_schema_json())?,
             cel: kube_cel::Validator::new(),
         })
     }
 
-    /// Admits a new object; on success returns the typed job.
+    /// Admits a new TrainingJob; on success returns the typed job.
     pub fn admit(&self, object: &Value) -> Result<TrainingJob, Vec<ManifestError>> {
         self.admit_update(object, None)
     }
 
-    /// Admits an object, evaluating transition rules against `old` when it replaces one.
+    /// Admits a TrainingJob, evaluating transition rules against `old` when it replaces one.
     pub fn admit_update(
         &self,
         object: &Value,
         old: Option<&Value>,
     ) -> Result<TrainingJob, Vec<ManifestError>> {
-        check_type_meta(object)?;
+        check_type_meta(object, &[self.job.kind])?;
+        let job: TrainingJob = self.check(&self.job, object, old)?;
+        ferrotrain_crds::validate(&job).map_err(semantic)?;
+        Ok(job)
+    }
+
+    /// Admits a new TrainingSweep: its schema, CEL rules and checks, then the trials it would
+    /// create, each as a TrainingJob, with every parameter at its lowest and at its highest
+    /// value.
+    pub fn admit_sweep(&self, object: &Value) -> Result<TrainingSweep, Vec<ManifestError>> {
+        check_type_meta(object, &[self.sweep.kind])?;
+        let sweep: TrainingSweep = self.check(&self.sweep, object, None)?;
+        ferrotrain_crds::sweep::validate_sweep(&sweep).map_err(semantic)?;
+        let errors = self.check_trials(&sweep);
+        if errors.is_empty() {
+            Ok(sweep)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Admits a document of either kind, by its `kind`.
+    pub fn admit_any(&self, object: &Value) -> Result<Admitted, Vec<ManifestError>> {
+        check_type_meta(object, &[self.job.kind, self.sweep.kind])?;
+        if object.get("kind").and_then(Value::as_str) == Some(self.sweep.kind) {
+            self.admit_sweep(object)
+                .map(|s| Admitted::Sweep(Box::new(s)))
+        } else {
+            self.admit(object).map(|j| Admitted::Job(Box::new(j)))
+        }
+    }
+
+    fn check<T: serde::de::DeserializeOwned>(
+        &self,
+        checker: &Checker,
+        object: &Value,
+        old: Option<&Value>,
+    ) -> Result<T, Vec<ManifestError>> {
         let mut errors = Vec::new();
-        let object = strip_nulls_and_find_unknown(object, &self.schema, "", &mut errors);
-        errors.extend(self.schema_validator.iter_errors(&object).map(|e| {
+        let explain = checker.kind.to_lowercase();
+        let object =
+            strip_nulls_and_find_unknown(object, &checker.schema, "", &explain, &mut errors);
+        errors.extend(checker.validator.iter_errors(&object).map(|e| {
             let mut field = pointer_to_field(e.instance_path().as_str());
             if let jsonschema::error::ValidationErrorKind::Required { property } = e.kind() {
                 let name = property.as_str().unwrap_or_default();
@@ -121,7 +186,7 @@ impl Admission {
         if !errors.is_empty() {
             return Err(errors);
         }
-        if let Err(cel_errors) = self.cel.validate(&self.schema, &object, old) {
+        if let Err(cel_errors) = self.cel.validate(&checker.schema, &object, old) {
             return Err(cel_errors
                 .into_vec()
                 .into_iter()
@@ -130,22 +195,84 @@ impl Admission {
         }
         // What the schema admits but the types cannot hold (an integer beyond i64, for
         // example) is named by its field too.
-        let job: TrainingJob = serde_path_to_error::deserialize(object).map_err(|e| {
+        serde_path_to_error::deserialize(object).map_err(|e| {
             let field = e.path().to_string();
             vec![ManifestError::new(
                 Layer::Schema,
                 if field == "." { String::new() } else { field },
                 e.into_inner().to_string(),
             )]
-        })?;
-        ferrotrain_crds::validate(&job).map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| ManifestError::new(Layer::Semantic, e.field, e.message))
-                .collect::<Vec<_>>()
-        })?;
-        Ok(job)
+        })
     }
+
+    /// The trials of a sweep at the extremes of its parameters, admitted as TrainingJobs; their
+    /// errors point into `spec.template`.
+    fn check_trials(&self, sweep: &TrainingSweep) -> Vec<ManifestError> {
+        let mut errors: Vec<ManifestError> = Vec::new();
+        for (label, highest) in [("lowest", false), ("highest", true)] {
+            let parameters = sweep
+                .spec
+                .parameters
+                .iter()
+                .filter_map(|p| {
+                    let values = crate::sweep::grid_values(p);
+                    let value = if highest {
+                        values.last()
+                    } else {
+                        values.first()
+                    };
+                    value.map(|v| (p.path.clone(), *v))
+                })
+                .collect();
+            let trial = TrialStatus {
+                name: crate::sweep::trial_name(sweep, 0),
+                parameters,
+                ..TrialStatus::default()
+            };
+            let found: Vec<ManifestError> = match crate::sweep::trial_spec(sweep, &trial) {
+                Err(message) => vec![ManifestError::new(
+                    Layer::Semantic,
+                    "spec.parameters",
+                    message,
+                )],
+                Ok(spec) => {
+                    let job = serde_json::json!({
+                        "apiVersion": "ferrotrain.io/v1alpha1",
+                        "kind": "TrainingJob",
+                        "metadata": {"name": trial.name, "namespace": sweep.metadata.namespace},
+                        "spec": spec,
+                    });
+                    self.admit(&job)
+                        .err()
+                        .unwrap_or_default()
+                        .into_iter()
+                        // Only Ferrotrain makes this check: the API server admits the sweep.
+                        .map(|e| ManifestError {
+                            layer: Layer::Semantic,
+                            field: e.field.replacen("spec.", "spec.template.", 1),
+                            message: format!(
+                                "{} (in the trial with every parameter at its {label} value)",
+                                e.message
+                            ),
+                        })
+                        .collect()
+                }
+            };
+            for error in found {
+                if !errors.iter().any(|e| e.field == error.field) {
+                    errors.push(error);
+                }
+            }
+        }
+        errors
+    }
+}
+
+fn semantic(errors: Vec<ferrotrain_crds::FieldError>) -> Vec<ManifestError> {
+    errors
+        .into_iter()
+        .map(|e| ManifestError::new(Layer::Semantic, e.field, e.message))
+        .collect()
 }
 
 /// One YAML document of a file: its 0-based index and content, or why it does not parse.
@@ -244,7 +371,7 @@ fn find_non_finite(value: &serde_yaml::Value, path: &str, found: &mut Vec<(Strin
     }
 }
 
-fn check_type_meta(object: &Value) -> Result<(), Vec<ManifestError>> {
+fn check_type_meta(object: &Value, kinds: &[&str]) -> Result<(), Vec<ManifestError>> {
     let Some(map) = object.as_object() else {
         return Err(vec![ManifestError::new(
             Layer::Document,
@@ -255,13 +382,19 @@ fn check_type_meta(object: &Value) -> Result<(), Vec<ManifestError>> {
     let api_version = map.get("apiVersion").and_then(Value::as_str);
     let kind = map.get("kind").and_then(Value::as_str);
     let mut errors = Vec::new();
-    if kind != Some("TrainingJob") {
+    if !kind.is_some_and(|k| kinds.contains(&k)) {
+        let expected = kinds
+            .iter()
+            .map(|k| format!("kind: {k}"))
+            .collect::<Vec<_>>()
+            .join(" or ");
         errors.push(ManifestError::new(
             Layer::Document,
             "kind",
             format!(
-                "{} is not a TrainingJob; ferrotrain only handles kind: TrainingJob",
-                describe(kind)
+                "{} is not a {}; this takes {expected}",
+                describe(kind),
+                kinds.join(" or a ")
             ),
         ));
     }
@@ -294,6 +427,7 @@ fn strip_nulls_and_find_unknown(
     value: &Value,
     schema: &Value,
     path: &str,
+    explain: &str,
     errors: &mut Vec<ManifestError>,
 ) -> Value {
     if schema
@@ -322,12 +456,12 @@ fn strip_nulls_and_find_unknown(
                         if item.is_null() && nullable {
                             continue;
                         }
-                        cleaned.insert(key.clone(), strip_nulls_and_find_unknown(item, item_schema, &field, errors));
+                        cleaned.insert(key.clone(), strip_nulls_and_find_unknown(item, item_schema, &field, explain, errors));
                     }
                     None if properties.is_some() => errors.push(ManifestError::new(
                         Layer::Schema,
                         field,
-                        format!("unknown field {key:?}; check the spelling against `kubectl explain trainingjob.{}`", path_for_explain(path)),
+                        format!("unknown field {key:?}; check the spelling against `kubectl explain {explain}.{}`", path_for_explain(path)),
                     )),
                     None => {
                         cleaned.insert(key.clone(), item.clone());
@@ -346,6 +480,7 @@ fn strip_nulls_and_find_unknown(
                             item,
                             item_schema,
                             &format!("{path}[{i}]"),
+                            explain,
                             errors,
                         )
                     })

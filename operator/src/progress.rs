@@ -3,7 +3,7 @@
 //! moving average over the report history, not the trainer's claim). The HTTP servers of the
 //! operator and of `ferrotrain run` both call [`ProgressTracker::accept`].
 
-use ferrotrain_crds::progress::{MAX_BODY_BYTES, ProgressReport};
+use ferrotrain_crds::progress::{MAX_BODY_BYTES, MAX_REPORTED_EVALUATIONS, ProgressReport};
 use ferrotrain_crds::{CheckpointStatus, ProgressStatus, TrainingJobStatus};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -101,6 +101,7 @@ impl ProgressTracker {
         if report.world_size == 0
             || (report.total_steps > 0 && report.step > report.total_steps)
             || report.loss.is_some_and(|l| !l.is_finite())
+            || report.evaluations.len() > MAX_REPORTED_EVALUATIONS
         {
             return Err(Rejection::Malformed);
         }
@@ -151,6 +152,7 @@ impl ProgressTracker {
                 .then(|| (report.step as f64 / report.total_steps as f64 * 1000.0).round() / 10.0),
             loss: report.loss,
             metrics: report.metrics.clone(),
+            evaluations: report.evaluations.clone(),
             samples_per_second: self.rate.map(|r| (r * samples_per_step).round()),
             eta_seconds: eta,
             eta: eta.map(human_duration),

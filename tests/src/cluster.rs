@@ -208,9 +208,15 @@ pub async fn test_namespace(client: &Client, prefix: &str, enforce: &str) -> Str
     name
 }
 
-/// Applies the chart's CRD server-side and waits until the API server serves it.
+/// Applies the chart's CRDs server-side and waits until the API server serves them.
 pub async fn install_crd(client: &Client) {
-    let text = std::fs::read_to_string(crate::chart_crd_path()).expect("chart CRD");
+    for path in [crate::chart_crd_path(), crate::chart_sweep_crd_path()] {
+        install_crd_file(client, &path).await;
+    }
+}
+
+async fn install_crd_file(client: &Client, path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).expect("chart CRD");
     let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("CRD YAML");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = crd.metadata.name.clone().expect("CRD name");

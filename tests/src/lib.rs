@@ -21,3 +21,8 @@ pub fn workspace_root() -> PathBuf {
 pub fn chart_crd_path() -> PathBuf {
     workspace_root().join("charts/ferrotrain/crds/trainingjobs.ferrotrain.io.yaml")
 }
+
+/// The chart's copy of the TrainingSweep CRD.
+pub fn chart_sweep_crd_path() -> PathBuf {
+    workspace_root().join("charts/ferrotrain/crds/trainingsweeps.ferrotrain.io.yaml")
+}

@@ -181,8 +181,13 @@ struct Verdict {
 
 async fn server_verdict(client: &Client, namespace: &str, manifest: &serde_json::Value) -> Verdict {
     use http::Request;
+    let resource = if manifest["kind"] == "TrainingSweep" {
+        "trainingsweeps"
+    } else {
+        "trainingjobs"
+    };
     let uri = format!(
-        "/apis/ferrotrain.io/v1alpha1/namespaces/{namespace}/trainingjobs?dryRun=All&fieldValidation=Strict"
+        "/apis/ferrotrain.io/v1alpha1/namespaces/{namespace}/{resource}?dryRun=All&fieldValidation=Strict"
     );
     let request = Request::post(uri)
         .header("content-type", "application/json")
@@ -254,13 +259,16 @@ async fn validation_agrees_with_the_api_server() {
         let text = std::fs::read_to_string(file).expect("readable");
         for (_, document) in parse_documents(&text) {
             let Ok(mut value) = document else { continue };
-            if value["kind"] != "TrainingJob" && !name.contains("invalid") {
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            if !["TrainingJob", "TrainingSweep"].contains(&kind.as_str())
+                && !name.contains("invalid")
+            {
                 continue;
             }
             if let Some(metadata) = value["metadata"].as_object_mut() {
                 metadata.remove("namespace");
             }
-            let ours = admission.admit(&value);
+            let ours = admission.admit_any(&value);
             let server = server_verdict(&client, &namespace, &value).await;
             let (layer, agree) = match &ours {
                 Ok(_) => ("valid".to_string(), server.admitted),
@@ -1387,4 +1395,192 @@ async fn a_worker_that_cannot_pull_its_image_fails_the_job_with_the_reason() {
         .find(|c| c.type_ == "Failed")
         .expect("Failed condition");
     assert_eq!(failed.reason, "ImagePullBackOff", "{failed:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_when_deleted() {
+    use ferrotrain_crds::sweep::{SweepPhase, TrainingSweep, TrialState};
+    use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
+    let Scenario {
+        cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("sweep", "restricted").await;
+    let text = std::fs::read_to_string(workspace_root().join("examples/sweep-asha.yaml"))
+        .expect("example");
+    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
+    manifest["metadata"] = serde_json::json!({"name": "asha", "namespace": namespace});
+    manifest["spec"]["maxTrials"] = serde_json::json!(4);
+    // Rungs at 300, 900 and 2700 of 3000 steps: trials train long enough for the progress
+    // writes (every few seconds) to show each rung before the next.
+    manifest["spec"]["template"]["trainer"]["maxSteps"] = serde_json::json!(3000);
+    manifest["spec"]["algorithm"]["minSteps"] = serde_json::json!(300);
+    let work_dir = cluster.dir.join(&namespace);
+    let kubelets: Vec<Kubelet> = (0..4)
+        .map(|i| {
+            Kubelet::start(
+                client.clone(),
+                &namespace,
+                &format!("asha-{i:03}"),
+                KubeletConfig {
+                    binary: ferrotrain_tests::cluster::ferrotrain_binary(),
+                    data_dir: workspace_root().join("data"),
+                    work_dir: work_dir.clone(),
+                    threads: 1,
+                },
+            )
+        })
+        .collect();
+    let sweeps: Api<TrainingSweep> = Api::namespaced(client.clone(), &namespace);
+    let sweep: TrainingSweep = serde_json::from_value(manifest).expect("sweep");
+    sweeps
+        .create(&PostParams::default(), &sweep)
+        .await
+        .expect("create sweep");
+    let done = wait_for("the sweep to succeed", Duration::from_secs(600), || async {
+        let sweep = sweeps.get("asha").await.ok()?;
+        let status = sweep.status.clone()?;
+        assert_ne!(
+            status.phase,
+            Some(SweepPhase::Failed),
+            "{:?}",
+            status.message
+        );
+        (status.phase == Some(SweepPhase::Succeeded)).then_some(sweep)
+    })
+    .await;
+    // Off the runtime: the kubelets' last requests go through clients this runtime drives.
+    tokio::task::spawn_blocking(move || drop(kubelets))
+        .await
+        .expect("kubelets stop");
+    let status = done.status.clone().unwrap_or_default();
+    for trial in &status.trials {
+        println!(
+            "{} {:?} steps {} valAccuracy {:?} rungs {:?} {}",
+            trial.name,
+            trial.state,
+            trial.steps,
+            trial.metric,
+            trial.rungs,
+            trial.message.clone().unwrap_or_default()
+        );
+    }
+    assert_eq!(status.trials.len(), 4);
+    let stopped: Vec<&str> = status
+        .trials
+        .iter()
+        .filter(|t| t.state == Some(TrialState::Stopped))
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(!stopped.is_empty(), "ASHA stopped at least one loser");
+    let best = status.best.clone().expect("best trial recorded");
+    assert!(best.metric >= 0.9, "best {best:?}");
+    assert!(
+        status
+            .trials
+            .iter()
+            .any(|t| t.name == best.trial && t.state == Some(TrialState::Succeeded)),
+        "the best trial trained to the end"
+    );
+    // Every trial is a TrainingJob owned by the sweep; the stopped ones were suspended.
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let trials = jobs
+        .list(&kube::api::ListParams::default().labels("ferrotrain.io/sweep=asha"))
+        .await
+        .expect("trials");
+    assert_eq!(trials.items.len(), 4);
+    for job in &trials.items {
+        let owner = job.owner_references().first().cloned().expect("owned");
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("TrainingSweep", "asha", Some(true))
+        );
+        let suspended = job
+            .spec
+            .run_policy
+            .as_ref()
+            .and_then(|p| p.suspend)
+            .unwrap_or(false);
+        assert_eq!(
+            suspended,
+            stopped.contains(&job.name_any().as_str()),
+            "{} suspended iff stopped",
+            job.name_any()
+        );
+    }
+    let table = cluster.kubectl_ok(&["get", "tsw", "-n", &namespace], None);
+    let header = table.lines().next().unwrap_or_default().to_string();
+    for column in ["NAME", "PHASE", "TRIALS", "BEST", "METRIC", "AGE"] {
+        assert!(
+            header.contains(column),
+            "`kubectl get tsw` header {header:?} lacks {column}"
+        );
+    }
+    println!("{table}");
+    // Deleting the sweep deletes its trials (the garbage collector follows the owner references).
+    sweeps
+        .delete("asha", &DeleteParams::background())
+        .await
+        .expect("delete sweep");
+    wait_for(
+        "the trials to be collected",
+        Duration::from_secs(120),
+        || async {
+            let left = jobs
+                .list(&kube::api::ListParams::default().labels("ferrotrain.io/sweep=asha"))
+                .await
+                .ok()?;
+            left.items.is_empty().then_some(())
+        },
+    )
+    .await;
+    assert!(
+        installed.operator.forbidden().is_empty(),
+        "403s with the chart's RBAC: {:#?}",
+        installed.operator.forbidden()
+    );
+    delete_namespace(&client, &namespace).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_creates_none() {
+    use ferrotrain_crds::sweep::{SweepPhase, TrainingSweep};
+    let Scenario {
+        client,
+        installed,
+        namespace,
+        ..
+    } = Scenario::start("sweep-invalid", "restricted").await;
+    let text = std::fs::read_to_string(
+        workspace_root().join("tests/manifests/invalid/81-sweep-trials-would-be-invalid.yaml"),
+    )
+    .expect("case");
+    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
+    manifest["metadata"]["namespace"] = serde_json::json!(namespace);
+    let sweeps: Api<TrainingSweep> = Api::namespaced(client.clone(), &namespace);
+    // Only Ferrotrain checks the trials: the API server admits the sweep.
+    sweeps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(manifest).expect("sweep"),
+        )
+        .await
+        .expect("admitted by the API server");
+    let message = wait_for("the sweep to fail", Duration::from_secs(60), || async {
+        let status = sweeps.get("bad").await.ok()?.status?;
+        (status.phase == Some(SweepPhase::Failed)).then_some(status.message.unwrap_or_default())
+    })
+    .await;
+    assert!(
+        message.contains("spec.template.trainer.lrSchedule.everySteps"),
+        "{message}"
+    );
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let trials = jobs.list(&Default::default()).await.expect("list");
+    assert!(trials.items.is_empty(), "no trial was created");
+    assert!(installed.operator.forbidden().is_empty());
+    delete_namespace(&client, &namespace).await;
 }

@@ -1,32 +1,79 @@
 //! The committed CRD matches the generated one, is structural, and documents every field.
 
 use ferrotrain_crds::crd;
-use ferrotrain_tests::{chart_crd_path, structural, workspace_root};
+use ferrotrain_tests::{chart_crd_path, chart_sweep_crd_path, structural, workspace_root};
 use serde_json::Value;
 
 #[test]
-fn committed_crd_matches_the_generated_one() {
-    let generated = crd::crd_yaml().expect("renders");
-    let committed = std::fs::read_to_string(chart_crd_path()).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "{} is stale; regenerate it with `cargo run -p ferrotrain-crds --bin crdgen > {}`",
-        chart_crd_path().display(),
-        chart_crd_path()
-            .strip_prefix(workspace_root())
-            .unwrap_or(&chart_crd_path())
-            .display()
-    );
+fn committed_crds_match_the_generated_ones() {
+    let pairs = [
+        (crd::crd_yaml().expect("renders"), chart_crd_path(), ""),
+        (
+            crd::sweep_crd_yaml().expect("renders"),
+            chart_sweep_crd_path(),
+            " sweep",
+        ),
+    ];
+    for (generated, path, argument) in pairs {
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{} is stale; regenerate it with `cargo run -p ferrotrain-crds --bin crdgen{argument} > {}` (or scripts/gen-crd.sh)",
+            path.display(),
+            path.strip_prefix(workspace_root())
+                .unwrap_or(&path)
+                .display()
+        );
+    }
 }
 
 #[test]
-fn crd_schema_is_structural() {
-    let violations = structural::violations(&crd::schema_json());
-    assert!(
-        violations.is_empty(),
-        "structural schema violations:\n{}",
-        violations.join("\n")
-    );
+fn crd_schemas_are_structural() {
+    for schema in [crd::schema_json(), crd::sweep_schema_json()] {
+        let violations = structural::violations(&schema);
+        assert!(
+            violations.is_empty(),
+            "structural schema violations:\n{}",
+            violations.join("\n")
+        );
+    }
+}
+
+#[test]
+fn sweep_crd_names_and_columns() {
+    let crd = crd::sweep_crd();
+    assert_eq!(crd.spec.group, "ferrotrain.io");
+    assert_eq!(crd.spec.names.kind, "TrainingSweep");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["tsw".to_string()]));
+    let version = &crd.spec.versions[0];
+    let columns: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(columns, ["Phase", "Trials", "Best", "Metric", "Age"]);
+    let schema = crd::sweep_schema_json();
+    let path =
+        &schema["properties"]["spec"]["properties"]["parameters"]["items"]["properties"]["path"];
+    let paths: Vec<&str> = path["enum"]
+        .as_array()
+        .expect("path is an enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for expected in [
+        "optimizer.lr",
+        "model.dropout",
+        "batchSize",
+        "optimizer.weightDecay",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} is tunable: {paths:?}"
+        );
+    }
+    assert!(!paths.iter().any(|p| p.starts_with("dataset")), "{paths:?}");
 }
 
 #[test]
@@ -84,10 +131,11 @@ fn every_field_is_documented() {
             }
         }
     }
-    let schema = crd::schema_json();
     let mut missing = Vec::new();
-    for root in ["spec", "status"] {
-        walk(&schema["properties"][root], root, &mut missing);
+    for schema in [crd::schema_json(), crd::sweep_schema_json()] {
+        for root in ["spec", "status"] {
+            walk(&schema["properties"][root], root, &mut missing);
+        }
     }
     assert!(
         missing.is_empty(),

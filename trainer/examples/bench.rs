@@ -227,6 +227,7 @@ fn gang(
                         spec,
                         attempt: 1,
                         checkpoint: None,
+                        warm_start: None,
                         reporter: None,
                         report_every: Duration::from_secs(3600),
                         stop: Arc::new(AtomicBool::new(false)),
@@ -318,6 +319,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
     let job = Job {
         spec: spec.clone(),
         attempt: 1,
+        warm_start: None,
         checkpoint: Some(CheckpointPlan {
             store: CheckpointStore::new(location.clone(), 2, config_hash(&spec, data)),
             every_steps: None,

@@ -82,6 +82,9 @@ pub struct Manifest {
     pub state: TrainingState,
     /// Data objects.
     pub objects: Vec<ObjectEntry>,
+    /// The model that wrote it, in words (for the error of a warm start into another model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl Manifest {
@@ -160,6 +163,7 @@ pub struct CheckpointStore {
     location: Location,
     keep: usize,
     config_hash: String,
+    model: Option<String>,
 }
 
 fn store_error(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> CheckpointError {
@@ -174,7 +178,14 @@ impl CheckpointStore {
             location,
             keep: keep.max(1),
             config_hash: config_hash.into(),
+            model: None,
         }
+    }
+
+    /// Records `model` (a description of the model) in every manifest this store commits.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
     }
 
     /// Where the checkpoints live.
@@ -236,6 +247,7 @@ impl CheckpointStore {
             created_unix_ms: now_unix_ms(),
             state: snapshot.state.clone(),
             objects,
+            model: self.model.clone(),
         };
         let manifest_key = manifest_key(step);
         let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
@@ -402,6 +414,38 @@ impl CheckpointStore {
         Ok((None, rejected))
     }
 
+    /// The checkpoint a warm start begins from: the manifest at `manifest_key`, or else the
+    /// newest that verifies. Any configuration is accepted (the caller compares shapes);
+    /// `Ok(Err(problem))` when there is no usable checkpoint.
+    pub async fn load_for_warm_start(
+        &self,
+        manifest_key: Option<&str>,
+    ) -> Result<Result<(Snapshot, Manifest), String>, CheckpointError> {
+        let keys: Vec<String> = match manifest_key {
+            Some(key) => vec![key.to_string()],
+            None => self
+                .manifest_keys()
+                .await?
+                .into_iter()
+                .map(|(_, key)| key)
+                .collect(),
+        };
+        let mut problem = None;
+        for key in keys {
+            let Some(manifest) = self.read_manifest(&key).await? else {
+                problem = Some(format!("{key}: the manifest is missing or unreadable"));
+                continue;
+            };
+            match self.verify(&manifest).await? {
+                Ok(snapshot) => return Ok(Ok((snapshot, manifest))),
+                Err(p) => problem = Some(p),
+            }
+        }
+        Ok(Err(problem.unwrap_or_else(|| {
+            "there is no committed checkpoint there".to_string()
+        })))
+    }
+
     /// Every checkpoint, newest first, each verified.
     pub async fn list(&self) -> Result<Vec<Listed>, CheckpointError> {
         let mut out = Vec::new();
@@ -423,6 +467,18 @@ impl CheckpointStore {
         }
         Ok(out)
     }
+}
+
+/// Splits a warm-start URI into a checkpoint location and, when it names one manifest
+/// (`…/manifests/000000001000.json`), that manifest's key.
+pub fn split_manifest_uri(uri: &str) -> (String, Option<String>) {
+    if let Some((base, file)) = uri.rsplit_once(&format!("/{MANIFESTS}/"))
+        && file.ends_with(".json")
+        && !file.contains('/')
+    {
+        return (base.to_string(), Some(format!("{MANIFESTS}/{file}")));
+    }
+    (uri.to_string(), None)
 }
 
 fn manifest_key(step: u64) -> String {

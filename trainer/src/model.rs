@@ -149,6 +149,20 @@ impl Builder {
     }
 }
 
+/// A model in words, for checkpoint manifests and warm-start errors: `mlp [256, 128], 784
+/// features, 10 classes, 235146 parameters`.
+pub fn describe(spec: &ModelSpec, net: &Network) -> String {
+    let kind = match spec.kind {
+        ModelKind::Logistic => "logistic".to_string(),
+        ModelKind::Mlp => format!("mlp {:?}", spec.hidden_or_default()),
+        ModelKind::Lenet => "lenet".to_string(),
+    };
+    format!(
+        "{kind}, {} features, {} classes, {} parameters",
+        net.inputs, net.classes, net.num_params
+    )
+}
+
 impl Network {
     /// Builds the network `spec` describes for `inputs` features and `classes` classes.
     pub fn new(spec: &ModelSpec, inputs: usize, classes: usize) -> Result<Self, ModelError> {

@@ -7,15 +7,16 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::env::WorkerEnv;
-use ferrotrain_crds::{CheckpointSpec, ResumePolicy, TrainerSpec};
+use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
-use crate::checkpoint::{CheckpointStore, sha256_hex};
+use crate::checkpoint::{CheckpointStore, sha256_hex, split_manifest_uri};
 use crate::comm::{RendezvousConfig, Ring};
 use crate::data::load::{self, Splits};
 use crate::device::{self, Compute};
+use crate::model::Network;
 use crate::progress::Reporter;
 use crate::storage::{self, S3Options};
-use crate::train::{CheckpointPlan, Job, Outcome, TrainError, train};
+use crate::train::{CheckpointPlan, Job, Outcome, TrainError, WarmStart, train};
 use crate::{config, exit};
 
 /// Settings that do not come from the TrainingJob.
@@ -155,11 +156,24 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             return exit::CHECKPOINT_ERROR;
         }
     };
+    let warm_start = match spec
+        .init_from
+        .as_ref()
+        .map(|init| warm_start(init, checkpoint.as_ref()))
+        .transpose()
+    {
+        Ok(warm_start) => warm_start,
+        Err(e) => {
+            tracing::error!(error = %e, "spec.trainer.initFrom.uri");
+            return exit::BAD_CONFIG;
+        }
+    };
     let reporter = (ring.rank() == 0).then(|| Reporter::new(runtime.handle().clone(), progress));
     let job = Job {
         spec,
         attempt,
         checkpoint: plan,
+        warm_start,
         reporter,
         report_every: options.report_every,
         stop,
@@ -239,11 +253,37 @@ fn checkpoint_plan(
             region: c.region.clone(),
         },
     )?;
+    let model = Network::new(&spec.model, data.train.dim, data.classes())
+        .map(|net| crate::model::describe(&spec.model, &net))
+        .unwrap_or_default();
     Ok(CheckpointPlan {
-        store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data)),
+        store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data))
+            .with_model(model),
         every_steps: c.every_steps.map(|s| s.max(1) as u64),
         every_seconds: c.every_seconds.map(|s| s.max(1) as u64),
         resume: c.resume_or_default() == ResumePolicy::Auto,
+    })
+}
+
+/// The store of a warm start, read with the job's checkpoint endpoint and region.
+fn warm_start(
+    init: &InitFromSpec,
+    checkpoint: Option<&CheckpointSpec>,
+) -> Result<WarmStart, storage::StorageError> {
+    let (location, manifest_key) = split_manifest_uri(&init.uri);
+    let location = storage::open(
+        &location,
+        &S3Options {
+            endpoint: checkpoint.and_then(|c| c.endpoint.clone()),
+            region: checkpoint.and_then(|c| c.region.clone()),
+        },
+    )?;
+    Ok(WarmStart {
+        store: CheckpointStore::new(location, 1, ""),
+        manifest_key,
+        uri: init.uri.clone(),
+        reset_optimizer: init.reset_optimizer.unwrap_or(false),
+        continue_steps: init.continue_steps.unwrap_or(false),
     })
 }
 

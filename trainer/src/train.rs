@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferrotrain_crds::progress::{CheckpointReport, ProgressReport, RejectedCheckpoints};
-use ferrotrain_crds::{EarlyStoppingMode, ModeKind, TrainerSpec};
+use ferrotrain_crds::progress::{
+    CheckpointReport, MAX_REPORTED_EVALUATIONS, ProgressReport, RejectedCheckpoints,
+};
+use ferrotrain_crds::{EarlyStoppingMode, Evaluation, ModeKind, TrainerSpec};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -49,6 +51,20 @@ pub struct CheckpointPlan {
     pub resume: bool,
 }
 
+/// A warm start (`spec.trainer.initFrom`): where its checkpoint is and what to take from it.
+pub struct WarmStart {
+    /// The checkpoint location.
+    pub store: CheckpointStore,
+    /// The manifest, when the URI names one; else the newest that verifies.
+    pub manifest_key: Option<String>,
+    /// The URI as written, for messages.
+    pub uri: String,
+    /// Start the optimiser afresh.
+    pub reset_optimizer: bool,
+    /// Continue the checkpoint's step count and data position.
+    pub continue_steps: bool,
+}
+
 /// Everything one rank needs to train.
 pub struct Job {
     /// What to train.
@@ -57,6 +73,8 @@ pub struct Job {
     pub attempt: u32,
     /// Checkpoints, if any.
     pub checkpoint: Option<CheckpointPlan>,
+    /// Where to start from when the job has no checkpoint of its own yet.
+    pub warm_start: Option<WarmStart>,
     /// Progress reports (rank 0).
     pub reporter: Option<Reporter>,
     /// Minimum seconds between progress reports.
@@ -295,6 +313,46 @@ fn train_on_pool(
             epoch = state.epoch,
             "resumed from checkpoint"
         );
+    } else if let Some(warm) = &job.warm_start {
+        let (snapshot, source_model) = load_warm_start(warm, ring, runtime)?;
+        if snapshot.params.len() != n {
+            let this_model = crate::model::describe(&spec.model, &net);
+            return Err(TrainError::Config(format!(
+                "spec.trainer.initFrom.uri {}: the checkpoint's model ({}) does not match this job's model ({this_model})",
+                warm.uri,
+                source_model.unwrap_or_else(|| format!("{} parameters", snapshot.params.len())),
+            )));
+        }
+        params = snapshot.params;
+        if !warm.reset_optimizer {
+            if snapshot.moment1.len() != optimizer.m.len()
+                || snapshot.moment2.len() != optimizer.v.len()
+            {
+                return Err(TrainError::Config(format!(
+                    "spec.trainer.initFrom.uri {}: the checkpoint's optimiser state does not fit this job's {:?} optimiser (another optimiser type wrote it); set initFrom.resetOptimizer: true",
+                    warm.uri, optimizer_spec.kind
+                )));
+            }
+            optimizer.m = snapshot.moment1;
+            optimizer.v = snapshot.moment2;
+            optimizer.steps = snapshot.state.optimizer_steps;
+        }
+        if warm.continue_steps {
+            state = TrainingState {
+                world_size: world as u32,
+                ..snapshot.state
+            };
+            if warm.reset_optimizer {
+                state.optimizer_steps = 0;
+            }
+        }
+        tracing::info!(
+            uri = %warm.uri,
+            from_step = snapshot.state.step,
+            step = state.step,
+            reset_optimizer = warm.reset_optimizer,
+            "warm start from checkpoint"
+        );
     }
 
     let batch = spec.batch_size.max(1) as usize;
@@ -342,6 +400,7 @@ fn train_on_pool(
     let mut warmed_up = false;
     let mut early_stopped = false;
     let mut stopped = false;
+    let mut evaluations: std::collections::VecDeque<Evaluation> = Default::default();
 
     while state.step < total_steps && !early_stopped {
         if state.samples_in_epoch + global_batch as u64 > train_len as u64 {
@@ -473,6 +532,13 @@ fn train_on_pool(
         if eval_due && !stopped {
             let metrics = evaluate(engine.as_mut(), &params, data, ring)?;
             early_stopped = update_early_stopping(spec, &mut state, &metrics);
+            if evaluations.len() == MAX_REPORTED_EVALUATIONS {
+                evaluations.pop_front();
+            }
+            evaluations.push_back(Evaluation {
+                step: state.step as i64,
+                metrics: metrics.clone(),
+            });
             state.metrics = metrics;
         }
 
@@ -500,6 +566,7 @@ fn train_on_pool(
             let _ = uploader.busy();
             reporter.report(&ProgressReport {
                 rejected_checkpoints: rejected_checkpoints.clone(),
+                evaluations: evaluations.iter().cloned().collect(),
                 ..progress(
                     job.attempt,
                     &state,
@@ -538,6 +605,7 @@ fn train_on_pool(
     if let Some(reporter) = job.reporter.as_mut() {
         reporter.report(&ProgressReport {
             rejected_checkpoints: rejected_checkpoints.clone(),
+            evaluations: evaluations.iter().cloned().collect(),
             ..progress(
                 job.attempt,
                 &state,
@@ -605,6 +673,37 @@ fn load_resume_point(
     }
     ring.broadcast(&mut bytes)?;
     Ok((decode_snapshot(&bytes), None))
+}
+
+/// Rank 0 reads the warm-start checkpoint and passes it around the ring; it also returns the
+/// description of the model that wrote it (peers return none).
+fn load_warm_start(
+    warm: &WarmStart,
+    ring: &mut Ring,
+    runtime: &Handle,
+) -> Result<(Snapshot, Option<String>), TrainError> {
+    let mut bytes = Vec::new();
+    if ring.rank() == 0 {
+        let loaded = runtime.block_on(warm.store.load_for_warm_start(warm.manifest_key.as_deref()));
+        if let Ok(Ok((snapshot, _))) = &loaded {
+            bytes = encode_snapshot(snapshot);
+        }
+        ring.broadcast(&mut bytes)?;
+        return match loaded? {
+            Ok((snapshot, manifest)) => Ok((snapshot, manifest.model)),
+            Err(problem) => Err(TrainError::Config(format!(
+                "spec.trainer.initFrom.uri {}: {problem}",
+                warm.uri
+            ))),
+        };
+    }
+    ring.broadcast(&mut bytes)?;
+    decode_snapshot(&bytes).map(|s| (s, None)).ok_or_else(|| {
+        TrainError::Config(format!(
+            "spec.trainer.initFrom.uri {}: rank 0 could not read the checkpoint",
+            warm.uri
+        ))
+    })
 }
 
 fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
@@ -746,5 +845,6 @@ fn progress(
         }),
         done,
         rejected_checkpoints: None,
+        evaluations: Vec::new(),
     }
 }

@@ -11,7 +11,7 @@ use ferrotrain_trainer::comm::Ring;
 use ferrotrain_trainer::data::load::{self, Splits};
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::{CheckpointPlan, Job, Outcome, TrainError, train};
+use ferrotrain_trainer::train::{CheckpointPlan, Job, Outcome, TrainError, WarmStart, train};
 
 struct Fixture {
     dir: std::path::PathBuf,
@@ -86,7 +86,7 @@ impl Fixture {
         checkpoint: Option<CheckpointPlan>,
         stop_after_step: Option<u64>,
     ) -> Result<Outcome, TrainError> {
-        self.run_with(spec, checkpoint, stop_after_step, None)
+        self.run_with(spec, checkpoint, stop_after_step, None, None)
     }
 
     fn run_with(
@@ -95,12 +95,14 @@ impl Fixture {
         checkpoint: Option<CheckpointPlan>,
         stop_after_step: Option<u64>,
         fail_after_step: Option<u64>,
+        warm_start: Option<WarmStart>,
     ) -> Result<Outcome, TrainError> {
         let data = self.data(spec);
         let job = Job {
             spec: spec.clone(),
             attempt: 1,
             checkpoint,
+            warm_start,
             reporter: None,
             report_every: Duration::from_secs(60),
             stop: Arc::new(AtomicBool::new(false)),
@@ -193,7 +195,7 @@ fn a_device_failure_commits_an_emergency_checkpoint_and_the_next_attempt_resumes
     let spec = fx.spec("");
     let data = fx.data(&spec);
     // Checkpoints every 20 steps; the device fails in step 34, after 33 completed steps.
-    let failed = fx.run_with(&spec, Some(fx.plan(&spec, &data)), None, Some(33));
+    let failed = fx.run_with(&spec, Some(fx.plan(&spec, &data)), None, Some(33), None);
     assert!(
         matches!(&failed, Err(TrainError::Engine(e)) if e.0.contains("injected device failure")),
         "the failure is reported as the engine's: {failed:?}"
@@ -269,4 +271,156 @@ fn a_resume_that_rejects_every_checkpoint_says_so() {
             && line.ends_with("training restarted from step 0"),
         "{line}"
     );
+}
+
+impl Fixture {
+    /// A warm start from the checkpoints under `dir` (relative to the fixture).
+    fn warm_start(&self, dir: &str, reset_optimizer: bool, continue_steps: bool) -> WarmStart {
+        let uri = format!("file://{}", self.dir.join(dir).display());
+        WarmStart {
+            store: CheckpointStore::new(
+                storage::open(&uri, &S3Options::default()).expect("store"),
+                1,
+                "",
+            ),
+            manifest_key: None,
+            uri,
+            reset_optimizer,
+            continue_steps,
+        }
+    }
+
+    /// Checkpoints to `dir` (relative to the fixture), with the model described in manifests.
+    fn plan_in(&self, dir: &str, spec: &TrainerSpec, data: &Splits) -> CheckpointPlan {
+        let location = storage::open(
+            &format!("file://{}", self.dir.join(dir).display()),
+            &S3Options::default(),
+        )
+        .expect("store");
+        let net = ferrotrain_trainer::model::Network::new(&spec.model, data.train.dim, 4)
+            .expect("network");
+        CheckpointPlan {
+            store: CheckpointStore::new(location, 2, config_hash(spec, data))
+                .with_model(ferrotrain_trainer::model::describe(&spec.model, &net)),
+            every_steps: None,
+            every_seconds: None,
+            resume: true,
+        }
+    }
+}
+
+fn steps_spec(fx: &Fixture, max_steps: i64) -> TrainerSpec {
+    let mut spec = fx.spec("");
+    spec.lr_schedule = None;
+    spec.epochs = None;
+    spec.max_steps = Some(max_steps);
+    spec
+}
+
+#[test]
+fn a_warm_start_that_continues_the_steps_matches_the_uninterrupted_run() {
+    let fx = Fixture::new("warm-continue");
+    let Ok(Outcome::Completed(reference)) = fx.run(&steps_spec(&fx, 120), None, None) else {
+        panic!("reference run completes")
+    };
+    let first = steps_spec(&fx, 50);
+    let data = fx.data(&first);
+    let Ok(Outcome::Completed(_)) = fx.run(&first, Some(fx.plan_in("first", &first, &data)), None)
+    else {
+        panic!("first segment completes")
+    };
+    // A second job, with checkpoints of its own elsewhere, continues from the first one's.
+    let second = steps_spec(&fx, 120);
+    let Ok(Outcome::Completed(continued)) = fx.run_with(
+        &second,
+        Some(fx.plan_in("second", &second, &data)),
+        None,
+        None,
+        Some(fx.warm_start("first", false, true)),
+    ) else {
+        panic!("second segment completes")
+    };
+    assert_eq!(continued.step, 120);
+    assert_eq!(continued.resumed_from, None, "a warm start is not a resume");
+    assert!(
+        continued.params == reference.params,
+        "the continued parameters equal the uninterrupted run's"
+    );
+}
+
+#[test]
+fn a_warm_start_without_continuing_starts_at_step_zero_from_the_trained_parameters() {
+    let fx = Fixture::new("warm-fresh");
+    let spec = steps_spec(&fx, 60);
+    let data = fx.data(&spec);
+    let Ok(Outcome::Completed(trained)) =
+        fx.run(&spec, Some(fx.plan_in("source", &spec, &data)), None)
+    else {
+        panic!("source completes")
+    };
+    // Fine-tuning with another optimiser: its state cannot be taken, so it is reset.
+    let mut sgd = steps_spec(&fx, 1);
+    sgd.optimizer = serde_yaml::from_str("{type: sgd, lr: 0.0}").ok();
+    let refused = fx.run_with(
+        &sgd,
+        None,
+        None,
+        None,
+        Some(fx.warm_start("source", false, false)),
+    );
+    let Err(TrainError::Config(message)) = refused else {
+        panic!("the optimiser state of adam does not fit sgd: {refused:?}")
+    };
+    assert!(message.contains("resetOptimizer: true"), "{message}");
+    let Ok(Outcome::Completed(tuned)) = fx.run_with(
+        &sgd,
+        None,
+        None,
+        None,
+        Some(fx.warm_start("source", true, false)),
+    ) else {
+        panic!("fine-tuning completes")
+    };
+    assert_eq!(tuned.step, 1, "the count starts again at step 0");
+    // lr 0: the one step changes nothing, so the parameters are the source's final ones.
+    assert!(tuned.params == trained.params);
+}
+
+#[test]
+fn a_warm_start_into_another_model_names_both_models() {
+    let fx = Fixture::new("warm-model");
+    let spec = steps_spec(&fx, 20);
+    let data = fx.data(&spec);
+    let Ok(Outcome::Completed(_)) = fx.run(&spec, Some(fx.plan_in("source", &spec, &data)), None)
+    else {
+        panic!("source completes")
+    };
+    let mut wider = steps_spec(&fx, 20);
+    wider.model.hidden = Some(vec![64, 16]);
+    let result = fx.run_with(
+        &wider,
+        None,
+        None,
+        None,
+        Some(fx.warm_start("source", false, false)),
+    );
+    let Err(TrainError::Config(message)) = result else {
+        panic!("a model mismatch is refused: {result:?}")
+    };
+    assert!(
+        message.contains("mlp [32, 16], 6 features, 4 classes")
+            && message.contains("mlp [64, 16], 6 features, 4 classes"),
+        "{message}"
+    );
+    let missing = fx.run_with(
+        &spec,
+        None,
+        None,
+        None,
+        Some(fx.warm_start("nothing-here", false, false)),
+    );
+    let Err(TrainError::Config(message)) = missing else {
+        panic!("no checkpoint to start from is an error: {missing:?}")
+    };
+    assert!(message.contains("no committed checkpoint"), "{message}");
 }

@@ -187,6 +187,7 @@ fn training_resumes_from_s3_and_reads_its_dataset_from_s3() {
                 every_seconds: None,
                 resume: true,
             }),
+            warm_start: None,
             reporter: None,
             report_every: Duration::from_secs(60),
             stop: Arc::new(AtomicBool::new(false)),

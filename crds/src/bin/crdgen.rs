@@ -1,7 +1,17 @@
-//! Prints the TrainingJob CustomResourceDefinition as YAML.
+//! Prints a Ferrotrain CustomResourceDefinition as YAML: `crdgen` (TrainingJob) or
+//! `crdgen sweep` (TrainingSweep).
 
 fn main() -> std::process::ExitCode {
-    match ferrotrain_crds::crd::crd_yaml() {
+    let which = std::env::args().nth(1);
+    let yaml = match which.as_deref() {
+        None | Some("job") => ferrotrain_crds::crd::crd_yaml(),
+        Some("sweep") => ferrotrain_crds::crd::sweep_crd_yaml(),
+        Some(other) => {
+            eprintln!("crdgen: unknown CRD {other:?}; use job or sweep");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match yaml {
         Ok(yaml) => {
             print!("{yaml}");
             std::process::ExitCode::SUCCESS

@@ -1,0 +1,326 @@
+//! The Kubernetes side of TrainingSweeps: observe a sweep's trial TrainingJobs, run the sweep
+//! [`decide`], create trials (owned by the sweep, so deleting it deletes them), stop them by
+//! suspension, and write the sweep's status with server-side apply. Its calls are part of
+//! [`crate::controller::RBAC`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrotrain_crds::sweep::{TrainingSweep, TrainingSweepStatus};
+use ferrotrain_crds::{Phase, TrainingJob};
+use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::manifest::Admission;
+use crate::server::ProgressHub;
+use crate::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
+
+/// The field manager of the sweep controller's writes.
+pub const SWEEP_MANAGER: &str = "ferrotrain-sweep";
+
+/// A reconcile failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// The object has no namespace or name.
+    #[error("TrainingSweep without {0}")]
+    Incomplete(&'static str),
+    /// The status write lost a race; the watch brings the newer sweep.
+    #[error("the sweep changed since it was read (status write conflict); reconciling again")]
+    Conflict,
+    /// The trial cache has not completed its first list.
+    #[error("the trial cache is not yet filled")]
+    CacheNotReady,
+}
+
+fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// Shared reconcile state.
+pub struct Context {
+    client: Client,
+    admission: Admission,
+    recorder: Recorder,
+    hub: Arc<ProgressHub>,
+    trials: Store<TrainingJob>,
+}
+
+/// What a trial's TrainingJob says, for the decision.
+pub fn observe(job: &TrainingJob) -> TrialObservation {
+    let status = job.status.clone().unwrap_or_default();
+    let progress = status.progress.unwrap_or_default();
+    TrialObservation {
+        phase: status.phase,
+        step: progress.step,
+        total_steps: progress.total_steps,
+        completed_at: status.completion_time.map(|t| t.0),
+        metrics: progress.metrics,
+        evaluations: progress.evaluations,
+        checkpoint: status.checkpoint.and_then(|c| c.uri),
+        message: status.message,
+    }
+}
+
+/// The trial TrainingJob of a create: labelled with its sweep and owned by it.
+pub fn trial_object(
+    sweep: &TrainingSweep,
+    name: &str,
+    spec: &ferrotrain_crds::TrainingJobSpec,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": name,
+            "namespace": sweep.namespace(),
+            "labels": {SWEEP_LABEL: sweep.name_any()},
+            "ownerReferences": sweep.controller_owner_ref(&()).map(|o| vec![o]),
+        },
+        "spec": spec,
+    })
+}
+
+/// One reconcile of one sweep; replicas that do not lead only wait.
+pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Requeue::requeue(crate::leader::RENEW_EVERY));
+    }
+    let namespace = sweep
+        .namespace()
+        .ok_or(Error::Incomplete("metadata.namespace"))?;
+    let name = sweep.name_any();
+    if tokio::time::timeout(Duration::from_secs(5), ctx.trials.wait_until_ready())
+        .await
+        .is_err()
+    {
+        // Deciding on an empty cache would take every trial for deleted.
+        return Err(Error::CacheNotReady);
+    }
+    let sweeps: Api<TrainingSweep> = Api::namespaced(ctx.client.clone(), &namespace);
+    let jobs: Api<TrainingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+    let now = Timestamp::now();
+    // The API server checked the schema and CEL rules; the checks only Ferrotrain makes (ranges
+    // of integer fields, the algorithm against the template, trials that would be refused) fail
+    // the sweep here, before any trial is created.
+    let object = serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingSweep",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": sweep.spec,
+    });
+    if let Err(errors) = ctx.admission.admit_sweep(&object) {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut status = sweep.status.clone().unwrap_or_default();
+        if status.phase != Some(ferrotrain_crds::sweep::SweepPhase::Failed) {
+            status.phase = Some(ferrotrain_crds::sweep::SweepPhase::Failed);
+            status.message = Some(message.clone());
+            status.completion_time =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+            write_status(&sweeps, &sweep, &status).await?;
+            publish(&ctx, &sweep, true, "InvalidSpec", &message).await;
+        }
+        return Ok(Requeue::await_change());
+    }
+    let observed: BTreeMap<String, TrialObservation> = ctx
+        .trials
+        .state()
+        .iter()
+        .filter(|job| {
+            job.namespace().as_deref() == Some(namespace.as_str())
+                && job.labels().get(SWEEP_LABEL) == Some(&name)
+        })
+        .map(|job| (job.name_any(), observe(job)))
+        .collect();
+    let decision = decide(&sweep, &observed, now);
+    for action in &decision.actions {
+        match action {
+            SweepAction::CreateTrial { name: trial, spec } => {
+                let object: TrainingJob = serde_json::from_value(trial_object(&sweep, trial, spec))
+                    .map_err(|e| Error::Kube {
+                        action: format!("build trial {trial}"),
+                        source: kube::Error::SerdeError(e),
+                    })?;
+                match jobs.create(&PostParams::default(), &object).await {
+                    Ok(_) => {}
+                    // Created before (a status write that lost a race, or a cache that lags).
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    // Refused by admission: the sweep sees the trial missing and records why.
+                    Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                        publish(
+                            &ctx,
+                            &sweep,
+                            true,
+                            "InvalidTrial",
+                            &format!("{trial}: {}", s.message),
+                        )
+                        .await;
+                    }
+                    Err(e) => return Err(kube_error(format!("create trial {trial}"))(e)),
+                }
+            }
+            SweepAction::StopTrial { name: trial } | SweepAction::PauseTrial { name: trial } => {
+                suspend(&jobs, &observed, trial, true).await?;
+            }
+            SweepAction::ResumeTrial { name: trial } => {
+                suspend(&jobs, &observed, trial, false).await?;
+            }
+        }
+    }
+    for event in &decision.events {
+        publish(&ctx, &sweep, event.warning, &event.reason, &event.message).await;
+    }
+    if sweep.status.as_ref() != Some(&decision.status) {
+        write_status(&sweeps, &sweep, &decision.status).await?;
+    }
+    // Trial changes trigger reconciles through the watch; this only bounds a missed event.
+    Ok(Requeue::requeue(Duration::from_secs(60)))
+}
+
+/// Sets a trial's `spec.runPolicy.suspend`; a trial already gone or finished needs nothing.
+async fn suspend(
+    jobs: &Api<TrainingJob>,
+    observed: &BTreeMap<String, TrialObservation>,
+    trial: &str,
+    on: bool,
+) -> Result<(), Error> {
+    let Some(seen) = observed.get(trial) else {
+        return Ok(());
+    };
+    if matches!(seen.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"spec": {"runPolicy": {"suspend": on}}});
+    match jobs
+        .patch(trial, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_error(format!("suspend trial {trial}"))(e)),
+    }
+}
+
+/// The status apply, with the resourceVersion the decision was made from as a precondition.
+pub fn status_patch(sweep: &TrainingSweep, status: &TrainingSweepStatus) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingSweep",
+        "metadata": {"resourceVersion": sweep.metadata.resource_version},
+        "status": status,
+    })
+}
+
+async fn write_status(
+    sweeps: &Api<TrainingSweep>,
+    sweep: &TrainingSweep,
+    status: &TrainingSweepStatus,
+) -> Result<(), Error> {
+    match sweeps
+        .patch_status(
+            &sweep.name_any(),
+            &PatchParams::apply(SWEEP_MANAGER).force(),
+            &Patch::Apply(&status_patch(sweep, status)),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict),
+        Err(e) => Err(kube_error("apply sweep status")(e)),
+    }
+}
+
+async fn publish(ctx: &Context, sweep: &TrainingSweep, warning: bool, reason: &str, note: &str) {
+    let event = KubeEvent {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &sweep.object_ref(&())).await {
+        tracing::warn!(sweep = %sweep.name_any(), error = %e, "cannot record event");
+    }
+}
+
+fn error_policy(_sweep: Arc<TrainingSweep>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(error = %error, "sweep reconcile failed");
+    Requeue::requeue(match error {
+        Error::Conflict => Duration::from_millis(500),
+        Error::CacheNotReady => Duration::from_secs(1),
+        Error::Kube { .. } | Error::Incomplete(_) => Duration::from_secs(15),
+    })
+}
+
+/// Runs the sweep controller until SIGTERM: watches TrainingSweeps and the TrainingJobs labelled
+/// as their trials, reconciling while `hub` says this replica leads.
+pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub>) {
+    let (sweeps, jobs): (Api<TrainingSweep>, Api<TrainingJob>) = match &namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (trials, writer) = reflector::store();
+    let trial_events = watcher(jobs, watcher::Config::default().labels(SWEEP_LABEL))
+        .default_backoff()
+        .map_ok(|event| event.modify(|job| job.metadata.managed_fields = None))
+        .reflect(writer)
+        .touched_objects();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: SWEEP_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let admission = match Admission::new() {
+        Ok(admission) => admission,
+        Err(e) => {
+            tracing::error!(error = %e, "the sweep controller cannot start");
+            return;
+        }
+    };
+    let context = Arc::new(Context {
+        client,
+        admission,
+        recorder,
+        hub,
+        trials,
+    });
+    Controller::new(sweeps, watcher::Config::default())
+        .owns_stream(trial_events)
+        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "sweep reconcile error");
+            }
+        })
+        .await;
+}
