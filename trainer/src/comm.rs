@@ -60,6 +60,8 @@ pub struct Ring {
     next: Option<TcpStream>,
     prev: Option<TcpStream>,
     scratch: Vec<f32>,
+    /// How long a collective waits for a peer that makes no progress.
+    timeout: Duration,
 }
 
 impl Ring {
@@ -71,6 +73,7 @@ impl Ring {
             next: None,
             prev: None,
             scratch: Vec::new(),
+            timeout: Duration::MAX,
         }
     }
 
@@ -120,6 +123,7 @@ impl Ring {
             next: Some(next),
             prev: Some(prev),
             scratch: Vec::new(),
+            timeout: cfg.peer_timeout,
         })
     }
 
@@ -163,14 +167,163 @@ impl Ring {
         );
         let largest = (0..w).map(|i| bounds(i).1 - bounds(i).0).max().unwrap_or(0);
         self.scratch.resize(largest, 0.0);
+        let peers = Peers {
+            next,
+            prev,
+            next_rank,
+            prev_rank,
+            timeout: self.timeout,
+            one_thread: largest * std::mem::size_of::<f32>() < PARALLEL_COPY_BYTES,
+        };
+        if !peers.one_thread {
+            return reduce_scatter_all_gather(&peers, data, &mut self.scratch, r, w, bounds);
+        }
+        // Non-blocking while one thread moves both directions; blocking again afterwards.
+        let result = peers.set_nonblocking(true).and_then(|()| {
+            reduce_scatter_all_gather(&peers, data, &mut self.scratch, r, w, bounds)
+        });
+        let restored = peers.set_nonblocking(false);
+        result.and(restored)
+    }
+}
+
+/// Chunks from this size on are sent and received by two threads (see [`Peers::exchange`]).
+const PARALLEL_COPY_BYTES: usize = 4 << 20;
+
+/// The two ring connections of a collective.
+struct Peers<'a> {
+    next: &'a TcpStream,
+    prev: &'a TcpStream,
+    next_rank: u32,
+    prev_rank: u32,
+    timeout: Duration,
+    /// Chunks are small: this thread sends and receives, on non-blocking sockets.
+    one_thread: bool,
+}
+
+impl Peers<'_> {
+    fn set_nonblocking(&self, on: bool) -> Result<(), CommError> {
+        self.next
+            .set_nonblocking(on)
+            .map_err(|e| lost(self.next_rank, "all-reduce", e))?;
+        self.prev
+            .set_nonblocking(on)
+            .map_err(|e| lost(self.prev_rank, "all-reduce", e))
+    }
+
+    /// Sends `outgoing` to the next rank while receiving `incoming` from the previous one, so
+    /// that neither side blocks on a full socket buffer. A chunk of a few hundred kilobytes (a
+    /// small model's gradient) moves on this thread, which saves a thread start per ring step;
+    /// a large one is sent by a second thread, so that the kernel copies both directions on two
+    /// cores at once.
+    fn exchange(&self, outgoing: &[f32], incoming: &mut [f32]) -> Result<(), CommError> {
+        let out: &[u8] = bytemuck::cast_slice(outgoing);
+        let inb: &mut [u8] = bytemuck::cast_slice_mut(incoming);
+        if self.one_thread {
+            return self.pump(out, inb);
+        }
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(move || {
+                let mut next = self.next;
+                next.write_all(out)
+            });
+            let mut prev = self.prev;
+            let received = prev.read_exact(inb);
+            let sent = sender
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("sender thread panicked")));
+            received.map_err(|e| lost(self.prev_rank, "all-reduce", e))?;
+            sent.map_err(|e| lost(self.next_rank, "all-reduce", e))
+        })
+    }
+
+    /// Writes `out` to the next rank and reads `inb` from the previous one on non-blocking
+    /// sockets, whatever each takes, waiting in poll(2) only when neither can move.
+    fn pump(&self, out: &[u8], inb: &mut [u8]) -> Result<(), CommError> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::io::ErrorKind;
+        use std::os::fd::AsFd;
+        let (mut sent, mut received) = (0, 0);
+        let (mut next, mut prev) = (self.next, self.prev);
+        while sent < out.len() || received < inb.len() {
+            let mut moved = false;
+            if sent < out.len() {
+                match next.write(&out[sent..]) {
+                    Ok(0) => {
+                        return Err(lost(
+                            self.next_rank,
+                            "all-reduce",
+                            ErrorKind::WriteZero.into(),
+                        ));
+                    }
+                    Ok(n) => (sent, moved) = (sent + n, true),
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                    Err(e) => return Err(lost(self.next_rank, "all-reduce", e)),
+                }
+            }
+            if received < inb.len() {
+                match prev.read(&mut inb[received..]) {
+                    Ok(0) => {
+                        return Err(lost(
+                            self.prev_rank,
+                            "all-reduce",
+                            ErrorKind::UnexpectedEof.into(),
+                        ));
+                    }
+                    Ok(n) => (received, moved) = (received + n, true),
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                    Err(e) => return Err(lost(self.prev_rank, "all-reduce", e)),
+                }
+            }
+            if moved {
+                continue;
+            }
+            let mut fds = Vec::with_capacity(2);
+            if sent < out.len() {
+                fds.push(PollFd::new(self.next.as_fd(), PollFlags::POLLOUT));
+            }
+            if received < inb.len() {
+                fds.push(PollFd::new(self.prev.as_fd(), PollFlags::POLLIN));
+            }
+            let wait = PollTimeout::try_from(self.timeout).unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, wait) {
+                // Nothing moved for the whole timeout: the peer we wait to hear from is gone.
+                Ok(0) => {
+                    let peer = if received < inb.len() {
+                        self.prev_rank
+                    } else {
+                        self.next_rank
+                    };
+                    return Err(lost(peer, "all-reduce", ErrorKind::TimedOut.into()));
+                }
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(lost(self.prev_rank, "all-reduce", e.into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reduce-scatter then all-gather of `data` over the ring, chunk `i` spanning `bounds(i)`.
+fn reduce_scatter_all_gather(
+    peers: &Peers<'_>,
+    data: &mut [f32],
+    scratch: &mut [f32],
+    r: usize,
+    w: usize,
+    bounds: impl Fn(usize) -> (usize, usize),
+) -> Result<(), CommError> {
+    {
         // Reduce-scatter: after w-1 steps rank r holds the full sum of chunk (r+1) mod w.
         for s in 0..w - 1 {
             let send = (r + w - s) % w;
             let recv = (r + w - s - 1) % w;
             let (ss, se) = bounds(send);
             let (rs, re) = bounds(recv);
-            let incoming = &mut self.scratch[..re - rs];
-            exchange(next, &data[ss..se], prev, incoming, (next_rank, prev_rank))?;
+            let incoming = &mut scratch[..re - rs];
+            peers.exchange(&data[ss..se], incoming)?;
             for (d, x) in data[rs..re].iter_mut().zip(incoming.iter()) {
                 *d += x;
             }
@@ -182,34 +335,10 @@ impl Ring {
             let (ss, se) = bounds(send);
             let (rs, re) = bounds(recv);
             let (outgoing, incoming) = disjoint(data, (ss, se), (rs, re));
-            exchange(next, outgoing, prev, incoming, (next_rank, prev_rank))?;
+            peers.exchange(outgoing, incoming)?;
         }
         Ok(())
     }
-}
-
-/// Sends `outgoing` to the next rank while receiving `incoming` from the previous one, so that
-/// neither side blocks on a full socket buffer.
-fn exchange(
-    next: &TcpStream,
-    outgoing: &[f32],
-    prev: &TcpStream,
-    incoming: &mut [f32],
-    (next_rank, prev_rank): (u32, u32),
-) -> Result<(), CommError> {
-    std::thread::scope(|scope| {
-        let sender = scope.spawn(move || {
-            let mut next = next;
-            next.write_all(bytemuck::cast_slice(outgoing))
-        });
-        let mut prev = prev;
-        let received = prev.read_exact(bytemuck::cast_slice_mut(incoming));
-        let sent = sender
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("sender thread panicked")));
-        received.map_err(|e| lost(prev_rank, "all-reduce", e))?;
-        sent.map_err(|e| lost(next_rank, "all-reduce", e))
-    })
 }
 
 fn disjoint(
@@ -512,7 +641,15 @@ mod tests {
 
     #[test]
     fn all_reduce_sums_across_ranks() {
-        for (world, len) in [(2, 10), (3, 7), (4, 1001), (3, 2)] {
+        // Beyond the socket buffers (the poll path waits), and chunks of 6 MB (two threads).
+        for (world, len) in [
+            (2, 10),
+            (3, 7),
+            (4, 1001),
+            (3, 2),
+            (2, 300_000),
+            (2, 3_000_000),
+        ] {
             let results = run_ring(world, len);
             let factor: f32 = (1..=world).map(|r| r as f32).sum();
             for data in &results {
@@ -538,6 +675,28 @@ mod tests {
         );
         let rank0 = rank0.join().expect("thread");
         assert!(rank0.is_some_and(|e| e.contains("did not arrive")));
+    }
+
+    #[test]
+    fn a_peer_that_stops_answering_times_out() {
+        let port = free_port();
+        let peer = std::thread::spawn(move || {
+            let ring = Ring::connect(&config(1, 2, 1, port)).expect("ring forms");
+            // Holds its connections open and never takes part; its end after 8 s would be an
+            // end of file, not the 5 s timeout of the test configuration.
+            std::thread::sleep(Duration::from_secs(8));
+            drop(ring);
+        });
+        let mut ring = Ring::connect(&config(0, 2, 1, port)).expect("ring forms");
+        let mut data = vec![1.0f32; 1 << 20];
+        let err = ring
+            .all_reduce_sum(&mut data)
+            .expect_err("the peer never answers");
+        assert!(
+            matches!(&err, CommError::PeerLost { peer: 1, source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+            "{err}"
+        );
+        peer.join().expect("thread");
     }
 
     #[test]
