@@ -158,6 +158,11 @@ async fn crd_is_established_explained_and_printed() {
         explained.contains("What to train"),
         "kubectl explain shows our descriptions:\n{explained}"
     );
+    let explained = cluster.kubectl_ok(&["explain", "tsw.spec.parameters.path"], None);
+    assert!(
+        explained.contains("The field of `spec.trainer` it sets"),
+        "kubectl explain shows the sweep's descriptions:\n{explained}"
+    );
     let namespace = test_namespace(&client, "crd", "restricted").await;
     create_job(&client, &namespace, &job_manifest("printed", 1, "")).await;
     let table = cluster.kubectl_ok(&["get", "tj", "-n", &namespace], None);
