@@ -236,12 +236,7 @@ impl Admission {
                     message,
                 )],
                 Ok(spec) => {
-                    let job = serde_json::json!({
-                        "apiVersion": "ferrotrain.io/v1alpha1",
-                        "kind": "TrainingJob",
-                        "metadata": {"name": trial.name, "namespace": sweep.metadata.namespace},
-                        "spec": spec,
-                    });
+                    let job = crate::sweep::trial_object(sweep, &trial.name, &spec);
                     self.admit(&job)
                         .err()
                         .unwrap_or_default()

@@ -24,8 +24,9 @@ use ferrotrain_crds::sweep::{
 use ferrotrain_crds::{Evaluation, InitFromSpec, Phase, RunPolicy, TrainerSpec, TrainingJobSpec};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{Resource, ResourceExt};
 
-use crate::lifecycle::set_condition;
+use crate::lifecycle::{Event, set_condition};
 
 /// How long a trial whose job succeeded may take to show its final progress before it counts
 /// as done with what it shows.
@@ -82,17 +83,6 @@ pub enum SweepAction {
     },
 }
 
-/// An event to record on the sweep.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SweepEvent {
-    /// Warning rather than Normal.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// Message.
-    pub message: String,
-}
-
 /// The outcome of one decision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SweepDecision {
@@ -100,8 +90,8 @@ pub struct SweepDecision {
     pub status: TrainingSweepStatus,
     /// Changes to make, in order.
     pub actions: Vec<SweepAction>,
-    /// Events to record.
-    pub events: Vec<SweepEvent>,
+    /// Events to record on the sweep.
+    pub events: Vec<Event>,
 }
 
 /// Decides what to do next. Pure: no I/O, no clock.
@@ -132,7 +122,7 @@ struct Decider<'a> {
     now: Timestamp,
     status: TrainingSweepStatus,
     actions: Vec<SweepAction>,
-    events: Vec<SweepEvent>,
+    events: Vec<Event>,
 }
 
 impl Decider<'_> {
@@ -338,7 +328,7 @@ impl Decider<'_> {
                 self.actions.push(SweepAction::StopTrial {
                     name: trial.name.clone(),
                 });
-                self.events.push(SweepEvent {
+                self.events.push(Event {
                     warning: false,
                     reason: "TrialStopped".into(),
                     message: format!("{}: {message}", trial.name),
@@ -380,7 +370,7 @@ impl Decider<'_> {
             let Some(trial) = self.next_trial() else {
                 break;
             };
-            self.events.push(SweepEvent {
+            self.events.push(Event {
                 warning: false,
                 reason: "TrialCreated".into(),
                 message: format!(
@@ -400,7 +390,7 @@ impl Decider<'_> {
                 name: trial.name.clone(),
                 spec: Box::new(spec),
             }),
-            Err(message) => self.events.push(SweepEvent {
+            Err(message) => self.events.push(Event {
                 warning: true,
                 reason: "InvalidTrial".into(),
                 message: format!("{}: {message}", trial.name),
@@ -524,7 +514,7 @@ impl Decider<'_> {
 
     fn set_phase(&mut self, phase: SweepPhase, reason: &str, message: &str) {
         if self.status.phase != Some(phase) {
-            self.events.push(SweepEvent {
+            self.events.push(Event {
                 warning: phase == SweepPhase::Failed,
                 reason: format!("{phase:?}"),
                 message: format!("{reason}: {message}"),
@@ -903,6 +893,26 @@ pub fn trial_spec(sweep: &TrainingSweep, trial: &TrialStatus) -> Result<Training
         });
     }
     Ok(job)
+}
+
+/// A trial's TrainingJob as the API takes it: labelled with its sweep and owned by it (when
+/// the sweep has a uid, as in a cluster).
+pub fn trial_object(
+    sweep: &TrainingSweep,
+    name: &str,
+    spec: &ferrotrain_crds::TrainingJobSpec,
+) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": name,
+            "namespace": sweep.namespace(),
+            "labels": {SWEEP_LABEL: sweep.name_any()},
+            "ownerReferences": sweep.controller_owner_ref(&()).map(|o| vec![o]),
+        },
+        "spec": spec,
+    })
 }
 
 /// Sets `path` (under spec.trainer) to `value`. A missing optimizer or lrSchedule is filled in

@@ -77,25 +77,6 @@ pub fn observe(job: &TrainingJob) -> TrialObservation {
     }
 }
 
-/// The trial TrainingJob of a create: labelled with its sweep and owned by it.
-pub fn trial_object(
-    sweep: &TrainingSweep,
-    name: &str,
-    spec: &ferrotrain_crds::TrainingJobSpec,
-) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "ferrotrain.io/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": {
-            "name": name,
-            "namespace": sweep.namespace(),
-            "labels": {SWEEP_LABEL: sweep.name_any()},
-            "ownerReferences": sweep.controller_owner_ref(&()).map(|o| vec![o]),
-        },
-        "spec": spec,
-    })
-}
-
 /// One reconcile of one sweep; replicas that do not lead only wait.
 pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
@@ -155,11 +136,12 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
     for action in &decision.actions {
         match action {
             SweepAction::CreateTrial { name: trial, spec } => {
-                let object: TrainingJob = serde_json::from_value(trial_object(&sweep, trial, spec))
-                    .map_err(|e| Error::Kube {
-                        action: format!("build trial {trial}"),
-                        source: kube::Error::SerdeError(e),
-                    })?;
+                let object: TrainingJob =
+                    serde_json::from_value(crate::sweep::trial_object(&sweep, trial, spec))
+                        .map_err(|e| Error::Kube {
+                            action: format!("build trial {trial}"),
+                            source: kube::Error::SerdeError(e),
+                        })?;
                 match jobs.create(&PostParams::default(), &object).await {
                     Ok(_) => {}
                     // Created before (a status write that lost a race, or a cache that lags).

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::local::{RunError, RunOptions, RunOutcome, check_fits, check_memory};
 use crate::manifest::Admission;
 use crate::sweep::{
-    SWEEP_LABEL, SweepAction, TrialObservation, decide, describe_parameters, format_value,
-    planned_trials, trial_spec,
+    SweepAction, TrialObservation, decide, describe_parameters, format_value, planned_trials,
+    trial_object, trial_spec,
 };
 
 /// How a local sweep ended.
@@ -125,11 +125,10 @@ pub fn run_sweep(
         .name
         .clone()
         .unwrap_or_else(|| "sweep".into());
-    let namespace = sweep
+    sweep
         .metadata
         .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
+        .get_or_insert_with(|| "default".into());
     let sweep_dir = options.state_dir.join(&name);
     std::fs::create_dir_all(&sweep_dir)?;
     if sweep.spec.template.checkpoint.is_none() {
@@ -216,18 +215,8 @@ pub fn run_sweep(
         for action in &decision.actions {
             match action {
                 SweepAction::CreateTrial { name: trial, spec } => {
-                    let job = TrainingJob {
-                        metadata: kube::api::ObjectMeta {
-                            name: Some(trial.clone()),
-                            namespace: Some(namespace.clone()),
-                            labels: Some(BTreeMap::from([(SWEEP_LABEL.to_string(), name.clone())])),
-                            ..Default::default()
-                        },
-                        spec: (**spec).clone(),
-                        status: None,
-                    };
-                    let started =
-                        admit_trial(&admission, &job).map(|job| start_trial(job, &trial_options));
+                    let started = admit_trial(&admission, &trial_object(&sweep, trial, spec))
+                        .map(|job| start_trial(job, &trial_options));
                     trials.insert(
                         trial.clone(),
                         started.unwrap_or_else(|message| LocalTrial {
@@ -259,16 +248,7 @@ pub fn run_sweep(
                             continue;
                         }
                     };
-                    let job = TrainingJob {
-                        metadata: kube::api::ObjectMeta {
-                            name: Some(trial.clone()),
-                            namespace: Some(namespace.clone()),
-                            ..Default::default()
-                        },
-                        spec,
-                        status: None,
-                    };
-                    if let Ok(job) = admit_trial(&admission, &job) {
+                    if let Ok(job) = admit_trial(&admission, &trial_object(&sweep, trial, &spec)) {
                         let mut started = start_trial(job, &trial_options);
                         if let Some(old) = trials.remove(trial) {
                             started.curve = old.curve;
@@ -309,15 +289,8 @@ pub fn run_sweep(
     }
 }
 
-fn admit_trial(admission: &Admission, job: &TrainingJob) -> Result<TrainingJob, String> {
-    let value = serde_json::to_value(job).map_err(|e| e.to_string())?;
-    let value = serde_json::json!({
-        "apiVersion": "ferrotrain.io/v1alpha1",
-        "kind": "TrainingJob",
-        "metadata": value.get("metadata"),
-        "spec": value.get("spec"),
-    });
-    admission.admit(&value).map_err(|errors| {
+fn admit_trial(admission: &Admission, object: &serde_json::Value) -> Result<TrainingJob, String> {
+    admission.admit(object).map_err(|errors| {
         errors
             .iter()
             .map(ToString::to_string)

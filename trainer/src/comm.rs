@@ -246,38 +246,23 @@ impl Peers<'_> {
         let (mut sent, mut received) = (0, 0);
         let (mut next, mut prev) = (self.next, self.prev);
         while sent < out.len() || received < inb.len() {
-            let mut moved = false;
-            if sent < out.len() {
-                match next.write(&out[sent..]) {
-                    Ok(0) => {
-                        return Err(lost(
-                            self.next_rank,
-                            "all-reduce",
-                            ErrorKind::WriteZero.into(),
-                        ));
-                    }
-                    Ok(n) => (sent, moved) = (sent + n, true),
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                    Err(e) => return Err(lost(self.next_rank, "all-reduce", e)),
-                }
-            }
-            if received < inb.len() {
-                match prev.read(&mut inb[received..]) {
-                    Ok(0) => {
-                        return Err(lost(
-                            self.prev_rank,
-                            "all-reduce",
-                            ErrorKind::UnexpectedEof.into(),
-                        ));
-                    }
-                    Ok(n) => (received, moved) = (received + n, true),
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                    Err(e) => return Err(lost(self.prev_rank, "all-reduce", e)),
-                }
-            }
-            if moved {
+            let wrote = if sent < out.len() {
+                moved_bytes(
+                    next.write(&out[sent..]),
+                    self.next_rank,
+                    ErrorKind::WriteZero,
+                )?
+            } else {
+                0
+            };
+            let read = if received < inb.len() {
+                let result = prev.read(&mut inb[received..]);
+                moved_bytes(result, self.prev_rank, ErrorKind::UnexpectedEof)?
+            } else {
+                0
+            };
+            (sent, received) = (sent + wrote, received + read);
+            if wrote + read > 0 {
                 continue;
             }
             let mut fds = Vec::with_capacity(2);
@@ -303,6 +288,22 @@ impl Peers<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Bytes one non-blocking write or read moved: none when the socket is not ready; a peer that
+/// took or sent nothing at all (`closed`) is lost.
+fn moved_bytes(
+    result: std::io::Result<usize>,
+    peer: u32,
+    closed: std::io::ErrorKind,
+) -> Result<usize, CommError> {
+    use std::io::ErrorKind;
+    match result {
+        Ok(0) => Err(lost(peer, "all-reduce", closed.into())),
+        Ok(n) => Ok(n),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(0),
+        Err(e) => Err(lost(peer, "all-reduce", e)),
     }
 }
 

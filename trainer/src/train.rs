@@ -400,7 +400,11 @@ fn train_on_pool(
     let mut warmed_up = false;
     let mut early_stopped = false;
     let mut stopped = false;
-    let mut evaluations: std::collections::VecDeque<Evaluation> = Default::default();
+    let mut reported = Reported {
+        attempt: job.attempt,
+        rejected_checkpoints,
+        evaluations: std::collections::VecDeque::new(),
+    };
 
     while state.step < total_steps && !early_stopped {
         if state.samples_in_epoch + global_batch as u64 > train_len as u64 {
@@ -532,10 +536,10 @@ fn train_on_pool(
         if eval_due && !stopped {
             let metrics = evaluate(engine.as_mut(), &params, data, ring)?;
             early_stopped = update_early_stopping(spec, &mut state, &metrics);
-            if evaluations.len() == MAX_REPORTED_EVALUATIONS {
-                evaluations.pop_front();
+            if reported.evaluations.len() == MAX_REPORTED_EVALUATIONS {
+                reported.evaluations.pop_front();
             }
-            evaluations.push_back(Evaluation {
+            reported.evaluations.push_back(Evaluation {
                 step: state.step as i64,
                 metrics: metrics.clone(),
             });
@@ -564,19 +568,15 @@ fn train_on_pool(
             && last_report_at.is_none_or(|t| t.elapsed() >= job.report_every)
         {
             let _ = uploader.busy();
-            reporter.report(&ProgressReport {
-                rejected_checkpoints: rejected_checkpoints.clone(),
-                evaluations: evaluations.iter().cloned().collect(),
-                ..progress(
-                    job.attempt,
-                    &state,
-                    total_steps,
-                    trained_samples,
-                    train_seconds,
-                    uploader.latest.as_ref(),
-                    false,
-                )
-            });
+            reporter.report(&progress(
+                &reported,
+                &state,
+                total_steps,
+                trained_samples,
+                train_seconds,
+                uploader.latest.as_ref(),
+                false,
+            ));
             last_report_at = Some(Instant::now());
         }
         if stopped {
@@ -603,19 +603,15 @@ fn train_on_pool(
         0.0
     };
     if let Some(reporter) = job.reporter.as_mut() {
-        reporter.report(&ProgressReport {
-            rejected_checkpoints: rejected_checkpoints.clone(),
-            evaluations: evaluations.iter().cloned().collect(),
-            ..progress(
-                job.attempt,
-                &state,
-                total_steps,
-                trained_samples,
-                train_seconds,
-                uploader.latest.as_ref(),
-                !stopped,
-            )
-        });
+        reporter.report(&progress(
+            &reported,
+            &state,
+            total_steps,
+            trained_samples,
+            train_seconds,
+            uploader.latest.as_ref(),
+            !stopped,
+        ));
         reporter.flush();
     }
     let summary = Summary {
@@ -626,7 +622,7 @@ fn train_on_pool(
         metrics: state.metrics.clone(),
         samples_per_second,
         resumed_from,
-        rejected_checkpoints,
+        rejected_checkpoints: reported.rejected_checkpoints,
         early_stopped,
         checkpoint: uploader.latest.clone(),
         checkpoint_stats: uploader.stats.clone(),
@@ -820,8 +816,17 @@ fn update_early_stopping(
     state.evals_without_improvement >= early.patience_or_default().max(1) as u32
 }
 
-fn progress(
+/// What an attempt's reports carry besides the loop state.
+struct Reported {
     attempt: u32,
+    /// Checkpoints its resume passed over: every report of the attempt names them.
+    rejected_checkpoints: Option<RejectedCheckpoints>,
+    /// Its latest evaluations, oldest first.
+    evaluations: std::collections::VecDeque<Evaluation>,
+}
+
+fn progress(
+    reported: &Reported,
     state: &TrainingState,
     total_steps: u64,
     samples: u64,
@@ -830,7 +835,7 @@ fn progress(
     done: bool,
 ) -> ProgressReport {
     ProgressReport {
-        attempt,
+        attempt: reported.attempt,
         world_size: state.world_size,
         step: state.step,
         total_steps,
@@ -844,7 +849,7 @@ fn progress(
             unix_ms: c.unix_ms,
         }),
         done,
-        rejected_checkpoints: None,
-        evaluations: Vec::new(),
+        rejected_checkpoints: reported.rejected_checkpoints.clone(),
+        evaluations: reported.evaluations.iter().cloned().collect(),
     }
 }
