@@ -1,7 +1,7 @@
 //! Trainer benchmarks; each prints its figures. Run from the repository root:
 //!
 //! ```text
-//! cargo run -p ferrotrain-trainer --example bench -- throughput
+//! cargo run -p ferrotrain-trainer --example bench -- throughput   # FERROTRAIN_BENCH_TORCH=python: PyTorch too
 //! cargo run -p ferrotrain-trainer --example bench -- allreduce
 //! cargo run -p ferrotrain-trainer --example bench -- scaling
 //! cargo run -p ferrotrain-trainer --example bench -- checkpoint   # S3 when FERROTRAIN_TEST_S3_ENDPOINT is set
@@ -62,7 +62,19 @@ fn main() -> anyhow::Result<()> {
 fn throughput(data: &Splits) -> anyhow::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().build()?;
     println!("compute threads: {}", pool.current_num_threads());
-    pool.install(|| throughput_on_pool(data))
+    pool.install(|| throughput_on_pool(data))?;
+    // The PyTorch reference in the same run, when FERROTRAIN_BENCH_TORCH names a Python that has
+    // torch (see scripts/torch-reference.py).
+    if let Some(python) = std::env::var_os("FERROTRAIN_BENCH_TORCH") {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/torch-reference.py");
+        let status = std::process::Command::new(python)
+            .arg(script)
+            .arg(std::env::args().nth(2).unwrap_or_default())
+            .arg(format!("--threads={}", pool.current_num_threads()))
+            .status()?;
+        anyhow::ensure!(status.success(), "the PyTorch reference failed: {status}");
+    }
+    Ok(())
 }
 
 fn throughput_on_pool(data: &Splits) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod comm;
 pub mod config;
+mod conv;
 pub mod data;
 pub mod device;
 pub mod engine;

@@ -10,6 +10,7 @@
 use ferrotrain_crds::{ModelKind, ModelSpec};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use crate::conv::{self, ConvGeometry};
 use crate::parallel::gemm;
 use crate::rng::{Rng, Stream};
 
@@ -97,6 +98,10 @@ pub struct Workspace {
     masks: Vec<Vec<f32>>,
     argmax: Vec<Vec<u32>>,
     columns: Vec<Vec<f32>>,
+    /// Weights rearranged for the forward products.
+    transposed: Vec<[f32; conv::LANES]>,
+    /// Per-group shares of a convolution's weight gradient.
+    shares: Vec<f32>,
     grad_out: Vec<f32>,
     grad_in: Vec<f32>,
 }
@@ -327,9 +332,13 @@ impl Network {
                     weight,
                     bias,
                 } => {
-                    let w = view(&params[weight..weight + inputs * outputs], outputs, inputs);
-                    gemm(view(x, batch, inputs), w.t(), view_mut(y, batch, outputs));
-                    add_bias(y, &params[bias..bias + outputs]);
+                    conv::linear_forward(
+                        &x[..batch * inputs],
+                        &params[weight..bias],
+                        &params[bias..bias + outputs],
+                        &mut ws.transposed,
+                        y,
+                    );
                 }
                 Layer::Relu => {
                     for (o, &v) in y.iter_mut().zip(x.iter()) {
@@ -363,23 +372,25 @@ impl Network {
                         height,
                         width,
                         in_channels,
+                        out_channels,
                         kernel,
                         pad,
                     };
-                    let cols = &mut ws.columns[i];
-                    im2col(x, &geometry, cols);
-                    let rows = geometry.rows();
-                    let k = geometry.patch();
-                    let w = view(&params[weight..weight + out_channels * k], out_channels, k);
-                    gemm(view(cols, rows, k), w.t(), view_mut(y, rows, out_channels));
-                    add_bias(y, &params[bias..bias + out_channels]);
+                    conv::forward(
+                        &geometry,
+                        x,
+                        &params[weight..bias],
+                        &params[bias..bias + out_channels],
+                        &mut ws.columns[i],
+                        y,
+                    );
                 }
                 Layer::MaxPool {
                     height,
                     width,
                     channels,
                 } => {
-                    max_pool(x, batch, height, width, channels, y, &mut ws.argmax[i]);
+                    conv::max_pool(x, batch, height, width, channels, y, &mut ws.argmax[i]);
                 }
             }
             size = out_size;
@@ -463,27 +474,21 @@ impl Network {
                         height,
                         width,
                         in_channels,
+                        out_channels,
                         kernel,
                         pad,
                     };
-                    let rows = geometry.rows();
-                    let k = geometry.patch();
-                    let cols = &mut ws.columns[i];
-                    let dy_view = view(dy, rows, out_channels);
-                    let (gw, gb) =
-                        grads[weight..bias + out_channels].split_at_mut(out_channels * k);
-                    gemm(
-                        dy_view.t(),
-                        view(cols, rows, k),
-                        view_mut(gw, out_channels, k),
+                    let (gw, gb) = grads[weight..bias + out_channels].split_at_mut(bias - weight);
+                    conv::backward(
+                        &geometry,
+                        dy,
+                        &params[weight..bias],
+                        &mut ws.columns[i],
+                        gw,
+                        gb,
+                        need_input_grad.then_some(&mut dx[..]),
+                        &mut ws.shares,
                     );
-                    column_sums(dy, out_channels, gb);
-                    if need_input_grad {
-                        // The columns are no longer needed: reuse them for dLoss/dcolumns.
-                        let w = view(&params[weight..weight + out_channels * k], out_channels, k);
-                        gemm(dy_view, w, view_mut(cols, rows, k));
-                        col2im(cols, &geometry, dx);
-                    }
                 }
                 Layer::MaxPool { .. } => {
                     dx.fill(0.0);
@@ -499,22 +504,14 @@ impl Network {
     }
 }
 
-fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
+pub(crate) fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
     ArrayView2::from_shape((rows, cols), &data[..rows * cols])
         .expect("slice holds rows × cols values")
 }
 
-fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+pub(crate) fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
         .expect("slice holds rows × cols values")
-}
-
-fn add_bias(out: &mut [f32], bias: &[f32]) {
-    for row in out.chunks_exact_mut(bias.len()) {
-        for (o, b) in row.iter_mut().zip(bias) {
-            *o += b;
-        }
-    }
 }
 
 fn column_sums(matrix: &[f32], cols: usize, out: &mut [f32]) {
@@ -567,123 +564,6 @@ pub(crate) fn softmax_loss(
         }
     }
     (loss, predicted)
-}
-
-struct ConvGeometry {
-    batch: usize,
-    height: usize,
-    width: usize,
-    in_channels: usize,
-    kernel: usize,
-    pad: usize,
-}
-
-impl ConvGeometry {
-    fn out_h(&self) -> usize {
-        self.height + 2 * self.pad + 1 - self.kernel
-    }
-    fn out_w(&self) -> usize {
-        self.width + 2 * self.pad + 1 - self.kernel
-    }
-    fn rows(&self) -> usize {
-        self.batch * self.out_h() * self.out_w()
-    }
-    fn patch(&self) -> usize {
-        self.kernel * self.kernel * self.in_channels
-    }
-    /// Input offset of (b, oh, ow, kh, kw), or None in the padding.
-    fn source(&self, b: usize, oh: usize, ow: usize, kh: usize, kw: usize) -> Option<usize> {
-        let ih = (oh + kh)
-            .checked_sub(self.pad)
-            .filter(|&h| h < self.height)?;
-        let iw = (ow + kw)
-            .checked_sub(self.pad)
-            .filter(|&w| w < self.width)?;
-        Some(((b * self.height + ih) * self.width + iw) * self.in_channels)
-    }
-}
-
-fn im2col(x: &[f32], g: &ConvGeometry, cols: &mut Vec<f32>) {
-    let c = g.in_channels;
-    cols.resize(g.rows() * g.patch(), 0.0);
-    let mut row = 0;
-    for b in 0..g.batch {
-        for oh in 0..g.out_h() {
-            for ow in 0..g.out_w() {
-                let dst_row = &mut cols[row * g.patch()..(row + 1) * g.patch()];
-                for kh in 0..g.kernel {
-                    for kw in 0..g.kernel {
-                        let dst =
-                            &mut dst_row[(kh * g.kernel + kw) * c..(kh * g.kernel + kw + 1) * c];
-                        match g.source(b, oh, ow, kh, kw) {
-                            Some(src) => dst.copy_from_slice(&x[src..src + c]),
-                            None => dst.fill(0.0),
-                        }
-                    }
-                }
-                row += 1;
-            }
-        }
-    }
-}
-
-fn col2im(cols: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
-    let c = g.in_channels;
-    dx.fill(0.0);
-    let mut row = 0;
-    for b in 0..g.batch {
-        for oh in 0..g.out_h() {
-            for ow in 0..g.out_w() {
-                let src_row = &cols[row * g.patch()..(row + 1) * g.patch()];
-                for kh in 0..g.kernel {
-                    for kw in 0..g.kernel {
-                        if let Some(dst) = g.source(b, oh, ow, kh, kw) {
-                            let src =
-                                &src_row[(kh * g.kernel + kw) * c..(kh * g.kernel + kw + 1) * c];
-                            for (d, s) in dx[dst..dst + c].iter_mut().zip(src) {
-                                *d += s;
-                            }
-                        }
-                    }
-                }
-                row += 1;
-            }
-        }
-    }
-}
-
-fn max_pool(
-    x: &[f32],
-    batch: usize,
-    height: usize,
-    width: usize,
-    channels: usize,
-    y: &mut [f32],
-    argmax: &mut Vec<u32>,
-) {
-    let (oh, ow) = (height / 2, width / 2);
-    argmax.resize(batch * oh * ow * channels, 0);
-    let mut out = 0;
-    for b in 0..batch {
-        for i in 0..oh {
-            for j in 0..ow {
-                for ch in 0..channels {
-                    let mut best = f32::NEG_INFINITY;
-                    let mut best_at = 0;
-                    for (di, dj) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                        let at = ((b * height + 2 * i + di) * width + 2 * j + dj) * channels + ch;
-                        if x[at] > best {
-                            best = x[at];
-                            best_at = at;
-                        }
-                    }
-                    y[out] = best;
-                    argmax[out] = best_at as u32;
-                    out += 1;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
