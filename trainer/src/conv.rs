@@ -267,14 +267,16 @@ fn transpose_in_blocks(
     let blocks = oc.div_ceil(LANES);
     out.clear();
     out.resize(blocks * (k + 1), [0.0; LANES]);
-    for (o, (w, &b)) in weight.chunks_exact(k).zip(bias).enumerate() {
-        let (block, lane) = (o / LANES, o % LANES);
-        let rows = &mut out[block * (k + 1)..(block + 1) * (k + 1)];
-        for (row, &v) in rows.iter_mut().zip(w) {
-            row[lane] = v;
-        }
-        rows[k][lane] = b;
-    }
+    out.par_chunks_mut(k + 1)
+        .zip(weight.par_chunks(LANES * k).zip(bias.par_chunks(LANES)))
+        .for_each(|(rows, (weights, biases))| {
+            for (lane, (w, &b)) in weights.chunks_exact(k).zip(biases).enumerate() {
+                for (row, &v) in rows.iter_mut().zip(w) {
+                    row[lane] = v;
+                }
+                rows[k][lane] = b;
+            }
+        });
 }
 
 /// `y[r][o] = bias[o] + Σ_j cols[r][j] · weight[o][j]`, four rows at a time so that each loaded
