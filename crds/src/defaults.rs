@@ -4,9 +4,9 @@
 
 use crate::types::{
     CheckpointSpec, CleanPodPolicy, DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode,
-    EarlyStoppingSpec, FailureAction, FailureReason, LrScheduleKind, LrScheduleSpec, ModeKind,
-    ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, Precision, ResumePolicy, RunPolicy,
-    TrainerSpec,
+    EarlyStoppingSpec, FailureAction, FailureReason, GradientCompression, LrScheduleKind,
+    LrScheduleSpec, ModeKind, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, Precision,
+    ResumePolicy, RunPolicy, TrainerSpec,
 };
 
 /// Hidden layer widths of an MLP without `hidden`.
@@ -113,6 +113,14 @@ impl TrainerSpec {
     /// Data-parallel mode, sync when unset.
     pub fn mode_or_default(&self) -> ModeKind {
         self.mode.as_ref().map_or(ModeKind::Sync, |m| m.kind)
+    }
+
+    /// The gradients' wire encoding, fp32 when unset.
+    pub fn gradient_compression_or_default(&self) -> GradientCompression {
+        self.mode
+            .as_ref()
+            .and_then(|m| m.gradient_compression)
+            .unwrap_or(GradientCompression::None)
     }
 
     /// Async staleness bound.
@@ -416,9 +424,14 @@ mod tests {
         let mut t = trainer();
         t.model.kind = ModelKind::Lenet;
         assert!(t.model.hidden_or_default().is_empty());
+        assert_eq!(
+            t.gradient_compression_or_default(),
+            GradientCompression::None
+        );
         t.mode = Some(ModeSpec {
             kind: ModeKind::Async,
             max_staleness: None,
+            gradient_compression: None,
         });
         assert_eq!(t.max_staleness_or_default(), 4);
         let acc = EarlyStoppingSpec {

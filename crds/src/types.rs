@@ -467,6 +467,7 @@ pub enum Device {
 /// Data-parallel mode.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.type == 'async' || !has(self.maxStaleness)").message("maxStaleness applies only to type async").field_path(".maxStaleness"))]
+#[x_kube(validation = Rule::new("self.type == 'sync' || !has(self.gradientCompression)").message("gradientCompression applies only to type sync").field_path(".gradientCompression"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModeSpec {
     /// `sync` (ring all-reduce of gradients every step) or `async` (parameter server on rank 0,
@@ -477,6 +478,21 @@ pub struct ModeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_staleness: Option<i32>,
+    /// Sync: how gradients travel between ranks. `none` sends fp32; `bf16` sends bfloat16
+    /// (rounded to nearest even) and sums in fp32, halving the bytes on the wire at a small cost
+    /// in accuracy. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_compression: Option<GradientCompression>,
+}
+
+/// Gradient encodings on the wire.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GradientCompression {
+    /// fp32, exact.
+    None,
+    /// bfloat16: 8 exponent and 7 mantissa bits.
+    Bf16,
 }
 
 /// Data-parallel modes.

@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use ferrotrain_crds::GradientCompression;
+
 const MAGIC: u32 = 0x4654_524e; // "FTRN"
 const VERSION: u32 = 1;
 const HELLO: u32 = 1;
@@ -60,6 +62,8 @@ pub struct Ring {
     next: Option<TcpStream>,
     prev: Option<TcpStream>,
     scratch: Vec<f32>,
+    /// bfloat16 chunks on their way out and in.
+    wire: Vec<u16>,
     /// How long a collective waits for a peer that makes no progress.
     timeout: Duration,
 }
@@ -73,6 +77,7 @@ impl Ring {
             next: None,
             prev: None,
             scratch: Vec::new(),
+            wire: Vec::new(),
             timeout: Duration::MAX,
         }
     }
@@ -123,6 +128,7 @@ impl Ring {
             next: Some(next),
             prev: Some(prev),
             scratch: Vec::new(),
+            wire: Vec::new(),
             timeout: cfg.peer_timeout,
         })
     }
@@ -154,6 +160,17 @@ impl Ring {
 
     /// Sums `data` element-wise across all ranks; every rank ends with the same result.
     pub fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CommError> {
+        self.all_reduce(data, GradientCompression::None)
+    }
+
+    /// [`Ring::all_reduce_sum`] with the values on the wire encoded as `encoding`: with bf16, each
+    /// partial sum travels as bfloat16 and is added in fp32, and the finished sums are rounded to
+    /// bfloat16 on every rank alike, so all ranks still end with the same values.
+    pub fn all_reduce(
+        &mut self,
+        data: &mut [f32],
+        encoding: GradientCompression,
+    ) -> Result<(), CommError> {
         let (Some(next), Some(prev)) = (&self.next, &self.prev) else {
             return Ok(());
         };
@@ -175,13 +192,21 @@ impl Ring {
             timeout: self.timeout,
             one_thread: largest * std::mem::size_of::<f32>() < PARALLEL_COPY_BYTES,
         };
+        let (scratch, wire) = (&mut self.scratch, &mut self.wire);
+        let mut run = |peers: &Peers<'_>| match encoding {
+            GradientCompression::None => {
+                reduce_scatter_all_gather(peers, data, scratch, r, w, bounds)
+            }
+            GradientCompression::Bf16 => {
+                wire.resize(2 * largest, 0);
+                reduce_scatter_all_gather_bf16(peers, data, wire, r, w, bounds)
+            }
+        };
         if !peers.one_thread {
-            return reduce_scatter_all_gather(&peers, data, &mut self.scratch, r, w, bounds);
+            return run(&peers);
         }
         // Non-blocking while one thread moves both directions; blocking again afterwards.
-        let result = peers.set_nonblocking(true).and_then(|()| {
-            reduce_scatter_all_gather(&peers, data, &mut self.scratch, r, w, bounds)
-        });
+        let result = peers.set_nonblocking(true).and_then(|()| run(&peers));
         let restored = peers.set_nonblocking(false);
         result.and(restored)
     }
@@ -216,9 +241,7 @@ impl Peers<'_> {
     /// small model's gradient) moves on this thread, which saves a thread start per ring step;
     /// a large one is sent by a second thread, so that the kernel copies both directions on two
     /// cores at once.
-    fn exchange(&self, outgoing: &[f32], incoming: &mut [f32]) -> Result<(), CommError> {
-        let out: &[u8] = bytemuck::cast_slice(outgoing);
-        let inb: &mut [u8] = bytemuck::cast_slice_mut(incoming);
+    fn exchange(&self, out: &[u8], inb: &mut [u8]) -> Result<(), CommError> {
         if self.one_thread {
             return self.pump(out, inb);
         }
@@ -324,7 +347,10 @@ fn reduce_scatter_all_gather(
             let (ss, se) = bounds(send);
             let (rs, re) = bounds(recv);
             let incoming = &mut scratch[..re - rs];
-            peers.exchange(&data[ss..se], incoming)?;
+            peers.exchange(
+                bytemuck::cast_slice(&data[ss..se]),
+                bytemuck::cast_slice_mut(incoming),
+            )?;
             for (d, x) in data[rs..re].iter_mut().zip(incoming.iter()) {
                 *d += x;
             }
@@ -336,10 +362,75 @@ fn reduce_scatter_all_gather(
             let (ss, se) = bounds(send);
             let (rs, re) = bounds(recv);
             let (outgoing, incoming) = disjoint(data, (ss, se), (rs, re));
-            peers.exchange(outgoing, incoming)?;
+            peers.exchange(
+                bytemuck::cast_slice(outgoing),
+                bytemuck::cast_slice_mut(incoming),
+            )?;
         }
         Ok(())
     }
+}
+
+/// The ring of [`reduce_scatter_all_gather`] with bfloat16 on the wire; `wire` holds two chunks.
+fn reduce_scatter_all_gather_bf16(
+    peers: &Peers<'_>,
+    data: &mut [f32],
+    wire: &mut [u16],
+    r: usize,
+    w: usize,
+    bounds: impl Fn(usize) -> (usize, usize),
+) -> Result<(), CommError> {
+    let (outgoing, incoming) = wire.split_at_mut(wire.len() / 2);
+    let mut step = |send: (usize, usize), recv: (usize, usize), data: &mut [f32], add: bool| {
+        let (out, inb) = (
+            &mut outgoing[..send.1 - send.0],
+            &mut incoming[..recv.1 - recv.0],
+        );
+        for (o, &v) in out.iter_mut().zip(&data[send.0..send.1]) {
+            *o = to_bf16(v);
+        }
+        peers.exchange(bytemuck::cast_slice(out), bytemuck::cast_slice_mut(inb))?;
+        for (d, &x) in data[recv.0..recv.1].iter_mut().zip(inb.iter()) {
+            *d = if add { *d + from_bf16(x) } else { from_bf16(x) };
+        }
+        Ok(())
+    };
+    for s in 0..w - 1 {
+        step(
+            bounds((r + w - s) % w),
+            bounds((r + w - s - 1) % w),
+            data,
+            true,
+        )?;
+    }
+    // This rank's finished chunk, rounded as the other ranks will receive it.
+    let (fs, fe) = bounds((r + 1) % w);
+    for v in &mut data[fs..fe] {
+        *v = from_bf16(to_bf16(*v));
+    }
+    for s in 0..w - 1 {
+        step(
+            bounds((r + 1 + w - s) % w),
+            bounds((r + w - s) % w),
+            data,
+            false,
+        )?;
+    }
+    Ok(())
+}
+
+/// fp32 → bfloat16, rounded to nearest even; NaN stays NaN.
+fn to_bf16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    if v.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    let rounding = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+fn from_bf16(v: u16) -> f32 {
+    f32::from_bits(u32::from(v) << 16)
 }
 
 fn disjoint(
@@ -614,6 +705,10 @@ mod tests {
     }
 
     fn run_ring(world: u32, len: usize) -> Vec<Vec<f32>> {
+        run_ring_with(world, len, GradientCompression::None)
+    }
+
+    fn run_ring_with(world: u32, len: usize, encoding: GradientCompression) -> Vec<Vec<f32>> {
         let port = free_port();
         let handles: Vec<_> = (0..world)
             .map(|rank| {
@@ -622,7 +717,7 @@ mod tests {
                         Ring::connect(&config(rank, world, 1, port)).expect("ring forms");
                     let mut data: Vec<f32> =
                         (0..len).map(|i| (i as f32) * (rank as f32 + 1.0)).collect();
-                    ring.all_reduce_sum(&mut data).expect("all-reduce");
+                    ring.all_reduce(&mut data, encoding).expect("all-reduce");
                     let mut message = if rank == 0 {
                         b"from rank 0".to_vec()
                     } else {
@@ -638,6 +733,46 @@ mod tests {
             .into_iter()
             .map(|h| h.join().expect("thread"))
             .collect()
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(from_bf16(0x3f80), 1.0);
+        // Exactly half a bfloat16 step above 1 goes to the even neighbour (1), more goes up.
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        assert_eq!(to_bf16(1.0 + 2f32.powi(-8) + 2f32.powi(-20)), 0x3f81);
+        assert_eq!(to_bf16(-2.5), 0xc020);
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(
+            to_bf16(1e-40),
+            0x0001,
+            "subnormals keep their nearest bfloat16"
+        );
+    }
+
+    /// With bf16 on the wire every rank still ends with the same values, each within the
+    /// rounding of a few bfloat16 steps of the exact sum.
+    #[test]
+    fn a_bf16_all_reduce_agrees_on_every_rank() {
+        for (world, len) in [(2, 10), (3, 1001), (4, 7), (2, 300_000)] {
+            let results = run_ring_with(world, len, GradientCompression::Bf16);
+            let factor: f32 = (1..=world).map(|r| r as f32).sum();
+            for data in &results {
+                assert_eq!(data, &results[0], "world {world} len {len}: ranks differ");
+            }
+            for (i, &got) in results[0].iter().enumerate() {
+                let exact = i as f32 * factor;
+                assert_eq!(got, from_bf16(to_bf16(got)), "a finished sum is a bfloat16");
+                assert!(
+                    (got - exact).abs() <= exact * world as f32 * 2f32.powi(-8),
+                    "world {world} element {i}: {got} vs {exact}"
+                );
+            }
+        }
     }
 
     #[test]

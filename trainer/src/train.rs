@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ferrotrain_crds::progress::{
     CheckpointReport, MAX_REPORTED_EVALUATIONS, ProgressReport, RejectedCheckpoints,
 };
-use ferrotrain_crds::{EarlyStoppingMode, Evaluation, ModeKind, TrainerSpec};
+use ferrotrain_crds::{EarlyStoppingMode, Evaluation, GradientCompression, ModeKind, TrainerSpec};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -379,6 +379,7 @@ fn train_on_pool(
     let schedule = spec.lr_schedule_or_default();
     let base_lr = optimizer_spec.lr_or_default();
     let eval_every = spec.eval_every_steps.map(|e| e.max(1) as u64);
+    let compression = spec.gradient_compression_or_default();
     let local_sgd_every = (spec.mode_or_default() == ModeKind::Async)
         .then(|| spec.max_staleness_or_default().max(0) as u64 + 1);
 
@@ -464,9 +465,15 @@ fn train_on_pool(
         if local_sgd_every.is_some() {
             // Local SGD: only the control values are shared every step.
             ring.all_reduce_sum(&mut grads[n..])?;
-        } else {
+        } else if compression == GradientCompression::None {
             ring.all_reduce_sum(&mut grads)?;
             grads[..n].iter_mut().for_each(|g| *g *= scale);
+        } else {
+            // The control values stay exact.
+            let (model_grads, control) = grads.split_at_mut(n);
+            ring.all_reduce(model_grads, compression)?;
+            ring.all_reduce_sum(control)?;
+            model_grads.iter_mut().for_each(|g| *g *= scale);
         }
         if let Some(max_norm) = spec.grad_clip_norm {
             clip_grad_norm(&mut grads[..n], max_norm as f32);
