@@ -276,7 +276,7 @@ fn scaling(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     // `bench scaling mlp` measures one model only.
     let only = std::env::args().nth(2);
-    for (name, yaml, samples) in [("mlp", MLP, 64 * 2400u64), ("lenet", LENET, 64 * 300)] {
+    for (name, yaml, samples) in [("mlp", MLP, 64 * 2400u64), ("lenet", LENET, 64 * 1200)] {
         if only.as_deref().is_some_and(|only| only != name) {
             continue;
         }

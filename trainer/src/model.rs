@@ -2,10 +2,11 @@
 //! one flat parameter vector. Flat parameters and gradients are what the ring all-reduce, the
 //! fused optimiser and the checkpoint writer work on, with no copies in between.
 //!
-//! Activations are batch-major and channels-last (`[batch, height, width, channels]`). Matrix
-//! products go through ndarray's `general_mat_mul` (matrixmultiply's AVX2/FMA kernels), split across
-//! threads by output element (`parallel`); the accumulation order depends neither on the data nor
-//! on the thread count, so results are bit-for-bit reproducible.
+//! Activations are batch-major and channels-last (`[batch, height, width, channels]`). The forward
+//! products and the convolutions run on the kernels of `conv`; the fully connected gradients go
+//! through ndarray's `general_mat_mul` (matrixmultiply's AVX2/FMA kernels), split across threads
+//! by output element (`parallel`). The accumulation order depends neither on the data nor on the
+//! thread count, so results are bit-for-bit reproducible.
 
 use ferrotrain_crds::{ModelKind, ModelSpec};
 use ndarray::{ArrayView2, ArrayViewMut2};
