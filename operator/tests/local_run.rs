@@ -17,11 +17,21 @@ impl Scratch {
     }
 
     fn manifest(&self, name: &str, checkpoint_uri: &str, extra: &str) -> PathBuf {
+        self.manifest_of_steps(name, checkpoint_uri, extra, 1200)
+    }
+
+    fn manifest_of_steps(
+        &self,
+        name: &str,
+        checkpoint_uri: &str,
+        extra: &str,
+        steps: u32,
+    ) -> PathBuf {
         let path = self.0.join(format!("{name}.yaml"));
         std::fs::write(
             &path,
             format!(
-                "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n  workers: {{replicas: 2}}\n  trainer:\n    model: {{type: mlp, hidden: [64]}}\n    dataset: {{type: mnist}}\n    batchSize: 64\n    maxSteps: 1200\n    seed: 5\n  checkpoint: {{uri: \"{checkpoint_uri}\", everySteps: 100{extra}}}\n"
+                "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n  workers: {{replicas: 2}}\n  trainer:\n    model: {{type: mlp, hidden: [64]}}\n    dataset: {{type: mnist}}\n    batchSize: 64\n    maxSteps: {steps}\n    seed: 5\n  checkpoint: {{uri: \"{checkpoint_uri}\", everySteps: 100{extra}}}\n"
             ),
         )
         .expect("manifest");
@@ -179,11 +189,14 @@ fn kill_a_worker_and_compare(
     checkpoint_uri: &str,
     listing: impl Fn() -> usize,
 ) {
+    // Long enough that the kill lands well before the end however fast the trainer is.
+    const STEPS: u32 = 6000;
     // An undisturbed run of the same job, for reference.
-    let reference_manifest = s.manifest(
+    let reference_manifest = s.manifest_of_steps(
         &format!("{name}-ref"),
         &format!("file://{}", s.0.join("ref-ckpt").display()),
         "",
+        STEPS,
     );
     let reference = s
         .ferrotrain(&[
@@ -197,7 +210,7 @@ fn kill_a_worker_and_compare(
     assert!(reference.status.success());
     let reference_accuracy = accuracy(&status_of(&reference));
 
-    let manifest = s.manifest(name, checkpoint_uri, "");
+    let manifest = s.manifest_of_steps(name, checkpoint_uri, "", STEPS);
     let child = s
         .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
         .stdout(Stdio::piped())
