@@ -505,12 +505,12 @@ impl Network {
     }
 }
 
-pub(crate) fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
+fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
     ArrayView2::from_shape((rows, cols), &data[..rows * cols])
         .expect("slice holds rows × cols values")
 }
 
-pub(crate) fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
         .expect("slice holds rows × cols values")
 }
