@@ -61,18 +61,21 @@ impl ConvGeometry {
 }
 
 /// `y = conv(x) + bias` for the whole batch; leaves the columns in `cols` for the backward pass.
+/// `transposed` is scratch for the rearranged weights.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     g: &ConvGeometry,
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
+    transposed: &mut Vec<[f32; LANES]>,
     cols: &mut Vec<f32>,
     y: &mut [f32],
 ) {
     let (k, oc) = (g.patch(), g.out_channels);
     cols.resize(g.batch * g.image_rows() * k, 0.0);
-    let mut transposed = Vec::new();
-    transpose_in_blocks(weight, bias, oc, k, &mut transposed);
+    transpose_in_blocks(weight, bias, oc, k, transposed);
+    let transposed = &transposed[..];
     let simd = pulp::Arch::new();
     let group_rows = IMAGES_PER_GROUP * g.image_rows();
     cols.par_chunks_mut(group_rows * k)
@@ -89,7 +92,7 @@ pub(crate) fn forward(
             simd.dispatch(Kernel::Product {
                 cols,
                 k,
-                transposed: &transposed,
+                transposed,
                 y,
                 oc,
             });
@@ -550,7 +553,15 @@ mod tests {
             let weight = values(g.weights(), 5);
             let bias = values(g.out_channels, 11);
             let mut y = vec![0.0; g.batch * g.image_rows() * g.out_channels];
-            forward(&g, &x, &weight, &bias, &mut Vec::new(), &mut y);
+            forward(
+                &g,
+                &x,
+                &weight,
+                &bias,
+                &mut Vec::new(),
+                &mut Vec::new(),
+                &mut y,
+            );
             for (got, want) in y.iter().zip(reference(&g, &x, &weight, &bias)) {
                 assert!((f64::from(*got) - want).abs() < 1e-4, "{got} vs {want}");
             }
@@ -578,7 +589,7 @@ mod tests {
             };
             let mut cols = Vec::new();
             let mut y = vec![0.0; dy.len()];
-            forward(&g, &x, &weight, &bias, &mut cols, &mut y);
+            forward(&g, &x, &weight, &bias, &mut Vec::new(), &mut cols, &mut y);
             let (mut gw, mut gb, mut dx) = (
                 vec![0.0; weight.len()],
                 vec![0.0; bias.len()],

@@ -382,6 +382,7 @@ impl Network {
                         x,
                         &params[weight..bias],
                         &params[bias..bias + out_channels],
+                        &mut ws.transposed,
                         &mut ws.columns[i],
                         y,
                     );
