@@ -2,6 +2,7 @@
 
 use ferrotrain_crds::crd;
 use ferrotrain_tests::{chart_crd_path, chart_sweep_crd_path, structural, workspace_root};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion;
 use serde_json::Value;
 
 #[test]
@@ -39,6 +40,16 @@ fn crd_schemas_are_structural() {
     }
 }
 
+/// The printer columns of a CRD version, by name.
+fn column_names(version: &CustomResourceDefinitionVersion) -> Vec<&str> {
+    version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
 #[test]
 fn sweep_crd_names_and_columns() {
     let crd = crd::sweep_crd();
@@ -46,12 +57,7 @@ fn sweep_crd_names_and_columns() {
     assert_eq!(crd.spec.names.kind, "TrainingSweep");
     assert_eq!(crd.spec.names.short_names, Some(vec!["tsw".to_string()]));
     let version = &crd.spec.versions[0];
-    let columns: Vec<&str> = version
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
+    let columns = column_names(version);
     assert_eq!(columns, ["Phase", "Trials", "Best", "Metric", "Age"]);
     let schema = crd::sweep_schema_json();
     let path =
@@ -96,12 +102,7 @@ fn crd_names_subresources_and_columns() {
             .and_then(|s| s.status.as_ref())
             .is_some()
     );
-    let columns: Vec<&str> = version
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.as_str())
-        .collect();
+    let columns = column_names(version);
     assert_eq!(
         columns,
         ["Phase", "Ready", "Progress", "Step", "Loss", "ETA", "Age"]
