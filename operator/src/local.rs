@@ -625,6 +625,7 @@ pub fn run(
             _ => None,
         };
         if let Some(outcome) = outcome {
+            display.flush_status();
             match crate::curve::write_png(&curve_path, &name, &curve.points) {
                 Ok(()) => display.line(&format!("training curve: {}", curve_path.display())),
                 Err(e) => display.line(&e.to_string()),
@@ -882,11 +883,57 @@ fn handle_progress(
     }
 }
 
+/// Holds a stream of JSON status lines to one per period without losing what matters: a
+/// change of phase or attempt goes out at once, and the newest line held back goes out on
+/// [`flush`](Self::flush) when the run ends.
+pub(crate) struct StatusThrottle {
+    period: Duration,
+    /// When the last line went out, the line and its phase key.
+    last: Option<(Instant, String, String)>,
+    held: Option<String>,
+}
+
+impl StatusThrottle {
+    pub(crate) fn new(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            held: None,
+        }
+    }
+
+    /// The line to print now, if any. `key` names the phase (and attempt) of `line`.
+    pub(crate) fn offer(&mut self, now: Instant, key: &str, line: String) -> Option<String> {
+        if let Some((at, text, last_key)) = &self.last {
+            if *text == line {
+                self.held = None;
+                return None;
+            }
+            if last_key == key && now.saturating_duration_since(*at) < self.period {
+                self.held = Some(line);
+                return None;
+            }
+        }
+        self.held = None;
+        self.last = Some((now, line.clone(), key.to_string()));
+        Some(line)
+    }
+
+    /// The newest line held back, once.
+    pub(crate) fn flush(&mut self) -> Option<String> {
+        let line = self.held.take()?;
+        if let Some(last) = &mut self.last {
+            last.1.clone_from(&line);
+        }
+        Some(line)
+    }
+}
+
 /// Terminal output: a progress bar, or JSON lines.
 struct Display {
     json: bool,
     bar: indicatif::ProgressBar,
-    last_json: Mutex<Option<(Instant, String)>>,
+    status_lines: Mutex<StatusThrottle>,
     /// Counted as one Ctrl-C when the reader of stdout goes away (`… | head -1`).
     interrupts: Arc<AtomicUsize>,
     stdout_closed: std::sync::atomic::AtomicBool,
@@ -933,7 +980,7 @@ impl Display {
         Self {
             json,
             bar,
-            last_json: Mutex::new(None),
+            status_lines: Mutex::new(StatusThrottle::new(Duration::from_secs(1))),
             interrupts,
             stdout_closed: std::sync::atomic::AtomicBool::new(false),
             terminal: if json || quiet {
@@ -980,6 +1027,14 @@ impl Display {
         }
     }
 
+    /// Prints the newest status line the throttle held back: the stream ends on the final one.
+    fn flush_status(&self) {
+        let held = self.status_lines.lock().ok().and_then(|mut l| l.flush());
+        if let Some(line) = held {
+            self.emit(&line);
+        }
+    }
+
     fn status(&self, status: &TrainingJobStatus) {
         let progress = status.progress.clone().unwrap_or_default();
         let restarts = status.restarts.clone().unwrap_or_default();
@@ -998,14 +1053,14 @@ impl Display {
                 "restarts": restarts,
             })
             .to_string();
-            if let Ok(mut last) = self.last_json.lock() {
-                let changed = last.as_ref().is_none_or(|(at, text)| {
-                    *text != line && at.elapsed() >= Duration::from_secs(1)
-                });
-                if changed {
-                    self.emit(&line);
-                    *last = Some((Instant::now(), line));
-                }
+            let key = format!("{:?}/{}", status.phase, status.attempt.unwrap_or(1));
+            let due = self
+                .status_lines
+                .lock()
+                .ok()
+                .and_then(|mut lines| lines.offer(Instant::now(), &key, line));
+            if let Some(line) = due {
+                self.emit(&line);
             }
             return;
         }
@@ -1077,6 +1132,53 @@ pub fn gpu_of_worker(visible: Option<&str>, device_nodes: usize, rank: u32) -> O
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_json_status_stream_is_throttled_but_keeps_every_phase_and_the_last_line() {
+        let period = Duration::from_secs(1);
+        let mut throttle = StatusThrottle::new(period);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(
+            throttle.offer(at(0), "Running", "step 1".into()).as_deref(),
+            Some("step 1")
+        );
+        assert_eq!(throttle.offer(at(10), "Running", "step 1".into()), None);
+        assert_eq!(throttle.offer(at(100), "Running", "step 2".into()), None);
+        assert_eq!(throttle.offer(at(200), "Running", "step 3".into()), None);
+        // A phase change is never held back, however soon it comes.
+        assert_eq!(
+            throttle
+                .offer(at(300), "Succeeded", "done".into())
+                .as_deref(),
+            Some("done")
+        );
+        assert_eq!(
+            throttle.flush(),
+            None,
+            "nothing held after the phase change"
+        );
+        assert_eq!(
+            throttle.offer(at(400), "Succeeded", "done, final".into()),
+            None
+        );
+        // The run ends: the newest line held back is printed, once.
+        assert_eq!(throttle.flush().as_deref(), Some("done, final"));
+        assert_eq!(throttle.flush(), None);
+        assert_eq!(
+            throttle.offer(at(500), "Succeeded", "done, final".into()),
+            None
+        );
+        // After the period a new line goes out and nothing older is held.
+        assert_eq!(throttle.offer(at(600), "Succeeded", "later".into()), None);
+        assert_eq!(
+            throttle
+                .offer(at(1500), "Succeeded", "latest".into())
+                .as_deref(),
+            Some("latest")
+        );
+        assert_eq!(throttle.flush(), None);
+    }
 
     #[test]
     fn local_workers_are_spread_over_the_gpus() {

@@ -16,7 +16,7 @@ use ferrotrain_crds::{CheckpointSpec, Phase, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::local::{RunError, RunOptions, RunOutcome, check_fits, check_memory};
+use crate::local::{RunError, RunOptions, RunOutcome, StatusThrottle, check_fits, check_memory};
 use crate::manifest::Admission;
 use crate::sweep::{
     SweepAction, TrialObservation, decide, describe_parameters, format_value, planned_trials,
@@ -278,6 +278,7 @@ pub fn run_sweep(
             // A paused sweep resumes from here; the suspension itself is not kept.
             sweep.spec.suspend = None;
             save(&state_file, &sweep)?;
+            display.flush_status();
             drop(display);
             let status = sweep.status.clone().unwrap_or_default();
             print_results(&sweep, &status, &trials, options.json);
@@ -383,7 +384,7 @@ struct SweepDisplay {
     json: bool,
     multi: indicatif::MultiProgress,
     bars: Mutex<BTreeMap<String, indicatif::ProgressBar>>,
-    last_json: Mutex<Option<Instant>>,
+    status_lines: Mutex<StatusThrottle>,
 }
 
 impl SweepDisplay {
@@ -396,7 +397,7 @@ impl SweepDisplay {
             json,
             multi,
             bars: Mutex::new(BTreeMap::new()),
-            last_json: Mutex::new(None),
+            status_lines: Mutex::new(StatusThrottle::new(Duration::from_secs(2))),
         }
     }
 
@@ -410,6 +411,14 @@ impl SweepDisplay {
         self.multi.suspend(|| println!("{line}"));
     }
 
+    /// Prints the newest status line the throttle held back: the stream ends on the final one.
+    fn flush_status(&self) {
+        let held = self.status_lines.lock().ok().and_then(|mut l| l.flush());
+        if let Some(line) = held {
+            self.multi.suspend(|| println!("{line}"));
+        }
+    }
+
     fn trials(
         &self,
         status: &ferrotrain_crds::sweep::TrainingSweepStatus,
@@ -417,31 +426,24 @@ impl SweepDisplay {
         key: &str,
     ) {
         if self.json {
-            let due = self
-                .last_json
-                .lock()
-                .map(|mut last| {
-                    let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(2));
-                    if due {
-                        *last = Some(Instant::now());
-                    }
-                    due
-                })
-                .unwrap_or(false);
-            if due {
-                let running: Vec<serde_json::Value> = status
-                    .trials
-                    .iter()
-                    .filter(|t| t.state == Some(TrialState::Running))
-                    .map(|t| serde_json::json!({"name": t.name, "step": t.steps, key: t.metric}))
-                    .collect();
-                let line = serde_json::json!({
-                    "event": "status",
-                    "phase": status.phase,
-                    "trials": status.trials_summary,
-                    "running": running,
-                    "best": status.best.as_ref().map(|b| serde_json::json!({"trial": b.trial, key: b.metric})),
-                });
+            let running: Vec<serde_json::Value> = status
+                .trials
+                .iter()
+                .filter(|t| t.state == Some(TrialState::Running))
+                .map(|t| serde_json::json!({"name": t.name, "step": t.steps, key: t.metric}))
+                .collect();
+            let line = serde_json::json!({
+                "event": "status",
+                "phase": status.phase,
+                "trials": status.trials_summary,
+                "running": running,
+                "best": status.best.as_ref().map(|b| serde_json::json!({"trial": b.trial, key: b.metric})),
+            })
+            .to_string();
+            let due = self.status_lines.lock().ok().and_then(|mut lines| {
+                lines.offer(Instant::now(), &format!("{:?}", status.phase), line)
+            });
+            if let Some(line) = due {
                 self.multi.suspend(|| println!("{line}"));
             }
             return;

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Steps of a job the test interrupts: long enough that the signal, kill or closed pipe lands
+/// well before the end however fast the trainer is.
+const INTERRUPTED_STEPS: u32 = 6000;
+
 struct Scratch(PathBuf);
 
 impl Scratch {
@@ -103,7 +107,12 @@ fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
 fn start_until_first_checkpoint(name: &str) -> (Scratch, Vec<String>, Child) {
     let s = Scratch::new(name);
     let ckpt = s.0.join("ckpt");
-    let manifest = s.manifest(name, &format!("file://{}", ckpt.display()), "");
+    let manifest = s.manifest_of_steps(
+        name,
+        &format!("file://{}", ckpt.display()),
+        "",
+        INTERRUPTED_STEPS,
+    );
     let args: Vec<String> = ["run", &manifest.display().to_string(), "--output", "json"]
         .map(String::from)
         .to_vec();
@@ -181,6 +190,14 @@ fn a_small_job_succeeds_with_a_complete_status() {
         events.iter().any(|e| e.contains("\"reason\":\"Running\"")),
         "{events:?}"
     );
+    // However fast the run, the stream of status lines ends with the final one.
+    let last_status: serde_json::Value = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|v| v["event"] == "status")
+        .expect("status lines");
+    assert_eq!(last_status["phase"], "Succeeded", "{last_status}");
+    assert_eq!(last_status["step"], 1200, "{last_status}");
 }
 
 fn kill_a_worker_and_compare(
@@ -189,14 +206,12 @@ fn kill_a_worker_and_compare(
     checkpoint_uri: &str,
     listing: impl Fn() -> usize,
 ) {
-    // Long enough that the kill lands well before the end however fast the trainer is.
-    const STEPS: u32 = 6000;
     // An undisturbed run of the same job, for reference.
     let reference_manifest = s.manifest_of_steps(
         &format!("{name}-ref"),
         &format!("file://{}", s.0.join("ref-ckpt").display()),
         "",
-        STEPS,
+        INTERRUPTED_STEPS,
     );
     let reference = s
         .ferrotrain(&[
@@ -210,7 +225,7 @@ fn kill_a_worker_and_compare(
     assert!(reference.status.success());
     let reference_accuracy = accuracy(&status_of(&reference));
 
-    let manifest = s.manifest_of_steps(name, checkpoint_uri, "", STEPS);
+    let manifest = s.manifest_of_steps(name, checkpoint_uri, "", INTERRUPTED_STEPS);
     let child = s
         .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
         .stdout(Stdio::piped())
@@ -345,7 +360,12 @@ fn a_closed_stdout_suspends_the_run_instead_of_panicking() {
     // `ferrotrain run job.yaml --output json | head -1`
     let s = Scratch::new("epipe");
     let ckpt = s.0.join("ckpt");
-    let manifest = s.manifest("epipe", &format!("file://{}", ckpt.display()), "");
+    let manifest = s.manifest_of_steps(
+        "epipe",
+        &format!("file://{}", ckpt.display()),
+        "",
+        INTERRUPTED_STEPS,
+    );
     let mut child = s
         .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
         .stdout(Stdio::piped())
@@ -405,14 +425,22 @@ fn one_run_per_job_and_a_killed_runner_leaves_no_workers_behind() {
         "{}",
         String::from_utf8_lossy(&rerun.stderr)
     );
-    assert_eq!(status_of(&rerun)["progress"]["step"].as_i64(), Some(1200));
+    assert_eq!(
+        status_of(&rerun)["progress"]["step"].as_i64(),
+        Some(i64::from(INTERRUPTED_STEPS))
+    );
 }
 
 #[test]
 fn ctrl_c_suspends_and_the_same_command_resumes() {
     let s = Scratch::new("sigint");
     let ckpt = s.0.join("ckpt");
-    let manifest = s.manifest("sigint", &format!("file://{}", ckpt.display()), "");
+    let manifest = s.manifest_of_steps(
+        "sigint",
+        &format!("file://{}", ckpt.display()),
+        "",
+        INTERRUPTED_STEPS,
+    );
     let args = ["run", &manifest.display().to_string(), "--output", "json"];
     let mut child = s
         .ferrotrain(&args)
@@ -457,7 +485,7 @@ fn ctrl_c_suspends_and_the_same_command_resumes() {
         .copied()
         .max()
         .expect("an emergency checkpoint");
-    assert!(emergency < 1200);
+    assert!(emergency < u64::from(INTERRUPTED_STEPS));
 
     let rerun = s.ferrotrain(&args).output().expect("reruns");
     assert!(
@@ -465,21 +493,22 @@ fn ctrl_c_suspends_and_the_same_command_resumes() {
         "{}",
         String::from_utf8_lossy(&rerun.stderr)
     );
-    let first_step = String::from_utf8_lossy(&rerun.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "status")
-        .filter_map(|v| v["step"].as_u64())
-        .find(|s| *s > 0)
-        .expect("a progress step");
-    assert!(
-        first_step > emergency,
-        "step continues from {emergency}, first report {first_step}"
+    assert_eq!(
+        status_of(&rerun)["progress"]["step"].as_i64(),
+        Some(i64::from(INTERRUPTED_STEPS))
     );
-    assert_eq!(status_of(&rerun)["progress"]["step"].as_i64(), Some(1200));
     // The rerun numbers its attempts from 1 again: the first run's logs are kept, not replaced.
     let log = std::fs::read_to_string(s.0.join(".ferrotrain/sigint/logs/attempt-1-rank-0.log"))
         .expect("rank 0 log");
+    let (_, second_run) = log
+        .rsplit_once("--- ferrotrain run, started")
+        .expect("a second run in the log");
+    let resumed_from = second_run
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "resumed from checkpoint")
+        .and_then(|v| v["fields"]["step"].as_u64());
+    assert_eq!(resumed_from, Some(emergency), "{second_run}");
     assert_eq!(log.matches("--- ferrotrain run, started").count(), 2);
 }
 
@@ -566,7 +595,12 @@ fn ctrl_c_in_a_terminal_suspends_without_reporting_failed_workers() {
     use std::os::unix::process::CommandExt;
     let s = Scratch::new("terminal");
     let ckpt = s.0.join("ckpt");
-    let manifest = s.manifest("terminal", &format!("file://{}", ckpt.display()), "");
+    let manifest = s.manifest_of_steps(
+        "terminal",
+        &format!("file://{}", ckpt.display()),
+        "",
+        INTERRUPTED_STEPS,
+    );
     let child = s
         .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
         .process_group(0)

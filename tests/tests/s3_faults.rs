@@ -70,6 +70,7 @@ struct Run {
     counts: Counts,
     logs: String,
     uri: String,
+    steps: u64,
 }
 
 impl Run {
@@ -78,10 +79,14 @@ impl Run {
     }
 }
 
-/// Runs a two-worker job of 600 steps, checkpointing every 100 to S3 through the proxy, with
+/// Steps of a fault run whose faults come from the request plan alone.
+const STEPS: u64 = 600;
+
+/// Runs a two-worker job of `steps` steps, checkpointing every 100 to S3 through the proxy, with
 /// `plan` deciding each request's fault; `during` runs beside it (an outage, for example).
 fn run_through(
     name: &str,
+    steps: u64,
     plan: impl Fn(&Request) -> Fault + Send + Sync + 'static,
     during: impl FnOnce(&FaultProxy, &str) + Send,
 ) -> Run {
@@ -93,7 +98,7 @@ fn run_through(
     std::fs::write(
         &manifest,
         format!(
-            "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n  workers: {{replicas: 2}}\n  trainer:\n    model: {{type: mlp, hidden: [64]}}\n    dataset: {{type: mnist}}\n    batchSize: 64\n    maxSteps: 600\n    seed: 5\n  checkpoint: {{uri: \"{uri}\", endpoint: \"{}\", everySteps: 100}}\n",
+            "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n  workers: {{replicas: 2}}\n  trainer:\n    model: {{type: mlp, hidden: [64]}}\n    dataset: {{type: mnist}}\n    batchSize: 64\n    maxSteps: {steps}\n    seed: 5\n  checkpoint: {{uri: \"{uri}\", endpoint: \"{}\", everySteps: 100}}\n",
             proxy.endpoint()
         ),
     )
@@ -121,6 +126,7 @@ fn run_through(
         output,
         status,
         uri,
+        steps,
     }
 }
 
@@ -140,7 +146,7 @@ fn checkpoints_left(uri: &str) -> Vec<(u64, bool)> {
 }
 
 /// What must hold under every fault: the job succeeded, the proxy did break requests, every
-/// checkpoint left verifies and the final one (step 600) is among them.
+/// checkpoint left verifies and the final one (the last step) is among them.
 fn assert_survived(run: &Run) {
     let stdout = run.stdout();
     assert!(
@@ -161,12 +167,12 @@ fn assert_survived(run: &Run) {
         "a checkpoint left in the store does not verify: {left:?}"
     );
     assert!(
-        left.iter().any(|(step, _)| *step == 600),
+        left.iter().any(|(step, _)| *step == run.steps),
         "the final checkpoint is missing: {left:?}"
     );
     assert_eq!(
         run.status["checkpoint"]["step"].as_i64(),
-        Some(600),
+        i64::try_from(run.steps).ok(),
         "{stdout}"
     );
 }
@@ -183,6 +189,7 @@ fn restarts(run: &Run) -> i64 {
 fn throttling_and_server_errors_are_retried_without_a_restart() {
     let run = run_through(
         "slowdown",
+        STEPS,
         |r| match r.index % 7 {
             2 => Fault::SlowDown,
             5 => Fault::InternalError,
@@ -204,6 +211,7 @@ fn throttling_and_server_errors_are_retried_without_a_restart() {
 fn cut_uploads_and_downloads_never_leave_a_bad_checkpoint() {
     let run = run_through(
         "cut",
+        STEPS,
         |r| match (r.index % 5, r.method.as_str()) {
             (3, "PUT") => Fault::CutRequest,
             (3, _) => Fault::CutResponse,
@@ -227,6 +235,7 @@ fn cut_uploads_and_downloads_never_leave_a_bad_checkpoint() {
 fn latency_slows_checkpoints_but_not_into_a_restart() {
     let run = run_through(
         "latency",
+        STEPS,
         |_| Fault::Latency(Duration::from_millis(150)),
         |_, _| {},
     );
@@ -240,6 +249,7 @@ fn a_stalled_request_times_out_and_the_job_goes_on() {
     let stalled = AtomicBool::new(false);
     let run = run_through(
         "stall",
+        STEPS,
         // The first upload after the first dozen requests never gets an answer.
         move |r| {
             if r.method == "PUT" && r.index >= 12 && !stalled.swap(true, Ordering::SeqCst) {
@@ -259,6 +269,8 @@ fn a_stalled_request_times_out_and_the_job_goes_on() {
 fn a_store_outage_is_ridden_out() {
     let run = run_through(
         "outage",
+        // Long enough that the job still runs when the store goes away.
+        6000,
         |_| Fault::Pass,
         |proxy, uri| {
             // Once the first checkpoint is committed, the store goes away for 8 seconds.
