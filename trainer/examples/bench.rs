@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run -p ferrotrain-trainer --example bench -- throughput   # FERROTRAIN_BENCH_TORCH=python: PyTorch too
 //! cargo run -p ferrotrain-trainer --example bench -- allreduce
-//! cargo run -p ferrotrain-trainer --example bench -- scaling
+//! cargo run -p ferrotrain-trainer --example bench -- scaling      # FERROTRAIN_BENCH_ROUNDS=3, mlp|lenet
 //! cargo run -p ferrotrain-trainer --example bench -- checkpoint   # S3 when FERROTRAIN_TEST_S3_ENDPOINT is set
 //! cargo run -p ferrotrain-trainer --example bench -- accuracy
 //! cargo run -p ferrotrain-trainer --example bench -- compression
@@ -271,37 +271,92 @@ fn gang(
 }
 
 /// Samples per second of 1 and 2 ranks with one compute thread each on the same fixed number of
-/// samples, and of 1 rank using every CPU.
+/// samples, and of 1 rank using every CPU; `FERROTRAIN_BENCH_ROUNDS` rounds (3) of the three
+/// runs in turn, so that a slow spell of the machine falls on both sides of a ratio, and the
+/// median ratio. Two rates per run: wall time from rendezvous to the end (start-up and the final
+/// evaluation included), and the training steps alone, as `status.progress.samplesPerSecond`
+/// reports them (from the second step; the all-reduce included).
 fn scaling(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     // `bench scaling mlp` measures one model only.
     let only = std::env::args().nth(2);
+    let rounds: usize = match std::env::var("FERROTRAIN_BENCH_ROUNDS") {
+        Ok(text) => text
+            .parse()
+            .context("FERROTRAIN_BENCH_ROUNDS: a number of rounds")?,
+        Err(_) => 3,
+    };
     for (name, yaml, samples) in [("mlp", MLP, 64 * 2400u64), ("lenet", LENET, 64 * 1200)] {
         if only.as_deref().is_some_and(|only| only != name) {
             continue;
         }
-        let mut rates = Vec::new();
-        for (ranks, threads) in [(1u32, 1usize), (2, 1), (1, cpus)] {
-            let steps = samples / (64 * u64::from(ranks));
-            let summary = gang(
-                data,
-                rt,
-                ranks,
-                threads,
-                &format!("{yaml}maxSteps: {steps}\nevalEverySteps: {}\n", steps * 10),
-            )?;
-            let rate = samples as f64 / summary.wall_seconds;
+        // 2 ranks against 1 rank at one thread each and against 1 rank on every CPU (wall, steps),
+        // and 2 independent jobs against 1 rank.
+        let mut ratios: Vec<[f64; 5]> = Vec::new();
+        for round in 1..=rounds.max(1) {
+            let mut rates = Vec::new();
+            for (ranks, threads) in [(1u32, 1usize), (2, 1), (1, cpus)] {
+                let steps = samples / (64 * u64::from(ranks));
+                let summary = gang(
+                    data,
+                    rt,
+                    ranks,
+                    threads,
+                    &format!("{yaml}maxSteps: {steps}\nevalEverySteps: {}\n", steps * 10),
+                )?;
+                let wall = samples as f64 / summary.wall_seconds;
+                println!(
+                    "scaling {name} round {round} ranks={ranks} threads/rank={threads}: {wall:.0} samples/s wall, {:.0} in the steps ({} steps of global batch {})",
+                    summary.samples_per_second,
+                    summary.step,
+                    64 * ranks
+                );
+                rates.push((wall, summary.samples_per_second));
+            }
+            // The ceiling without the all-reduce: two single-rank jobs side by side, each on half
+            // the samples, in the wall time of the slower.
+            let half = samples / 128;
+            let side_by_side_yaml =
+                format!("{yaml}maxSteps: {half}\nevalEverySteps: {}\n", half * 10);
+            let walls = std::thread::scope(|scope| {
+                let jobs: Vec<_> = (0..2)
+                    .map(|_| scope.spawn(|| gang(data, rt, 1, 1, &side_by_side_yaml)))
+                    .collect();
+                jobs.into_iter()
+                    .map(|j| {
+                        j.join()
+                            .map_err(|_| anyhow::anyhow!("job panicked"))?
+                            .map(|s| s.wall_seconds)
+                    })
+                    .collect::<anyhow::Result<Vec<f64>>>()
+            })?;
+            let independent = samples as f64 / walls.iter().copied().fold(0.0, f64::max);
+            let ratio = [
+                rates[1].0 / rates[0].0,
+                rates[1].1 / rates[0].1,
+                rates[1].0 / rates[2].0,
+                rates[1].1 / rates[2].1,
+                independent / rates[0].0,
+            ];
             println!(
-                "scaling {name} ranks={ranks} threads/rank={threads}: {rate:.0} samples/s wall ({} steps of global batch {})",
-                summary.step,
-                64 * ranks
+                "scaling {name} round {round}: 2 ranks vs 1 rank at 1 thread each {:.2}x wall, {:.2}x in the steps; vs 1 rank on {cpus} threads {:.2}x wall, {:.2}x in the steps; 2 independent jobs side by side (no all-reduce) {independent:.0} samples/s wall, {:.2}x",
+                ratio[0], ratio[1], ratio[2], ratio[3], ratio[4]
             );
-            rates.push(rate);
+            ratios.push(ratio);
         }
+        let median = |i: usize| {
+            let mut column: Vec<f64> = ratios.iter().map(|r| r[i]).collect();
+            column.sort_by(f64::total_cmp);
+            column[column.len() / 2]
+        };
         println!(
-            "scaling {name}: 2 ranks vs 1 rank at 1 thread each {:.2}x; vs 1 rank on {cpus} threads {:.2}x",
-            rates[1] / rates[0],
-            rates[1] / rates[2]
+            "scaling {name}, median of {} rounds: 2 ranks vs 1 rank at 1 thread each {:.2}x wall, {:.2}x in the steps; vs 1 rank on {cpus} threads {:.2}x wall, {:.2}x in the steps; 2 independent jobs {:.2}x",
+            ratios.len(),
+            median(0),
+            median(1),
+            median(2),
+            median(3),
+            median(4)
         );
     }
     Ok(())
