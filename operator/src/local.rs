@@ -1132,6 +1132,7 @@ pub fn gpu_of_worker(visible: Option<&str>, device_nodes: usize, rank: u32) -> O
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_json_status_stream_is_throttled_but_keeps_every_phase_and_the_last_line() {
@@ -1193,7 +1194,6 @@ mod tests {
         assert_eq!(gpu_of_worker(Some("4,6"), 8, 3).as_deref(), Some("6"));
         assert_eq!(gpu_of_worker(Some("GPU-5d7c"), 8, 1), None);
     }
-    use super::*;
 
     #[test]
     fn the_last_error_of_a_worker_log_is_found() {
