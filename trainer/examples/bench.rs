@@ -271,8 +271,9 @@ fn gang(
 }
 
 /// Samples per second of 1 and 2 ranks with one compute thread each on the same fixed number of
-/// samples, and of 1 rank using every CPU; `FERROTRAIN_BENCH_ROUNDS` rounds (3) of the three
-/// runs in turn, so that a slow spell of the machine falls on both sides of a ratio, and the
+/// samples, of 1 rank using every CPU and of two independent 1-rank jobs side by side (the
+/// machine's ceiling without an all-reduce); `FERROTRAIN_BENCH_ROUNDS` rounds (3) of the runs
+/// in turn, so that a slow spell of the machine falls on both sides of a ratio, and the
 /// median ratio. Two rates per run: wall time from rendezvous to the end (start-up and the final
 /// evaluation included), and the training steps alone, as `status.progress.samplesPerSecond`
 /// reports them (from the second step; the all-reduce included).
