@@ -153,12 +153,7 @@ pub(crate) fn backward(
             k,
             grad: gw,
         });
-        gb.fill(0.0);
-        for row in dy.chunks_exact(oc) {
-            for (s, v) in gb.iter_mut().zip(row) {
-                *s += v;
-            }
-        }
+        column_sums(dy, oc, gb);
         if let Some(dx) = dx {
             // The columns are no longer needed: reuse them for dLoss/dcolumns.
             simd.dispatch(Kernel::ColumnGradient {
@@ -442,6 +437,17 @@ fn add_windows(g: &ConvGeometry, cols: &[f32], padded: &mut [f32], run: usize) {
                     *d += s;
                 }
             }
+        }
+    }
+}
+
+/// Sums of the columns of the row-major `matrix` (`cols` wide), rows added in order: a bias
+/// gradient.
+pub(crate) fn column_sums(matrix: &[f32], cols: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in matrix.chunks_exact(cols) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
         }
     }
 }

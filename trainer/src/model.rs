@@ -444,7 +444,7 @@ impl Network {
                         view(x, batch, inputs),
                         view_mut(gw, outputs, inputs),
                     );
-                    column_sums(dy, outputs, gb);
+                    conv::column_sums(dy, outputs, gb);
                     if need_input_grad {
                         let w = view(&params[weight..weight + inputs * outputs], outputs, inputs);
                         gemm(dy_view, w, view_mut(dx, batch, inputs));
@@ -514,15 +514,6 @@ fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
 fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
         .expect("slice holds rows × cols values")
-}
-
-fn column_sums(matrix: &[f32], cols: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    for row in matrix.chunks_exact(cols) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += v;
-        }
-    }
 }
 
 impl BatchStats {
