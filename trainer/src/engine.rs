@@ -162,6 +162,19 @@ impl LossScaler {
         }
         finite
     }
+
+    /// Decides whether a step's gradients are applied, the same way on every rank.
+    /// `overflowed_ranks` is the all-reduced sum of every rank's [`overflow_flag`]; `applied` are
+    /// the gradients this rank is about to apply (all-reduced in synchronous mode, its own in
+    /// asynchronous mode, where they differ between ranks).
+    pub fn update_for_gang(&mut self, overflowed_ranks: f32, applied: &[f32]) -> bool {
+        self.update(overflowed_ranks == 0.0 && applied.iter().all(|g| g.is_finite()))
+    }
+}
+
+/// This rank's share of the fp16 skip decision: 1 when its own gradients overflowed.
+pub fn overflow_flag(local_grads: &[f32]) -> f32 {
+    f32::from(u8::from(!local_grads.iter().all(|g| g.is_finite())))
 }
 
 #[cfg(test)]
@@ -184,6 +197,27 @@ mod tests {
             scaler.update(false);
         }
         assert_eq!(scaler.scale, 1.0, "never below 1");
+    }
+
+    #[test]
+    fn in_asynchronous_mode_every_rank_skips_a_step_one_rank_overflowed() {
+        // Asynchronous mode: each rank applies its own gradients; one rank's overflowed.
+        let own = [vec![0.5, -0.25], vec![f32::INFINITY, 0.5]];
+        let overflowed_ranks: f32 = own.iter().map(|g| overflow_flag(g)).sum();
+        let mut scalers = [LossScaler::default(), LossScaler::default()];
+        let applies: Vec<bool> = scalers
+            .iter_mut()
+            .zip(&own)
+            .map(|(scaler, grads)| scaler.update_for_gang(overflowed_ranks, grads))
+            .collect();
+        assert_eq!(applies, [false, false], "every rank skips the step");
+        assert_eq!(scalers[0], scalers[1], "the ranks' loss scales stay equal");
+        assert_eq!(scalers[0].scale, 32_768.0);
+
+        // Synchronous mode: the all-reduced gradients can overflow in the sum alone.
+        let reduced = [f32::MAX * 2.0, 1.0];
+        assert!(!LossScaler::default().update_for_gang(0.0, &reduced));
+        assert!(LossScaler::default().update_for_gang(0.0, &[1.0, 2.0]));
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -34,8 +34,9 @@ use crate::optim::{Optimizer, clip_grad_norm, learning_rate};
 use crate::progress::Reporter;
 use crate::rng::{Rng, Stream};
 
-/// Values appended to the gradient buffer and summed with it: stop flag, loss sum, correct, count.
-const CONTROL: usize = 4;
+/// Values appended to the gradient buffer and summed with it: stop flag, loss sum, correct, count,
+/// and the number of ranks whose own gradients overflowed (fp16).
+const CONTROL: usize = 5;
 /// Rows per evaluation chunk.
 const EVAL_CHUNK: usize = 1000;
 
@@ -461,6 +462,10 @@ fn train_on_pool(
         grads[n + 1] = stats.loss_sum as f32;
         grads[n + 2] = stats.correct as f32;
         grads[n + 3] = stats.count as f32;
+        grads[n + 4] = match engine.loss_scaler() {
+            Some(_) => engine::overflow_flag(&grads[..n]),
+            None => 0.0,
+        };
         let scale = 1.0 / world as f32;
         if local_sgd_every.is_some() {
             // Local SGD: only the control values are shared every step.
@@ -478,10 +483,11 @@ fn train_on_pool(
         if let Some(max_norm) = spec.grad_clip_norm {
             clip_grad_norm(&mut grads[..n], max_norm as f32);
         }
-        // fp16: a step whose gradients overflowed is skipped on every rank (the all-reduced
-        // gradients are identical) and the loss scale backs off.
+        // fp16: a step in which any rank's gradients overflowed is skipped on every rank and the
+        // loss scale backs off, so the ranks' scales never diverge (in asynchronous mode each
+        // rank applies only its own gradients).
         let apply = match engine.loss_scaler() {
-            Some(scaler) => scaler.update(grads[..n].iter().all(|g| g.is_finite())),
+            Some(scaler) => scaler.update_for_gang(grads[n + 4], &grads[..n]),
             None => true,
         };
         if apply {
