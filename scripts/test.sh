@@ -14,16 +14,6 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 cargo --version
 
-# The control plane's Go build runs beside the Rust builds from the start: their single-threaded
-# stretches (the last crates, linking) leave a core free. A failure shows at its own step.
-cluster_build_log=$(mktemp)
-setsid -w bash scripts/cluster.sh build >"$cluster_build_log" 2>&1 &
-cluster_build=$!
-stop_cluster_build() {
-  [ -z "$cluster_build" ] || { kill -- -"$cluster_build" || kill "$cluster_build"; } 2>/dev/null || true
-}
-trap stop_cluster_build EXIT
-
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -56,22 +46,15 @@ step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
 
 step "S3 tests against a local SeaweedFS, faults through the proxy, a full disk"
-trap 'stop_cluster_build; scripts/s3-server.sh stop; scripts/cluster.sh stop' EXIT
+trap 'scripts/s3-server.sh stop; scripts/cluster.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
 cargo test --workspace --locked --test s3 --test local_run --test s3_faults --test full_disk \
   -- --ignored
 
 # etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kwok, built from their
 # released sources (cached outside the clone by the hash of tests/cluster/*/go.sum).
-step "control plane: build or reuse the components (started with the first step)"
-cluster_build_status=0
-wait "$cluster_build" || cluster_build_status=$?
-cluster_build=
-cat "$cluster_build_log" && rm -f "$cluster_build_log"
-if [ "$cluster_build_status" -ne 0 ]; then
-  echo "the control plane's build failed (exit $cluster_build_status)" >&2
-  exit 1
-fi
+step "control plane: build or reuse the components"
+bash scripts/cluster.sh build
 step "control plane: start"
 eval "$(scripts/cluster.sh start)"
 step "cluster suites (the real ferrotrain operator against the control plane)"
