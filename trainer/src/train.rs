@@ -35,7 +35,7 @@ use crate::progress::Reporter;
 use crate::rng::{Rng, Stream};
 
 /// Values appended to the gradient buffer and summed with it: stop flag, loss sum, correct, count,
-/// and the number of ranks whose own gradients overflowed (fp16).
+/// and the number of ranks whose own gradients overflowed (fp16 in asynchronous mode).
 const CONTROL: usize = 5;
 /// Rows per evaluation chunk.
 const EVAL_CHUNK: usize = 1000;
@@ -462,9 +462,11 @@ fn train_on_pool(
         grads[n + 1] = stats.loss_sum as f32;
         grads[n + 2] = stats.correct as f32;
         grads[n + 3] = stats.count as f32;
+        // Only asynchronous mode needs it: in synchronous mode an overflow anywhere makes the
+        // all-reduced gradients, which every rank checks, non-finite.
         grads[n + 4] = match engine.loss_scaler() {
-            Some(_) => engine::overflow_flag(&grads[..n]),
-            None => 0.0,
+            Some(_) if local_sgd_every.is_some() => engine::overflow_flag(&grads[..n]),
+            _ => 0.0,
         };
         let scale = 1.0 / world as f32;
         if local_sgd_every.is_some() {
