@@ -1418,9 +1418,12 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
     let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
     manifest["metadata"] = serde_json::json!({"name": "asha", "namespace": namespace});
     manifest["spec"]["maxTrials"] = serde_json::json!(4);
-    // Rungs at 300, 900 and 2700 of 3000 steps: trials train long enough for the progress
-    // writes (every few seconds) to show each rung before the next.
-    manifest["spec"]["template"]["trainer"]["maxSteps"] = serde_json::json!(3000);
+    // Rungs at 300, 900, 2700 and 8100 of 20,000 steps. A stop lands after the trial's next
+    // progress write (at most every few seconds) and an emergency checkpoint, so a loser must
+    // still be training for several seconds after its rung, on a fast machine too: 3,000 steps
+    // ran to the end before the stop on one. Evaluations every 300 steps keep the rungs exact.
+    manifest["spec"]["template"]["trainer"]["maxSteps"] = serde_json::json!(20_000);
+    manifest["spec"]["template"]["trainer"]["evalEverySteps"] = serde_json::json!(300);
     manifest["spec"]["algorithm"]["minSteps"] = serde_json::json!(300);
     let work_dir = cluster.dir.join(&namespace);
     let kubelets: Vec<Kubelet> = (0..4)
