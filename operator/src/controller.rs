@@ -21,14 +21,6 @@ use crate::lifecycle::{Action, Observed, decide};
 use crate::progress::{random_token, token_sha256};
 use crate::server::{JobDirectory, JobInfo, ProgressHub};
 
-/// Selects rustls' ring provider for this process. Dependencies enable both of rustls' providers
-/// (ring for the Kubernetes client, aws-lc-rs through the S3 client), and rustls then refuses to
-/// pick one: the first TLS connection to the API server would panic. Call before any client.
-pub fn install_tls_provider() {
-    // An error means a provider is installed already, which is all that is needed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "ferrotrain-operator";
 

@@ -24,3 +24,4 @@ pub mod server;
 pub mod sweep;
 pub mod sweep_controller;
 pub mod sweep_local;
+pub mod tls;

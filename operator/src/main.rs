@@ -245,7 +245,7 @@ async fn operator(
 ) -> anyhow::Result<()> {
     use ferrotrain::ratelimit::RateLimitLayer;
     use ferrotrain::{controller, leader, server};
-    controller::install_tls_provider();
+    ferrotrain::tls::install_crypto_provider();
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;

@@ -360,6 +360,7 @@ impl<D> Clone for AppState<D> {
 
 /// The HTTP routes.
 pub fn router<D: JobDirectory>(hub: Arc<ProgressHub>, directory: Arc<D>) -> Router {
+    crate::tls::install_crypto_provider();
     Router::new()
         .route(
             "/v1/namespaces/{namespace}/trainingjobs/{name}/progress",

@@ -129,7 +129,7 @@ impl Cluster {
 
 /// A client from a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> Client {
-    ferrotrain::controller::install_tls_provider();
+    ferrotrain::tls::install_crypto_provider();
     let file = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
     let config = Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
         .await

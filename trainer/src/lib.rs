@@ -23,4 +23,5 @@ pub mod progress;
 pub mod rng;
 pub mod run;
 pub mod storage;
+pub mod tls;
 pub mod train;

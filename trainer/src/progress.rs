@@ -21,6 +21,7 @@ pub struct Reporter {
 impl Reporter {
     /// A reporter; `endpoint` is the progress URL and bearer token, if any.
     pub fn new(runtime: Handle, endpoint: Option<(String, String)>) -> Self {
+        crate::tls::install_crypto_provider();
         Self {
             runtime,
             endpoint,

@@ -90,6 +90,7 @@ pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
                     .with_endpoint(endpoint)
                     .with_allow_http(endpoint.starts_with("http://"));
             }
+            crate::tls::install_crypto_provider();
             let store = builder.build().map_err(store_error)?;
             Ok(Location {
                 store: Arc::new(store),

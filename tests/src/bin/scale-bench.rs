@@ -360,7 +360,7 @@ fn rate_of(
 }
 
 async fn bench(jobs: usize, steady: Duration) {
-    ferrotrain::controller::install_tls_provider();
+    ferrotrain::tls::install_crypto_provider();
     let cluster = Cluster::from_env();
     let client = cluster.admin().await;
     install_crd(&client).await;
