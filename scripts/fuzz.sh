@@ -6,7 +6,10 @@
 # The targets are built unoptimised by default (FUZZ_BUILD=dev): that build takes half the time of
 # an optimised one on two cores, which matters more to a one-minute run from the seeds than
 # executions per second; FUZZ_BUILD=release builds them optimised for long runs (10-100x the
-# executions per second).
+# executions per second). The ordinary test run does not fuzz: `cargo test` replays every
+# committed input through the same properties (tests/tests/fuzz_corpus.rs); a scheduled workflow
+# runs this script. A crash found here is fixed, then its input is committed under
+# tests/fuzz/seeds/<target>/ so that every later test run replays it.
 # Usage: scripts/fuzz.sh [TARGET...]
 set -euo pipefail
 
@@ -37,7 +40,7 @@ for target in "${targets[@]}"; do
       -- -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
       -artifact_prefix="$work/" >"$log" 2>&1; then
     tail -40 "$log"
-    echo "fuzz target $target failed; the input that crashed it:" >&2
+    echo "fuzz target $target failed; the input that crashed it (commit it under tests/fuzz/seeds/$target/ with the fix):" >&2
     for crash in "$work"/crash-* "$work"/timeout-* "$work"/oom-*; do
       [ -e "$crash" ] && { echo "$crash" >&2; base64 -w0 "$crash" >&2; echo >&2; }
     done

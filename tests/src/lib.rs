@@ -1,8 +1,10 @@
 //! Helpers for Ferrotrain's cross-crate integration tests: locating workspace files and checking
-//! a CRD schema against the API server's structural-schema rules; a fault-injecting S3 proxy.
+//! a CRD schema against the API server's structural-schema rules; a fault-injecting S3 proxy; the
+//! fuzz targets' properties.
 
 pub mod cluster;
 pub mod faultproxy;
+pub mod fuzz;
 pub mod kubelet;
 pub mod pss;
 pub mod structural;
