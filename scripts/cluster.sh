@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane for Ferrotrain's tests, built from upstream sources:
 # etcd, kube-apiserver, kube-scheduler, kube-controller-manager, and kwok as the kubelet of fake nodes.
-#   scripts/cluster.sh build   # compile the components into a cache keyed by tests/cluster/*/go.sum
+#   scripts/cluster.sh build   # compile the components into a cache keyed by tests/cluster/components/go.sum
 #   scripts/cluster.sh start   # start everything on 127.0.0.1; prints the environment to eval
 #   scripts/cluster.sh env     # print that environment again for a running cluster
 #   scripts/cluster.sh stop    # stop every process by PID
@@ -12,7 +12,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
-modules=(etcd kube kwok)
+module=tests/cluster/components
 cache_root=${FERROTRAIN_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrotrain-cluster}
 state=${FERROTRAIN_CLUSTER_DIR:-$root/.tools/cluster}
 nodes=${FERROTRAIN_CLUSTER_NODES:-8}
@@ -22,10 +22,9 @@ kube_version=v1.37.2
 log() { printf '%s\n' "$*" >&2; }
 die() { log "cluster: $*"; exit 1; }
 
-# The cache key: every module's go.mod and go.sum, and the Go version that compiles them.
+# The cache key: the module's go.mod and go.sum, and the Go version that compiles them.
 cache_key() {
-  { for m in "${modules[@]}"; do cat "tests/cluster/$m/go.mod" "tests/cluster/$m/go.sum"; done
-    go env GOVERSION; } | sha256sum | cut -c1-16
+  { cat "$module/go.mod" "$module/go.sum"; go env GOVERSION; } | sha256sum | cut -c1-16
 }
 bin_dir() { echo "$cache_root/$(cache_key)/bin"; }
 
@@ -43,19 +42,15 @@ build() {
   fi
   started=$(date +%s)
   mkdir -p "$bin.partial"
-  # -mod=readonly: go.sum is the pin; a build never rewrites it. Stripped binaries link faster.
-  local flags=(-mod=readonly -trimpath -ldflags "-s -w")
+  # One `go build` of every binary: the packages they share compile once and the links run in
+  # parallel. -mod=readonly: go.sum is the pin; a build never rewrites it. Stripped binaries link
+  # faster. The version flags make `--version` print the release instead of v0.0.0-master.
   local version_flags="-s -w -X k8s.io/component-base/version.gitVersion=$kube_version
     -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
     -X k8s.io/component-base/version.gitTreeState=clean"
-  (cd tests/cluster/etcd && go build "${flags[@]}" -o "$bin.partial/etcd" .)
-  log "cluster: etcd built ($(( $(date +%s) - started ))s)"
-  for cmd in kube-apiserver kube-scheduler kube-controller-manager; do
-    (cd tests/cluster/kube && go build -mod=readonly -trimpath -ldflags "$version_flags" \
-      -o "$bin.partial/$cmd" "k8s.io/kubernetes/cmd/$cmd")
-    log "cluster: $cmd built ($(( $(date +%s) - started ))s)"
-  done
-  (cd tests/cluster/kwok && go build "${flags[@]}" -o "$bin.partial/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  (cd "$module" && go build -mod=readonly -trimpath -ldflags "$version_flags" -o "$bin.partial/" \
+    ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kube-controller-manager sigs.k8s.io/kwok/cmd/kwok)
   rm -rf "$bin" && mv "$bin.partial" "$bin"
   log "cluster: built the control plane in $(( $(date +%s) - started ))s into $bin"
 }
@@ -152,7 +147,7 @@ YAML
 # period) annotates it kwok.x-k8s.io/status=custom and gives it a finalizer: the pod stages skip it.
 kwok_config() {
   local stages
-  stages="$(cd tests/cluster/kwok && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
+  stages="$(cd "$module" && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
   echo "apiVersion: config.kwok.x-k8s.io/v1alpha1"
   echo "kind: KwokConfiguration"
   # kwok leaves these at 0 (and refuses to start) when a configuration file is given.
