@@ -17,30 +17,35 @@ cargo --version
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# One feature set for every test build: the workspace's defaults plus the GPU engine on burn's
+# CPU backend (`ferrotrain-trainer/burn`), whose tests compare it with the native kernels. It
+# changes nothing else (the CPU engine stays the default), so one build serves every test step.
+test_features=(--features ferrotrain-trainer/burn)
 
+# Lints of every feature set the project ships. Each clippy run after the first checks only what
+# its features change.
+step "cargo clippy (default features)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The GPU engine: burn's CUDA backend compiles without a CUDA toolkit.
+step "cargo clippy --features ferrotrain-trainer/cuda (the GPU engine)"
+cargo clippy --workspace --all-targets --locked --features ferrotrain-trainer/cuda -- -D warnings
 # The operator image is built without the embedded trainer: keep that build compiling and clean.
 step "cargo clippy -p ferrotrain --no-default-features (the operator image's build)"
 cargo clippy -p ferrotrain --no-default-features --locked -- -D warnings
 
+# Unit and integration tests, the GPU engine's on burn's CPU backend, and every committed fuzz
+# input replayed through its target's property (tests/tests/fuzz_corpus.rs).
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked "${test_features[@]}"
 
 # The binary the tests just built (with the same features, so nothing is compiled again).
 step "ferrotrain validate examples/*.yaml"
 "${CARGO_TARGET_DIR:-target}/debug/ferrotrain" validate examples/*.yaml
 
-# The GPU engine: lints of the `cuda` build (burn's CUDA backend compiles without a CUDA toolkit),
-# and its tests on burn's CPU backend, which compare it with the native kernels. No GPU is needed.
-step "trainer GPU engine: clippy --features cuda, tests --features burn"
-cargo clippy -p ferrotrain-trainer --all-targets --locked --features cuda -- -D warnings
-cargo test -p ferrotrain-trainer --locked --features burn --lib
-
 step "Helm chart: lint (helm 3, 4), kubernetes-validate, shellcheck, RBAC and Pod Security tests"
 helm4=$(bash scripts/check-chart.sh)
-# `--workspace` keeps the feature set of the main test build, so nothing is compiled again.
-FERROTRAIN_HELM="$helm4" cargo test --workspace --locked --test chart -- --ignored
+# The main test build's packages and features, so nothing is compiled again.
+FERROTRAIN_HELM="$helm4" cargo test --workspace --locked "${test_features[@]}" --test chart -- --ignored
 
 step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
@@ -48,8 +53,8 @@ bash tests/e2e/run.sh
 step "S3 tests against a local SeaweedFS, faults through the proxy, a full disk"
 trap 'scripts/s3-server.sh stop; scripts/cluster.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
-cargo test --workspace --locked --test s3 --test local_run --test s3_faults --test full_disk \
-  -- --ignored
+cargo test --workspace --locked "${test_features[@]}" --test s3 --test local_run --test s3_faults \
+  --test full_disk -- --ignored
 
 # etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kwok, built from their
 # released sources (cached outside the clone by the hash of tests/cluster/*/go.sum).
@@ -59,13 +64,8 @@ step "control plane: start"
 eval "$(scripts/cluster.sh start)"
 step "cluster suites (the real ferrotrain operator against the control plane)"
 # One at a time: the scenarios share the fake nodes, and some take a node away.
-cargo test --workspace --locked --test cluster -- --ignored --test-threads=1
+cargo test --workspace --locked "${test_features[@]}" --test cluster -- --ignored --test-threads=1
 scripts/cluster.sh stop
-
-# Coverage-guided fuzzing of the parsers (cargo-fuzz on the stable toolchain), each target for
-# a bounded time from the committed seed corpus; a crash fails the run.
-step "fuzz targets (${FUZZ_SECONDS:-60}s each)"
-bash scripts/fuzz.sh
 
 step "done"
 echo "scripts/test.sh passed in $(( $(date +%s) - started ))s"
