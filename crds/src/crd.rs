@@ -6,7 +6,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::sweep::{TrainingSweep, parameter_range_rules, tunables};
+use crate::schema::version_schema;
+use crate::sweep::TrainingSweep;
+use crate::tunables::{parameter_range_rules, tunables};
 use crate::types::TrainingJob;
 
 /// Header of the generated YAML files.
@@ -91,14 +93,4 @@ pub fn schema_json() -> serde_json::Value {
 /// The OpenAPI v3 schema of the TrainingSweep CRD, as JSON.
 pub fn sweep_schema_json() -> serde_json::Value {
     version_schema(&sweep_crd())
-}
-
-fn version_schema(crd: &CustomResourceDefinition) -> serde_json::Value {
-    crd.spec
-        .versions
-        .first()
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or(serde_json::Value::Null)
 }

@@ -9,7 +9,9 @@ pub mod crd;
 pub mod defaults;
 pub mod env;
 pub mod progress;
+pub mod schema;
 pub mod sweep;
+pub mod tunables;
 pub mod types;
 pub mod validate;
 

@@ -8,8 +8,8 @@
 
 use std::time::Instant;
 
-use ferrotrain::children::{Settings, slim_pod, worker_pod};
-use ferrotrain::lifecycle::{FailureCause, Observed, WorkerState, WorkerView, decide};
+use ferrotrain::cluster::children::{Settings, slim_pod, worker_pod};
+use ferrotrain::decide::job::{FailureCause, Observed, WorkerState, WorkerView, decide};
 use ferrotrain_crds::TrainingJob;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::store;

@@ -1,27 +1,17 @@
-//! Ferrotrain's operator and command-line interface.
+//! Ferrotrain's operator and command-line interface, one folder per concern
+//! (docs/architecture.md maps them to the flow):
 //!
-//! - [`manifest`]: offline admission of TrainingJob manifests (schema, CEL, semantic checks);
-//! - [`lifecycle`]: the pure state machine `decide` shared by the controller and the local runner;
-//! - [`children`]: the Service, Secret, pods and Volcano PodGroup of a job, and pods read back;
-//! - [`controller`]: the Kubernetes reconciler (observe → decide → apply) and its RBAC list;
-//! - [`cache`], [`ratelimit`]: the pod cache and reconcile predicate, client-side API rate limits;
-//! - [`progress`], [`server`], [`leader`]: progress reports, the HTTP server, leader election;
-//! - [`local`], [`curve`]: `ferrotrain run`, its training curve;
-//! - [`cli`]: `ferrotrain validate`.
+//! - [`manifest`]: offline admission of manifests (schema, CEL, semantic checks);
+//! - [`decide`]: pure decisions, the TrainingJob state machine and the TrainingSweep search;
+//! - [`cluster`]: the Kubernetes controllers and everything they talk to;
+//! - [`local`]: `ferrotrain run` and `ferrotrain sweep` over local processes;
+//! - [`progress`]: progress reports into a job's status, for both;
+//! - [`cli`]: the subcommands' logic; [`tls`]: the process's crypto provider.
 
-pub mod cache;
-pub mod children;
 pub mod cli;
-pub mod controller;
-pub mod curve;
-pub mod leader;
-pub mod lifecycle;
+pub mod cluster;
+pub mod decide;
 pub mod local;
 pub mod manifest;
 pub mod progress;
-pub mod ratelimit;
-pub mod server;
-pub mod sweep;
-pub mod sweep_controller;
-pub mod sweep_local;
 pub mod tls;

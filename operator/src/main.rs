@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferrotrain::cli;
-use ferrotrain::local::{self, RunOptions, RunOutcome};
+use ferrotrain::cli::validate;
+use ferrotrain::local::runner::{self as local, RunOptions, RunOutcome};
 use ferrotrain::manifest::Admission;
 
 #[derive(Parser)]
@@ -149,7 +149,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Validate { files } => {
             let admission = Admission::new()?;
             let mut out = std::io::stdout().lock();
-            let summary = cli::validate_files(&admission, &files, &mut out)?;
+            let summary = validate::validate_files(&admission, &files, &mut out)?;
             Ok(if summary.invalid == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -191,11 +191,11 @@ fn main() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(operator(
-                ferrotrain::children::Settings {
+                ferrotrain::cluster::children::Settings {
                     default_image: trainer_image,
                     progress_base_url,
                 },
-                ferrotrain::controller::RunOptions {
+                ferrotrain::cluster::controller::RunOptions {
                     namespace,
                     concurrency,
                 },
@@ -206,7 +206,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 },
                 listen,
                 lease_namespace,
-                ferrotrain::leader::Candidate {
+                ferrotrain::cluster::leader::Candidate {
                     lease: lease_name,
                     identity,
                     progress_url: advertise_url,
@@ -236,15 +236,15 @@ struct Limits {
 }
 
 async fn operator(
-    settings: ferrotrain::children::Settings,
-    options: ferrotrain::controller::RunOptions,
+    settings: ferrotrain::cluster::children::Settings,
+    options: ferrotrain::cluster::controller::RunOptions,
     limits: Limits,
     listen: String,
     lease_namespace: String,
-    candidate: ferrotrain::leader::Candidate,
+    candidate: ferrotrain::cluster::leader::Candidate,
 ) -> anyhow::Result<()> {
-    use ferrotrain::ratelimit::RateLimitLayer;
-    use ferrotrain::{controller, leader, server};
+    use ferrotrain::cluster::ratelimit::RateLimitLayer;
+    use ferrotrain::cluster::{controller, leader, server};
     ferrotrain::tls::install_crypto_provider();
     let config = kube::Config::infer()
         .await
@@ -293,7 +293,7 @@ async fn operator(
         Arc::clone(&hub),
     ));
     // Both return on SIGTERM once their in-flight reconciles finish.
-    let sweeps = ferrotrain::sweep_controller::run(
+    let sweeps = ferrotrain::cluster::sweeps::run(
         client.clone(),
         options.namespace.clone(),
         Arc::clone(&hub),
@@ -417,7 +417,7 @@ fn sweep(
     state_dir: PathBuf,
     oversubscribe: bool,
 ) -> anyhow::Result<ExitCode> {
-    let sweep = match ferrotrain::sweep_local::load_sweep(file) {
+    let sweep = match ferrotrain::local::sweep::load_sweep(file) {
         Ok(sweep) => sweep,
         Err(e) => {
             eprintln!("{e}");
@@ -427,14 +427,14 @@ fn sweep(
     let interrupts = interrupt_counter()?;
     let options = RunOptions::new(state_dir.clone(), worker_command()?, json, oversubscribe);
     let name = sweep.metadata.name.clone().unwrap_or_default();
-    let outcome = match ferrotrain::sweep_local::run_sweep(sweep, &options, interrupts) {
+    let outcome = match ferrotrain::local::sweep::run_sweep(sweep, &options, interrupts) {
         Ok(outcome) => outcome,
         Err(e) => {
             eprintln!("{e}");
             return Ok(ExitCode::FAILURE);
         }
     };
-    use ferrotrain::sweep_local::SweepOutcome;
+    use ferrotrain::local::sweep::SweepOutcome;
     let (status, ending) = match &outcome {
         SweepOutcome::Succeeded(s) => (s, Ending::Succeeded),
         SweepOutcome::Failed(s) => (s, Ending::Failed(s.message.clone())),
@@ -457,7 +457,7 @@ fn list_checkpoints(
     endpoint: Option<String>,
     region: Option<String>,
 ) -> anyhow::Result<String> {
-    use ferrotrain_trainer::checkpoint::CheckpointStore;
+    use ferrotrain_trainer::checkpoint::store::CheckpointStore;
     use ferrotrain_trainer::storage::{S3Options, open};
     // Listing must not create what it lists: opening a file:// store creates its directory.
     if let Some(path) = uri.strip_prefix("file://")

@@ -215,7 +215,7 @@ impl Admission {
                 .parameters
                 .iter()
                 .filter_map(|p| {
-                    let values = crate::sweep::grid_values(p);
+                    let values = crate::decide::sweep::grid_values(p);
                     let value = if highest {
                         values.last()
                     } else {
@@ -225,18 +225,18 @@ impl Admission {
                 })
                 .collect();
             let trial = TrialStatus {
-                name: crate::sweep::trial_name(sweep, 0),
+                name: crate::decide::sweep::trial_name(sweep, 0),
                 parameters,
                 ..TrialStatus::default()
             };
-            let found: Vec<ManifestError> = match crate::sweep::trial_spec(sweep, &trial) {
+            let found: Vec<ManifestError> = match crate::decide::sweep::trial_spec(sweep, &trial) {
                 Err(message) => vec![ManifestError::new(
                     Layer::Semantic,
                     "spec.parameters",
                     message,
                 )],
                 Ok(spec) => {
-                    let job = crate::sweep::trial_object(sweep, &trial.name, &spec);
+                    let job = crate::decide::sweep::trial_object(sweep, &trial.name, &spec);
                     self.admit(&job)
                         .err()
                         .unwrap_or_default()

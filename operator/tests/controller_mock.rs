@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrotrain::cache::PodIndex;
-use ferrotrain::children::Settings;
-use ferrotrain::controller::{Context, reconcile};
-use ferrotrain::server::ProgressHub;
+use ferrotrain::cluster::cache::PodIndex;
+use ferrotrain::cluster::children::Settings;
+use ferrotrain::cluster::controller::{Context, reconcile};
+use ferrotrain::cluster::server::ProgressHub;
 use ferrotrain_crds::TrainingJob;
 use http::{Method, Request, Response};
 use kube::Client;
@@ -119,7 +119,7 @@ fn assert_granted(method: &Method, path: &str) {
         ("DELETE", _) => "delete",
         (other, _) => panic!("unexpected method {other}"),
     };
-    let granted = ferrotrain::controller::RBAC
+    let granted = ferrotrain::cluster::controller::RBAC
         .iter()
         .any(|(g, r, verbs)| *g == group && *r == resource && verbs.contains(&verb));
     assert!(

@@ -588,17 +588,25 @@ pub async fn token_secret_name(
         .get(name)
         .await
         .map_err(|e| format!("job {name}: {e}"))?;
-    let digest = ferrotrain::children::token_sha256_of(&job)
+    let digest = ferrotrain::cluster::children::token_sha256_of(&job)
         .ok_or_else(|| format!("job {name} has no token digest"))?;
-    Ok(ferrotrain::children::token_secret_name(name, digest))
+    Ok(ferrotrain::cluster::children::token_secret_name(
+        name, digest,
+    ))
 }
 
 /// A job's progress token, as its workers read it; checked against the digest on the job.
 pub async fn job_token(client: &Client, namespace: &str, job: &str) -> Result<String, String> {
     let name = token_secret_name(client, namespace, job).await?;
-    let token = secret_value(client, namespace, &name, ferrotrain::children::TOKEN_KEY).await?;
+    let token = secret_value(
+        client,
+        namespace,
+        &name,
+        ferrotrain::cluster::children::TOKEN_KEY,
+    )
+    .await?;
     let digest = ferrotrain::progress::token_sha256(&token);
-    if ferrotrain::children::token_secret_name(job, &digest) != name {
+    if ferrotrain::cluster::children::token_secret_name(job, &digest) != name {
         return Err(format!(
             "the token in {name} does not match the job's digest"
         ));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferrotrain_tests::cluster::ferrotrain_binary;
 use ferrotrain_tests::faultproxy::FaultProxy;
-use ferrotrain_trainer::checkpoint::CheckpointStore;
+use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::storage::{self, S3Options};
 
 const FAULTS: usize = 20;

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use ferrotrain::children::{Settings, worker_pod};
-use ferrotrain::controller::RBAC;
+use ferrotrain::cluster::children::{Settings, worker_pod};
+use ferrotrain::cluster::controller::RBAC;
 use ferrotrain_tests::pss::restricted_violations;
 use ferrotrain_tests::workspace_root;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Every manifest in examples/ passes all three layers: the generated CRD schema, its CEL rules
 //! and `validate()`.
 
-use ferrotrain::cli::{ValidateSummary, validate_files};
+use ferrotrain::cli::validate::{ValidateSummary, validate_files};
 use ferrotrain::manifest::{Admission, parse_documents};
 use ferrotrain_tests::workspace_root;
 

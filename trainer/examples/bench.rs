@@ -18,16 +18,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ferrotrain_crds::{GradientCompression, TrainerSpec};
-use ferrotrain_trainer::checkpoint::CheckpointStore;
-use ferrotrain_trainer::comm::{RendezvousConfig, Ring};
+use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load::{self, Splits};
+use ferrotrain_trainer::dist::ring::{RendezvousConfig, Ring};
 use ferrotrain_trainer::engine::{Engine, Native};
-use ferrotrain_trainer::model::Network;
+use ferrotrain_trainer::nn::model::Network;
 use ferrotrain_trainer::optim::Optimizer;
 use ferrotrain_trainer::rng::Rng;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::{CheckpointPlan, Job, Outcome, Summary, train};
+use ferrotrain_trainer::train::steps::{CheckpointPlan, Job, Outcome, Summary, train};
 use object_store::{ObjectStoreExt, PutPayload};
 
 const MLP: &str = "model: {type: mlp, hidden: [256, 128], dropout: 0.1}\ndataset: {type: mnist}\nbatchSize: 64\noptimizer: {type: adam, lr: 0.001}\n";
@@ -100,7 +100,7 @@ fn throughput_on_pool(data: &Splits) -> anyhow::Result<()> {
         #[cfg(feature = "burn")]
         engines.push((
             "burn flex",
-            Box::new(ferrotrain_trainer::burn_engine::flex(&net)),
+            Box::new(ferrotrain_trainer::engine::burn_engine::flex(&net)),
         ));
         for (engine_name, mut engine) in engines {
             let mut params = net.init_params(1);
@@ -253,7 +253,7 @@ fn gang(
                         stop_after_step: None,
                         fail_after_step: None,
                         grace: Duration::from_secs(30),
-                        compute: ferrotrain_trainer::device::Compute::Cpu,
+                        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
                         threads: threads_per_rank,
                     };
                     match train(job, data, &mut ring, &handle)? {
@@ -412,7 +412,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
         stop_after_step: Some(200),
         fail_after_step: None,
         grace: Duration::from_secs(120),
-        compute: ferrotrain_trainer::device::Compute::Cpu,
+        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
         threads: 0,
     };
     let summary = match train(job, data, &mut Ring::single(), rt.handle())? {
@@ -436,7 +436,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
     // Upload path on its own (no training competing for the two cores): commit of a snapshot of
     // that size (encode, hash, put three objects, conditional manifest, retention) versus raw
     // puts of the same bytes to the same server.
-    let snapshot = ferrotrain_trainer::checkpoint::Snapshot {
+    let snapshot = ferrotrain_trainer::checkpoint::store::Snapshot {
         state: Default::default(),
         params: vec![0.5; (per_checkpoint_bytes / 12.0) as usize],
         moment1: vec![0.25; (per_checkpoint_bytes / 12.0) as usize],

@@ -5,20 +5,15 @@
 //! and reports progress. Everything works on flat parameter and gradient vectors; an `engine`
 //! computes the passes: Ferrotrain's own CPU kernels (`model`), or burn on a GPU (feature `cuda`).
 
-#[cfg(feature = "burn")]
-pub mod burn_engine;
 pub mod checkpoint;
 pub mod cli;
-pub mod comm;
 pub mod config;
-mod conv;
 pub mod data;
-pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod exit;
-pub mod model;
+pub mod nn;
 pub mod optim;
-pub mod parallel;
 pub mod progress;
 pub mod rng;
 pub mod run;

@@ -9,14 +9,14 @@ use std::time::Duration;
 use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
-use crate::checkpoint::{CheckpointStore, sha256_hex, split_manifest_uri};
-use crate::comm::{RendezvousConfig, Ring};
+use crate::checkpoint::store::{CheckpointStore, sha256_hex, split_manifest_uri};
 use crate::data::load::{self, Splits};
-use crate::device::{self, Compute};
-use crate::model::Network;
+use crate::dist::ring::{RendezvousConfig, Ring};
+use crate::engine::device::{self, Compute};
+use crate::nn::model::Network;
 use crate::progress::Reporter;
 use crate::storage::{self, S3Options};
-use crate::train::{CheckpointPlan, Job, Outcome, TrainError, WarmStart, train};
+use crate::train::steps::{CheckpointPlan, Job, Outcome, TrainError, WarmStart, train};
 use crate::{config, exit};
 
 /// Settings that do not come from the TrainingJob.
@@ -254,7 +254,7 @@ fn checkpoint_plan(
         },
     )?;
     let model = Network::new(&spec.model, data.train.dim, data.classes())
-        .map(|net| crate::model::describe(&spec.model, &net))
+        .map(|net| crate::nn::model::describe(&spec.model, &net))
         .unwrap_or_default();
     Ok(CheckpointPlan {
         store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data))

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferrotrain_trainer::checkpoint::{CheckpointStore, Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::store::{CheckpointStore, Snapshot, TrainingState};
 use ferrotrain_trainer::storage::{self, S3Options};
 
 struct Tmpfs(PathBuf);

@@ -6,12 +6,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
-use ferrotrain_trainer::checkpoint::CheckpointStore;
-use ferrotrain_trainer::comm::Ring;
+use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load::{self, Splits};
+use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::{CheckpointPlan, Job, Outcome, TrainError, WarmStart, train};
+use ferrotrain_trainer::train::steps::{
+    CheckpointPlan, Job, Outcome, TrainError, WarmStart, train,
+};
 
 struct Fixture {
     dir: std::path::PathBuf,
@@ -109,7 +111,7 @@ impl Fixture {
             stop_after_step,
             fail_after_step,
             grace: Duration::from_secs(30),
-            compute: ferrotrain_trainer::device::Compute::Cpu,
+            compute: ferrotrain_trainer::engine::device::Compute::Cpu,
             threads: 0,
         };
         train(job, &data, &mut Ring::single(), self.runtime.handle())
@@ -297,11 +299,11 @@ impl Fixture {
             &S3Options::default(),
         )
         .expect("store");
-        let net = ferrotrain_trainer::model::Network::new(&spec.model, data.train.dim, 4)
+        let net = ferrotrain_trainer::nn::model::Network::new(&spec.model, data.train.dim, 4)
             .expect("network");
         CheckpointPlan {
             store: CheckpointStore::new(location, 2, config_hash(spec, data))
-                .with_model(ferrotrain_trainer::model::describe(&spec.model, &net)),
+                .with_model(ferrotrain_trainer::nn::model::describe(&spec.model, &net)),
             every_steps: None,
             every_seconds: None,
             resume: true,

@@ -7,12 +7,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
-use ferrotrain_trainer::checkpoint::{CheckpointStore, Snapshot, TrainingState};
-use ferrotrain_trainer::comm::Ring;
+use ferrotrain_trainer::checkpoint::store::{CheckpointStore, Snapshot, TrainingState};
 use ferrotrain_trainer::data::load;
+use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, Location, S3Options};
-use ferrotrain_trainer::train::{CheckpointPlan, Job, Outcome, train};
+use ferrotrain_trainer::train::steps::{CheckpointPlan, Job, Outcome, train};
 use object_store::{ObjectStoreExt, PutPayload};
 
 fn endpoint() -> (String, String) {
@@ -194,7 +194,7 @@ fn training_resumes_from_s3_and_reads_its_dataset_from_s3() {
             stop_after_step,
             fail_after_step: None,
             grace: Duration::from_secs(30),
-            compute: ferrotrain_trainer::device::Compute::Cpu,
+            compute: ferrotrain_trainer::engine::device::Compute::Cpu,
             threads: 0,
         };
         train(job, &data, &mut Ring::single(), rt.handle()).expect("train")

@@ -2,7 +2,7 @@
 //! slimmed and indexed by job, and the hash of the parts of a job that [`decide`] reads, so that
 //! writes it does not read (progress) do not wake the reconciler.
 //!
-//! [`decide`]: crate::lifecycle::decide
+//! [`decide`]: crate::decide::job::decide
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
-use crate::children::LABEL_JOB;
+use crate::cluster::children::LABEL_JOB;
 
 /// A job, by namespace and name.
 pub type JobKey = (String, String);

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::lifecycle::{FailureCause, StuckReason, WorkerState, WorkerView};
+use crate::decide::job::{FailureCause, StuckReason, WorkerState, WorkerView};
 
 /// Label: the job a child belongs to.
 pub const LABEL_JOB: &str = "ferrotrain.io/job";
@@ -497,7 +497,7 @@ fn termination_message(status: &k8s_openapi::api::core::v1::PodStatus) -> Option
         .flatten()
         .filter(|c| c.name == "trainer")
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.as_deref())
-        .and_then(crate::local::last_error)
+        .and_then(crate::local::runner::last_error)
         .map(|m| shorten(&m, MAX_FAILURE_MESSAGE))
 }
 
@@ -572,7 +572,7 @@ fn slim_state(
         terminated.message = terminated
             .message
             .as_deref()
-            .and_then(crate::local::last_error)
+            .and_then(crate::local::runner::last_error)
             .map(|m| shorten(&m, MAX_FAILURE_MESSAGE));
     }
     state

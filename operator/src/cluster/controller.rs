@@ -15,11 +15,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::cache::{OwnWrites, PodIndex};
-use crate::children::{self, LABEL_JOB, Settings};
-use crate::lifecycle::{Action, Observed, decide};
+use crate::cluster::cache::{OwnWrites, PodIndex};
+use crate::cluster::children::{self, LABEL_JOB, Settings};
+use crate::cluster::server::{JobDirectory, JobInfo, ProgressHub};
+use crate::decide::job::{Action, Observed, decide};
 use crate::progress::{random_token, token_sha256};
-use crate::server::{JobDirectory, JobInfo, ProgressHub};
 
 /// The field manager of every server-side apply.
 pub const MANAGER: &str = "ferrotrain-operator";
@@ -152,7 +152,7 @@ impl Context {
 /// One reconcile of one job; replicas that do not lead only wait.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(Requeue::requeue(crate::leader::RENEW_EVERY));
+        return Ok(Requeue::requeue(crate::cluster::leader::RENEW_EVERY));
     }
     let started = std::time::Instant::now();
     let result = reconcile_as_leader(&job, &ctx).await;
@@ -198,7 +198,7 @@ async fn reconcile_as_leader(
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            crate::lifecycle::set_condition(
+            crate::decide::job::set_condition(
                 &mut status.conditions,
                 "Failed",
                 true,
@@ -307,7 +307,7 @@ async fn reconcile_as_leader(
         }
     }
     if let Some(refused) = &refused {
-        crate::lifecycle::set_condition(
+        crate::decide::job::set_condition(
             &mut decision.status.conditions,
             "WorkersCreated",
             false,
@@ -316,7 +316,7 @@ async fn reconcile_as_leader(
             now,
             job.metadata.generation,
         );
-        decision.events.push(crate::lifecycle::Event {
+        decision.events.push(crate::decide::job::Event {
             warning: true,
             reason: refused.reason.clone(),
             message: refused.message.clone(),
@@ -336,7 +336,7 @@ async fn reconcile_as_leader(
             .iter()
             .any(|c| c.type_ == "WorkersCreated" && c.status == "False")
     {
-        crate::lifecycle::set_condition(
+        crate::decide::job::set_condition(
             &mut decision.status.conditions,
             "WorkersCreated",
             true,
@@ -687,7 +687,10 @@ pub async fn run(
         .map_ok(|event| event.modify(|job| job.metadata.managed_fields = None))
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(crate::cache::decision_inputs, PredicateConfig::default());
+        .predicate_filter(
+            crate::cluster::cache::decision_inputs,
+            PredicateConfig::default(),
+        );
     let index = Arc::new(PodIndex::default());
     let pod_events = {
         let index = Arc::clone(&index);

@@ -80,7 +80,7 @@ pub struct ProgressHub {
     /// The leader's progress endpoint while another replica leads (from the Lease).
     leader_url: Mutex<Option<String>>,
     /// Client-side API rate limits, by client.
-    throttles: Mutex<Vec<(&'static str, Arc<crate::ratelimit::ThrottleStats>)>>,
+    throttles: Mutex<Vec<(&'static str, Arc<crate::cluster::ratelimit::ThrottleStats>)>>,
 }
 
 impl ProgressHub {
@@ -95,7 +95,7 @@ impl ProgressHub {
     pub fn register_throttle(
         &self,
         client: &'static str,
-        stats: Arc<crate::ratelimit::ThrottleStats>,
+        stats: Arc<crate::cluster::ratelimit::ThrottleStats>,
     ) {
         self.throttles
             .lock()

@@ -1,7 +1,7 @@
 //! The Kubernetes side of TrainingSweeps: observe a sweep's trial TrainingJobs, run the sweep
 //! [`decide`], create trials (owned by the sweep, so deleting it deletes them), stop them by
 //! suspension, and write the sweep's status with server-side apply. Its calls are part of
-//! [`crate::controller::RBAC`].
+//! [`crate::cluster::controller::RBAC`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,9 +18,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::cluster::server::ProgressHub;
+use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
-use crate::server::ProgressHub;
-use crate::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 
 /// The field manager of the sweep controller's writes.
 pub const SWEEP_MANAGER: &str = "ferrotrain-sweep";
@@ -80,7 +80,7 @@ pub fn observe(job: &TrainingJob) -> TrialObservation {
 /// One reconcile of one sweep; replicas that do not lead only wait.
 pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
-        return Ok(Requeue::requeue(crate::leader::RENEW_EVERY));
+        return Ok(Requeue::requeue(crate::cluster::leader::RENEW_EVERY));
     }
     let namespace = sweep
         .namespace()
@@ -137,7 +137,7 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         match action {
             SweepAction::CreateTrial { name: trial, spec } => {
                 let object: TrainingJob =
-                    serde_json::from_value(crate::sweep::trial_object(&sweep, trial, spec))
+                    serde_json::from_value(crate::decide::sweep::trial_object(&sweep, trial, spec))
                         .map_err(|e| Error::Kube {
                             action: format!("build trial {trial}"),
                             source: kube::Error::SerdeError(e),

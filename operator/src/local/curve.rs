@@ -8,7 +8,7 @@ use plotters::prelude::*;
 
 /// Text font, shipped so that the picture renders the same everywhere (DejaVu Sans, its licence in
 /// `operator/assets/DejaVuSans-LICENSE.txt`).
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// One observation of the run.
 #[derive(Clone, Copy, Debug, PartialEq)]

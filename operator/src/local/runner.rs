@@ -16,7 +16,7 @@ use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_crds::{CheckpointSpec, Phase, RunPolicy, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
 
-use crate::lifecycle::{Action, FailureCause, Observed, WorkerState, WorkerView, decide};
+use crate::decide::job::{Action, FailureCause, Observed, WorkerState, WorkerView, decide};
 use crate::manifest::{Admission, ManifestError, parse_documents};
 use crate::progress::{ProgressTracker, bearer, random_token};
 
@@ -351,7 +351,7 @@ struct Worker {
 /// Loss and accuracy over the run, for the curve.
 #[derive(Default)]
 struct Curve {
-    points: Vec<crate::curve::Point>,
+    points: Vec<crate::local::curve::Point>,
     last_metrics: BTreeMap<String, f64>,
 }
 
@@ -369,7 +369,7 @@ impl Curve {
             .then(|| progress.metrics.get("valAccuracy").copied())
             .flatten();
         self.last_metrics = progress.metrics.clone();
-        self.points.push(crate::curve::Point {
+        self.points.push(crate::local::curve::Point {
             step,
             loss: progress.loss,
             accuracy,
@@ -626,7 +626,7 @@ pub fn run(
         };
         if let Some(outcome) = outcome {
             display.flush_status();
-            match crate::curve::write_png(&curve_path, &name, &curve.points) {
+            match crate::local::curve::write_png(&curve_path, &name, &curve.points) {
                 Ok(()) => display.line(&format!("training curve: {}", curve_path.display())),
                 Err(e) => display.line(&e.to_string()),
             }
@@ -644,7 +644,8 @@ pub fn run(
 fn kill_past_grace(workers: &mut [Worker], now: Timestamp) {
     for w in workers.iter_mut().filter(|w| w.exited.is_none()) {
         if let Some(since) = w.deleting_since
-            && now.duration_since(since).as_secs() >= crate::children::TERMINATION_GRACE_SECONDS
+            && now.duration_since(since).as_secs()
+                >= crate::cluster::children::TERMINATION_GRACE_SECONDS
         {
             let _ = w.child.kill();
         }
@@ -676,7 +677,10 @@ fn reap(workers: &mut [Worker], display: &Display) {
                 ));
                 w.message = Some(format!(
                     "{}; log: {}",
-                    crate::children::shorten(&error, crate::children::MAX_FAILURE_MESSAGE),
+                    crate::cluster::children::shorten(
+                        &error,
+                        crate::cluster::children::MAX_FAILURE_MESSAGE
+                    ),
                     w.log.display()
                 ));
             }
@@ -1105,7 +1109,8 @@ impl Drop for Display {
 /// GPU device nodes (`/dev/nvidiaN`) on this machine, as the trainer's device probe counts them.
 #[cfg(feature = "worker")]
 fn gpu_device_nodes() -> usize {
-    ferrotrain_trainer::device::probe_under(std::path::Path::new("/"), None, None).visible_gpus
+    ferrotrain_trainer::engine::device::probe_under(std::path::Path::new("/"), None, None)
+        .visible_gpus
 }
 
 /// Without the embedded trainer there are no local workers to place.

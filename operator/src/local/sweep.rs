@@ -16,12 +16,14 @@ use ferrotrain_crds::{CheckpointSpec, Phase, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::local::{RunError, RunOptions, RunOutcome, StatusThrottle, check_fits, check_memory};
-use crate::manifest::Admission;
-use crate::sweep::{
+use crate::decide::sweep::{
     SweepAction, TrialObservation, decide, describe_parameters, format_value, planned_trials,
     trial_object, trial_spec,
 };
+use crate::local::runner::{
+    RunError, RunOptions, RunOutcome, StatusThrottle, check_fits, check_memory,
+};
+use crate::manifest::Admission;
 
 /// How a local sweep ended.
 #[derive(Debug, PartialEq)]
@@ -110,7 +112,7 @@ impl LocalTrial {
 
 /// Reads and admits the one TrainingSweep in `path`.
 pub fn load_sweep(path: &Path) -> Result<TrainingSweep, RunError> {
-    crate::local::load_one(path, "TrainingSweep", Admission::admit_sweep)
+    crate::local::runner::load_one(path, "TrainingSweep", Admission::admit_sweep)
 }
 
 /// Runs the sweep until every trial is done or Ctrl-C pauses it. `interrupts` counts Ctrl-C
@@ -155,8 +157,8 @@ pub fn run_sweep(
     })?;
     check_memory(
         workers,
-        crate::local::worker_memory_estimate(&sweep.spec.template.trainer),
-        crate::local::available_memory(),
+        crate::local::runner::worker_memory_estimate(&sweep.spec.template.trainer),
+        crate::local::runner::available_memory(),
         options.oversubscribe,
     )
     .map_err(|e| {
@@ -176,7 +178,7 @@ pub fn run_sweep(
         state_dir: sweep_dir.clone(),
         quiet: true,
         oversubscribe: true,
-        threads_per_worker: Some(crate::local::compute_threads_per_worker(
+        threads_per_worker: Some(crate::local::runner::compute_threads_per_worker(
             cpus,
             workers.max(1) as u32,
         )),
@@ -309,7 +311,7 @@ fn start_trial(job: TrainingJob, options: &RunOptions) -> LocalTrial {
     };
     let handle = {
         let interrupts = Arc::clone(&interrupts);
-        std::thread::spawn(move || crate::local::run(job, &options, interrupts))
+        std::thread::spawn(move || crate::local::runner::run(job, &options, interrupts))
     };
     LocalTrial {
         interrupts,
@@ -637,9 +639,9 @@ fn write_curves(
     json: bool,
 ) {
     let key = sweep.spec.objective.metric.key();
-    let series: Vec<crate::curve::Series> = trials
+    let series: Vec<crate::local::curve::Series> = trials
         .iter()
-        .map(|(name, t)| crate::curve::Series {
+        .map(|(name, t)| crate::local::curve::Series {
             label: name.clone(),
             points: t.curve.iter().map(|(s, v)| (*s as f64, *v)).collect(),
         })
@@ -647,7 +649,7 @@ fn write_curves(
         .collect();
     let title = sweep.metadata.name.clone().unwrap_or_default();
     let percent = key == "valAccuracy";
-    let line = match crate::curve::write_sweep_png(path, &title, key, percent, &series) {
+    let line = match crate::local::curve::write_sweep_png(path, &title, key, percent, &series) {
         Ok(()) => format!("validation curves: {}", path.display()),
         Err(e) => e.to_string(),
     };

@@ -14,7 +14,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Int, Tensor, TensorData, activation, module};
 
 use crate::engine::{Engine, EngineError, LossScaler};
-use crate::model::{BatchStats, Layer, Network, logit_stats};
+use crate::nn::model::{BatchStats, Layer, Network, logit_stats};
 use crate::rng::Rng;
 
 /// An activation: rows of features, or images in burn's NCHW layout.

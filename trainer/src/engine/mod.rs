@@ -3,8 +3,12 @@
 //! interchangeable: Ferrotrain's CPU kernels, or burn on a GPU (feature `cuda`; feature `burn`
 //! runs the same engine on burn's CPU backend, which is how it is tested without a GPU).
 
-use crate::device::Compute;
-use crate::model::{BatchStats, Network, Workspace};
+#[cfg(feature = "burn")]
+pub mod burn_engine;
+pub mod device;
+
+use crate::engine::device::Compute;
+use crate::nn::model::{BatchStats, Network, Workspace};
 use crate::rng::Rng;
 
 /// One forward/backward implementation.
@@ -87,7 +91,7 @@ pub fn build(net: &Network, compute: Compute) -> Result<Box<dyn Engine>, EngineE
         #[cfg(feature = "cuda")]
         Compute::Cuda {
             index, precision, ..
-        } => crate::burn_engine::cuda(net, index, precision),
+        } => crate::engine::burn_engine::cuda(net, index, precision),
         #[cfg(not(feature = "cuda"))]
         Compute::Cuda { .. } => Err(EngineError(
             "this trainer was built without the cuda feature".into(),

@@ -11,8 +11,8 @@
 use ferrotrain_crds::{ModelKind, ModelSpec};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::conv::{self, ConvGeometry};
-use crate::parallel::gemm;
+use crate::nn::conv::{self, ConvGeometry};
+use crate::nn::kernels::gemm;
 use crate::rng::{Rng, Stream};
 
 /// One layer and where its parameters live in the flat vector.

@@ -5,7 +5,7 @@
 use ferrotrain_crds::{LrScheduleKind, LrScheduleSpec, OptimizerKind, OptimizerSpec};
 use rayon::prelude::*;
 
-use crate::parallel::CHUNK;
+use crate::nn::kernels::CHUNK;
 
 /// Optimiser state that a checkpoint must carry.
 #[derive(Clone, Debug, PartialEq)]

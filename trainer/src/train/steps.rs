@@ -24,12 +24,14 @@ use ferrotrain_crds::{EarlyStoppingMode, Evaluation, GradientCompression, ModeKi
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::{CheckpointError, CheckpointStore, Committed, Snapshot, TrainingState};
-use crate::comm::{CommError, Ring};
+use crate::checkpoint::store::{
+    CheckpointError, CheckpointStore, Committed, Snapshot, TrainingState,
+};
 use crate::data::load::Splits;
-use crate::device::Compute;
+use crate::dist::ring::{CommError, Ring};
+use crate::engine::device::Compute;
 use crate::engine::{self, Engine, EngineError};
-use crate::model::{BatchStats, ModelError, Network};
+use crate::nn::model::{BatchStats, ModelError, Network};
 use crate::optim::{Optimizer, clip_grad_norm, learning_rate};
 use crate::progress::Reporter;
 use crate::rng::{Rng, Stream};
@@ -317,7 +319,7 @@ fn train_on_pool(
     } else if let Some(warm) = &job.warm_start {
         let (snapshot, source_model) = load_warm_start(warm, ring, runtime)?;
         if snapshot.params.len() != n {
-            let this_model = crate::model::describe(&spec.model, &net);
+            let this_model = crate::nn::model::describe(&spec.model, &net);
             return Err(TrainError::Config(format!(
                 "spec.trainer.initFrom.uri {}: the checkpoint's model ({}) does not match this job's model ({this_model})",
                 warm.uri,

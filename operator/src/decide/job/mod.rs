@@ -1213,5 +1213,4 @@ fn seconds_between(from: Timestamp, to: Timestamp) -> Option<f64> {
 }
 
 #[cfg(test)]
-#[path = "lifecycle_tests.rs"]
 mod tests;

@@ -19,14 +19,15 @@ use std::collections::BTreeMap;
 
 use ferrotrain_crds::sweep::{
     AlgorithmKind, BestTrial, ParameterType, Scale, SweepParameter, SweepPhase, TrainingSweep,
-    TrainingSweepStatus, TrialCounts, TrialState, TrialStatus, tunables,
+    TrainingSweepStatus, TrialCounts, TrialState, TrialStatus,
 };
+use ferrotrain_crds::tunables::tunables;
 use ferrotrain_crds::{Evaluation, InitFromSpec, Phase, RunPolicy, TrainerSpec, TrainingJobSpec};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt};
 
-use crate::lifecycle::{Event, set_condition};
+use crate::decide::job::{Event, set_condition};
 
 /// How long a trial whose job succeeded may take to show its final progress before it counts
 /// as done with what it shows.
@@ -957,5 +958,4 @@ pub fn set_parameter(
 }
 
 #[cfg(test)]
-#[path = "sweep_tests.rs"]
 mod tests;

@@ -1,0 +1,11 @@
+//! The Kubernetes side: the controllers that observe, decide and apply, the objects they create,
+//! their caches, leader election, client rate limits, and the HTTP server of the progress
+//! endpoint and metrics.
+
+pub mod cache;
+pub mod children;
+pub mod controller;
+pub mod leader;
+pub mod ratelimit;
+pub mod server;
+pub mod sweeps;

@@ -1,0 +1,7 @@
+//! One machine, no cluster: `ferrotrain run` drives worker processes with the same decisions a
+//! cluster applies to pods, `ferrotrain sweep` runs a sweep's trials as local jobs, and both
+//! draw their training curves.
+
+pub mod curve;
+pub mod runner;
+pub mod sweep;

@@ -1,0 +1,4 @@
+//! Checkpoints in object storage: what a checkpoint is made of and how it is committed, listed,
+//! verified and loaded.
+
+pub mod store;

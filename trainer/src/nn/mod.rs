@@ -1,0 +1,6 @@
+//! The networks and their numeric kernels: models with hand-written forward and backward passes
+//! over one flat parameter vector, convolutions and pooling, and the parallel matrix products.
+
+mod conv;
+pub mod kernels;
+pub mod model;
