@@ -6,6 +6,7 @@
 //! - [`cluster`]: the Kubernetes controllers and everything they talk to;
 //! - [`local`]: `ferrotrain run` and `ferrotrain sweep` over local processes;
 //! - [`progress`]: progress reports into a job's status, for both;
+//! - [`vocabulary`]: what both runners say alike about workers (limits, last errors);
 //! - [`cli`]: the subcommands' logic; [`tls`]: the process's crypto provider.
 
 pub mod cli;
@@ -15,3 +16,4 @@ pub mod local;
 pub mod manifest;
 pub mod progress;
 pub mod tls;
+pub mod vocabulary;

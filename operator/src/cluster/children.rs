@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 use crate::decide::job::{FailureCause, StuckReason, WorkerState, WorkerView};
+use crate::vocabulary::{MAX_FAILURE_MESSAGE, TERMINATION_GRACE_SECONDS, last_error, shorten};
 
 /// Label: the job a child belongs to.
 pub const LABEL_JOB: &str = "ferrotrain.io/job";
@@ -30,8 +31,6 @@ pub const TOKEN_DIR: &str = "/var/run/ferrotrain";
 pub const TOKEN_KEY: &str = "token";
 /// Scratch mount (the root file system is read-only).
 pub const SCRATCH_DIR: &str = "/scratch";
-/// Seconds a worker has between SIGTERM and SIGKILL (its emergency checkpoint fits in this).
-pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 /// UID the workers run as when the image does not say.
 pub const WORKER_UID: i64 = 65532;
 
@@ -497,21 +496,8 @@ fn termination_message(status: &k8s_openapi::api::core::v1::PodStatus) -> Option
         .flatten()
         .filter(|c| c.name == "trainer")
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.as_deref())
-        .and_then(crate::local::runner::last_error)
+        .and_then(last_error)
         .map(|m| shorten(&m, MAX_FAILURE_MESSAGE))
-}
-
-/// Longest worker message carried into conditions and events.
-pub const MAX_FAILURE_MESSAGE: usize = 300;
-
-/// `text` cut to at most `max` characters, with an ellipsis when cut.
-pub fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
 }
 
 /// Whether an object's controller owner reference points at the job with this UID.
@@ -572,7 +558,7 @@ fn slim_state(
         terminated.message = terminated
             .message
             .as_deref()
-            .and_then(crate::local::runner::last_error)
+            .and_then(last_error)
             .map(|m| shorten(&m, MAX_FAILURE_MESSAGE));
     }
     state

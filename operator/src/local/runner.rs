@@ -19,6 +19,7 @@ use jiff::Timestamp;
 use crate::decide::job::{Action, FailureCause, Observed, WorkerState, WorkerView, decide};
 use crate::manifest::{Admission, ManifestError, parse_documents};
 use crate::progress::{ProgressTracker, bearer, random_token};
+use crate::vocabulary::{MAX_FAILURE_MESSAGE, TERMINATION_GRACE_SECONDS, last_error, shorten};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -644,8 +645,7 @@ pub fn run(
 fn kill_past_grace(workers: &mut [Worker], now: Timestamp) {
     for w in workers.iter_mut().filter(|w| w.exited.is_none()) {
         if let Some(since) = w.deleting_since
-            && now.duration_since(since).as_secs()
-                >= crate::cluster::children::TERMINATION_GRACE_SECONDS
+            && now.duration_since(since).as_secs() >= TERMINATION_GRACE_SECONDS
         {
             let _ = w.child.kill();
         }
@@ -677,36 +677,13 @@ fn reap(workers: &mut [Worker], display: &Display) {
                 ));
                 w.message = Some(format!(
                     "{}; log: {}",
-                    crate::cluster::children::shorten(
-                        &error,
-                        crate::cluster::children::MAX_FAILURE_MESSAGE
-                    ),
+                    shorten(&error, MAX_FAILURE_MESSAGE),
                     w.log.display()
                 ));
             }
             w.exited = Some(state);
         }
     }
-}
-
-/// The last error a worker logged: the trainer logs JSON lines; the error's own text is in
-/// `fields.error`, else `fields.message`; a line that is not JSON is taken as it is.
-pub fn last_error(log: &str) -> Option<String> {
-    let line = log.lines().rev().find(|l| {
-        l.contains("\"level\":\"ERROR\"")
-            || (!l.starts_with('{') && !l.trim().is_empty() && !l.starts_with("--- ferrotrain run"))
-    })?;
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-        return Some(line.trim().to_string());
-    };
-    let fields = &value["fields"];
-    let text = match (fields["message"].as_str(), fields["error"].as_str()) {
-        (Some(message), Some(error)) => format!("{message}: {error}"),
-        (Some(message), None) => message.to_string(),
-        (None, Some(error)) => error.to_string(),
-        (None, None) => line.trim().to_string(),
-    };
-    Some(text)
 }
 
 /// Maps a worker's exit status to the lifecycle's view of it.
@@ -1198,23 +1175,6 @@ mod tests {
         assert_eq!(gpu_of_worker(Some("4,6"), 8, 0).as_deref(), Some("4"));
         assert_eq!(gpu_of_worker(Some("4,6"), 8, 3).as_deref(), Some("6"));
         assert_eq!(gpu_of_worker(Some("GPU-5d7c"), 8, 1), None);
-    }
-
-    #[test]
-    fn the_last_error_of_a_worker_log_is_found() {
-        let log = "--- ferrotrain run, started 2026-11-28T00:00:00Z ---\n\
-            {\"level\":\"INFO\",\"fields\":{\"message\":\"data loaded\"}}\n\
-            {\"level\":\"ERROR\",\"fields\":{\"message\":\"training data\",\"error\":\"file:///d.csv: row 3: expected 4 columns\"}}\n\
-            {\"level\":\"INFO\",\"fields\":{\"message\":\"bye\"}}\n";
-        assert_eq!(
-            last_error(log).as_deref(),
-            Some("training data: file:///d.csv: row 3: expected 4 columns")
-        );
-        assert_eq!(
-            last_error("thread 'main' panicked at src/x.rs:1\n").as_deref(),
-            Some("thread 'main' panicked at src/x.rs:1")
-        );
-        assert_eq!(last_error("--- ferrotrain run, started x ---\n"), None);
     }
 
     #[test]
