@@ -322,7 +322,7 @@ pub fn startup_step(engine: &mut dyn Engine, net: &Network) -> Result<(), Engine
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Native;
+    use crate::engine::native::Native;
     use ferrotrain_crds::{ModelKind, ModelSpec};
 
     fn network(kind: ModelKind, hidden: Option<Vec<i32>>, dropout: Option<f64>) -> Network {

@@ -394,7 +394,7 @@ fn train_on_pool(
     };
     let mut last_checkpoint_at = Instant::now();
     let mut last_report_at: Option<Instant> = None;
-    let mut engine = engine::build(&net, job.compute)?;
+    let mut engine = engine::select::build(&net, job.compute)?;
     let mut grads = vec![0.0f32; n + CONTROL];
     let (mut batch_x, mut batch_y) = (Vec::new(), Vec::new());
     let mut order: Vec<usize> = Vec::new();
@@ -467,7 +467,7 @@ fn train_on_pool(
         // Only asynchronous mode needs it: in synchronous mode an overflow anywhere makes the
         // all-reduced gradients, which every rank checks, non-finite.
         grads[n + 4] = match engine.loss_scaler() {
-            Some(_) if local_sgd_every.is_some() => engine::overflow_flag(&grads[..n]),
+            Some(_) if local_sgd_every.is_some() => engine::scaler::overflow_flag(&grads[..n]),
             _ => 0.0,
         };
         let scale = 1.0 / world as f32;
