@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod faultproxy;
 pub mod fuzz;
 pub mod kubelet;
+pub mod modgraph;
 pub mod pss;
 pub mod structural;
 

@@ -198,7 +198,7 @@ async fn reconcile_as_leader(
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            crate::decide::job::set_condition(
+            crate::decide::status::set_condition(
                 &mut status.conditions,
                 "Failed",
                 true,
@@ -307,7 +307,7 @@ async fn reconcile_as_leader(
         }
     }
     if let Some(refused) = &refused {
-        crate::decide::job::set_condition(
+        crate::decide::status::set_condition(
             &mut decision.status.conditions,
             "WorkersCreated",
             false,
@@ -336,7 +336,7 @@ async fn reconcile_as_leader(
             .iter()
             .any(|c| c.type_ == "WorkersCreated" && c.status == "False")
     {
-        crate::decide::job::set_condition(
+        crate::decide::status::set_condition(
             &mut decision.status.conditions,
             "WorkersCreated",
             true,

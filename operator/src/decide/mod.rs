@@ -3,4 +3,5 @@
 //! cluster and the local runners.
 
 pub mod job;
+pub mod status;
 pub mod sweep;

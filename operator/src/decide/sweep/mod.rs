@@ -27,7 +27,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt};
 
-use crate::decide::job::{Event, set_condition};
+use crate::decide::job::Event;
+use crate::decide::status::set_condition;
 
 /// How long a trial whose job succeeded may take to show its final progress before it counts
 /// as done with what it shows.

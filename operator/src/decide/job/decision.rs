@@ -1,0 +1,53 @@
+//! What the state machine decides: the next status, the changes to make, the events to record and
+//! when to look again.
+
+use std::time::Duration;
+
+use ferrotrain_crds::TrainingJobStatus;
+
+/// A change to make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create or update the headless Service and the progress-token Secret.
+    EnsureSupport,
+    /// Create the workers of `attempt`, ranks `0..world_size`.
+    CreateWorkers {
+        /// Attempt number.
+        attempt: u32,
+        /// World size.
+        world_size: u32,
+    },
+    /// Delete these workers: gracefully (SIGTERM first) or, when `force`, at once.
+    DeleteWorkers {
+        /// Names.
+        names: Vec<String>,
+        /// Skip the grace period.
+        force: bool,
+    },
+    /// Delete the TrainingJob itself (TTL after finishing).
+    DeleteJob,
+}
+
+/// An event to record on the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// The outcome of one decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The next status.
+    pub status: TrainingJobStatus,
+    /// Changes to make, in order.
+    pub actions: Vec<Action>,
+    /// Events to record.
+    pub events: Vec<Event>,
+    /// Look again after this long even if nothing changes.
+    pub requeue_after: Option<Duration>,
+}

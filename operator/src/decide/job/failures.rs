@@ -1,0 +1,213 @@
+//! A worker's failure: which worker explains the gang's end, the short wait for the cause of a
+//! peer-lost exit, the failure policy's verdict, and the restart budgets it is charged to.
+
+use std::time::Duration;
+
+use ferrotrain_crds::defaults::RuleSource;
+use ferrotrain_crds::{FailureAction, Phase, RestartCounts};
+
+use super::Decider;
+use super::observed::{FailureCause, Observed, WorkerState, WorkerView};
+use crate::decide::status::seconds_between;
+
+/// How long a worker's "peer lost" exit waits for the failure that caused it to be reported.
+pub const PEER_LOST_GRACE: Duration = Duration::from_secs(30);
+
+impl Decider<'_> {
+    /// A worker that exited because it lost its peer is a consequence, and kubelets report pods
+    /// independently: the victim's own failure may show a moment later. While another worker of
+    /// the gang still runs, wait up to [`PEER_LOST_GRACE`] for it (condition `GangDisrupted`).
+    pub(super) fn wait_for_cause(&mut self, current: &[&WorkerView], cause: FailureCause) -> bool {
+        let peer_lost = FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST);
+        let others_run = current.iter().any(|w| {
+            matches!(
+                w.state,
+                WorkerState::Running { .. } | WorkerState::Pending { .. }
+            )
+        });
+        if cause != peer_lost || !others_run {
+            return false;
+        }
+        let grace = PEER_LOST_GRACE.as_secs_f64();
+        let waited = self
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "GangDisrupted" && c.status == "True")
+            .and_then(|c| seconds_between(c.last_transition_time.0, self.now));
+        match waited {
+            Some(waited) if waited >= grace => false,
+            Some(waited) => {
+                self.requeue_in(grace - waited);
+                true
+            }
+            None => {
+                self.set_condition(
+                    "GangDisrupted",
+                    true,
+                    "PeerLost",
+                    "a worker lost its peer; waiting for the cause to be reported",
+                );
+                self.requeue_in(grace);
+                true
+            }
+        }
+    }
+
+    pub(super) fn restart_after_failure(&mut self, observed: &Observed, failure: GangFailure) {
+        let cause = failure.cause;
+        let message = failure.describe();
+        let (action, source) = self.policy.failure_action(cause.as_policy_failure());
+        if action == FailureAction::FailJob {
+            let why = match source {
+                RuleSource::User(index) => format!("spec.runPolicy.failurePolicy.rules[{index}]"),
+                RuleSource::Default(rule) => format!(
+                    "exit code {} means {}, which a retry cannot fix (a failurePolicy rule can retry it)",
+                    rule.exit_code, rule.why
+                ),
+                RuleSource::Fallthrough => "the failure policy".into(),
+            };
+            self.fail(
+                observed,
+                "FailedByPolicy",
+                format!("{message}; {why} fails the job"),
+            );
+            return;
+        }
+        let infra = cause.is_infrastructure();
+        let charged = action == FailureAction::RestartGang;
+        {
+            let restarts = self
+                .status
+                .restarts
+                .get_or_insert_with(RestartCounts::default);
+            if !charged {
+                restarts.uncharged += 1;
+            } else if infra {
+                restarts.infra += 1;
+            } else {
+                restarts.app += 1;
+            }
+            if cause.is_preemption() {
+                restarts.preemption += 1;
+            }
+        }
+        if charged && self.budget_exhausted(infra) {
+            let (reason, field, max) = if infra {
+                (
+                    "InfraRestartBudgetExhausted",
+                    "maxInfraRestarts",
+                    self.policy.max_infra_restarts_or_default(),
+                )
+            } else {
+                (
+                    "AppRestartBudgetExhausted",
+                    "maxAppRestarts",
+                    self.policy.max_app_restarts_or_default(),
+                )
+            };
+            self.fail(
+                observed,
+                reason,
+                format!("{message}; {field} ({max}) is used up"),
+            );
+            return;
+        }
+        let uncharged = match source {
+            RuleSource::User(index) if !charged => {
+                format!(" (spec.runPolicy.failurePolicy.rules[{index}]: no budget charged)")
+            }
+            _ => String::new(),
+        };
+        self.event(
+            true,
+            "WorkerFailed",
+            &format!("{message}; restarting the gang from the latest checkpoint{uncharged}"),
+        );
+        self.account_attempt_end(false);
+        self.set_condition("Running", false, &cause.reason(), &message);
+        self.release_gang(observed, self.replicas());
+        self.transition(
+            Phase::Restarting,
+            &cause.reason(),
+            "restarting the gang from the latest checkpoint",
+        );
+    }
+
+    pub(super) fn budget_exhausted(&self, infra: bool) -> bool {
+        let restarts = self.status.restarts.clone().unwrap_or_default();
+        if infra {
+            restarts.infra > self.policy.max_infra_restarts_or_default()
+        } else {
+            restarts.app > self.policy.max_app_restarts_or_default()
+        }
+    }
+}
+
+/// The failure that explains a gang's end: which worker, why, and what it said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct GangFailure {
+    worker: String,
+    pub(super) cause: FailureCause,
+    message: Option<String>,
+}
+impl GangFailure {
+    /// `worker j-worker-1 failed: ExitCode3 (its last error)`.
+    fn describe(&self) -> String {
+        match &self.message {
+            Some(m) => format!(
+                "worker {} failed: {} ({m})",
+                self.worker,
+                self.cause.reason()
+            ),
+            None => format!("worker {} failed: {}", self.worker, self.cause.reason()),
+        }
+    }
+}
+
+/// The failed worker that explains the gang's failure. The operator deletes the current
+/// attempt's workers only after it has moved on to the next attempt, so a current worker being
+/// deleted was disrupted (preemption, drain, node loss) or deleted by someone else. A worker that
+/// merely lost its peer (exit 4) is a consequence, never the cause while another explanation
+/// exists: in order, a failure of its own, a disruption, a worker missing from the running gang
+/// (with `desired`), then the lowest rank.
+pub(super) fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<GangFailure> {
+    let peer_lost = FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST);
+    let failure = |w: &WorkerView, cause| GangFailure {
+        worker: w.name.clone(),
+        cause,
+        message: w.message.clone(),
+    };
+    let mut failed: Vec<(u8, u32, GangFailure)> = current
+        .iter()
+        .filter_map(|w| match w.state {
+            WorkerState::Failed(cause) if cause == peer_lost => {
+                Some((3, w.rank, failure(w, cause)))
+            }
+            WorkerState::Failed(cause) => Some((0, w.rank, failure(w, cause))),
+            WorkerState::Terminating { cause, .. } => Some((
+                1,
+                w.rank,
+                failure(w, cause.unwrap_or(FailureCause::Deleted)),
+            )),
+            _ => None,
+        })
+        .collect();
+    if let Some(desired) = desired
+        && (current.len() as u32) < desired
+    {
+        let present: Vec<u32> = current.iter().map(|w| w.rank).collect();
+        let missing = (0..desired).find(|r| !present.contains(r)).unwrap_or(0);
+        failed.push((
+            2,
+            missing,
+            GangFailure {
+                worker: format!("rank {missing}"),
+                cause: FailureCause::Missing,
+                message: None,
+            },
+        ));
+    }
+    failed.sort_by_key(|(order, rank, _)| (*order, *rank));
+    failed.into_iter().next().map(|(_, _, failure)| failure)
+}

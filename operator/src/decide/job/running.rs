@@ -1,0 +1,147 @@
+//! A running gang: completion, stall detection against the progress deadline, and goodput (the
+//! productive and the lost seconds of each attempt).
+
+use ferrotrain_crds::{GoodputStatus, Phase, RestartCounts};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::Decider;
+use super::failures::first_failure;
+use super::observed::{Observed, WorkerState};
+use crate::decide::status::seconds_between;
+
+impl Decider<'_> {
+    pub(super) fn running(&mut self, observed: &Observed) {
+        let current = self.current(observed);
+        if let Some(failed) = first_failure(&current, Some(self.desired())) {
+            if !self.wait_for_cause(&current, failed.cause) {
+                self.restart_after_failure(observed, failed);
+            }
+            return;
+        }
+        let desired = self.desired() as usize;
+        let succeeded = current
+            .iter()
+            .filter(|w| w.state == WorkerState::Succeeded)
+            .count();
+        if succeeded >= desired {
+            self.account_attempt_end(true);
+            self.status.completion_time = Some(Time(self.now));
+            self.set_condition("Running", false, "Completed", "training finished");
+            self.set_condition("Succeeded", true, "Completed", "every worker exited 0");
+            self.transition(Phase::Succeeded, "Succeeded", "training finished");
+            self.terminal(observed);
+            return;
+        }
+        if let Some(deadline) = self.policy.progress_deadline_seconds {
+            let last = self.last_progress();
+            if let Some(silent) = last.and_then(|t| seconds_between(t, self.now))
+                && silent >= deadline as f64
+            {
+                let restarts = self
+                    .status
+                    .restarts
+                    .get_or_insert_with(RestartCounts::default);
+                restarts.stall += 1;
+                restarts.app += 1;
+                let message =
+                    format!("no progress for {silent:.0}s (progressDeadlineSeconds {deadline})");
+                self.set_condition("Progressing", false, "ProgressDeadlineExceeded", &message);
+                if self.budget_exhausted(false) {
+                    let max = self.policy.max_app_restarts_or_default();
+                    self.fail(
+                        observed,
+                        "AppRestartBudgetExhausted",
+                        format!("{message}; maxAppRestarts ({max}) is used up"),
+                    );
+                    return;
+                }
+                self.event(true, "Stalled", &message);
+                self.account_attempt_end(false);
+                self.release_gang(observed, self.replicas());
+                self.transition(
+                    Phase::Restarting,
+                    "Stalled",
+                    "restarting the gang from the latest checkpoint",
+                );
+                return;
+            }
+            self.set_condition(
+                "Progressing",
+                true,
+                "ProgressReported",
+                "progress is advancing",
+            );
+        }
+        self.stall_requeue();
+    }
+
+    /// When progress was last seen: the latest report, or the start of this Running stretch.
+    pub(super) fn last_progress(&self) -> Option<Timestamp> {
+        let report = self
+            .status
+            .progress
+            .as_ref()
+            .and_then(|p| p.last_update_time.as_ref())
+            .map(|t| t.0);
+        let running_since = self.condition_since("Running");
+        match (report, running_since) {
+            (Some(r), Some(s)) => Some(r.max(s)),
+            (r, s) => r.or(s),
+        }
+    }
+
+    pub(super) fn stall_requeue(&mut self) {
+        if let Some(deadline) = self.policy.progress_deadline_seconds {
+            let silent = self
+                .last_progress()
+                .and_then(|t| seconds_between(t, self.now))
+                .unwrap_or(0.0);
+            self.requeue_in((deadline as f64 - silent).max(1.0));
+        }
+    }
+
+    /// Goodput at the end of a Running stretch: with `kept`, all of it was productive (success,
+    /// or a suspension that checkpoints); otherwise only the part up to the last checkpoint.
+    pub(super) fn account_attempt_end(&mut self, kept: bool) {
+        let Some(since) = self
+            .condition_since("Running")
+            .filter(|_| self.phase() == Phase::Running)
+        else {
+            return;
+        };
+        let total = seconds_between(since, self.now).unwrap_or(0.0);
+        if kept {
+            self.add_goodput(total, 0.0);
+            return;
+        }
+        let checkpoint = self
+            .status
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.time.as_ref())
+            .map(|t| t.0)
+            .filter(|t| *t >= since);
+        let productive = checkpoint
+            .and_then(|c| seconds_between(since, c))
+            .unwrap_or(0.0)
+            .min(total);
+        self.add_goodput(productive, total - productive);
+    }
+
+    pub(super) fn add_goodput(&mut self, productive: f64, lost: f64) {
+        let g = self.status.goodput.get_or_insert(GoodputStatus {
+            productive_seconds: 0.0,
+            lost_seconds: 0.0,
+            ratio: 1.0,
+        });
+        g.productive_seconds += productive.max(0.0);
+        g.lost_seconds += lost.max(0.0);
+        let total = g.productive_seconds + g.lost_seconds;
+        g.ratio = if total > 0.0 {
+            g.productive_seconds / total
+        } else {
+            1.0
+        };
+    }
+}

@@ -1,0 +1,97 @@
+//! Table tests of a running gang: completion, stall detection and goodput.
+
+use super::*;
+
+#[test]
+fn every_worker_exiting_zero_succeeds() {
+    let mut j = running_job("", 2);
+    let d = step(&mut j, gang(2, 1, WorkerState::Succeeded), 100);
+    assert_eq!(phase(&d), Phase::Succeeded);
+    assert_eq!(d.status.completion_time, Some(Time(at(100))));
+    assert_eq!(
+        condition(&d, "Succeeded").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert_eq!(
+        deleted(&d),
+        Vec::<String>::new(),
+        "cleanPodPolicy Running keeps finished pods"
+    );
+    assert_eq!(d.status.goodput.map(|g| g.productive_seconds), Some(90.0));
+}
+
+#[test]
+fn a_partly_finished_gang_is_still_running() {
+    let mut j = running_job("", 2);
+    let d = step(
+        &mut j,
+        vec![w(0, 1, WorkerState::Succeeded), w(1, 1, RUNNING)],
+        50,
+    );
+    assert_eq!(phase(&d), Phase::Running);
+}
+
+#[test]
+fn a_stalled_job_restarts_from_its_checkpoint() {
+    let mut j = running_job("progressDeadlineSeconds: 60", 2);
+    with_progress(&mut j, 20);
+    let d = step(&mut j, gang(2, 1, RUNNING), 81);
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).stall, restarts(&d).app), (1, 1));
+    assert_eq!(
+        condition(&d, "Progressing").map(|c| c.reason.as_str()),
+        Some("ProgressDeadlineExceeded")
+    );
+    assert!(d.events.iter().any(|e| e.reason == "Stalled"));
+}
+
+#[test]
+fn recent_progress_keeps_the_job_running_and_requeues_at_the_deadline() {
+    let mut j = running_job("progressDeadlineSeconds: 60", 2);
+    with_progress(&mut j, 50);
+    let d = step(&mut j, gang(2, 1, RUNNING), 70);
+    assert_eq!(phase(&d), Phase::Running);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(40)));
+    assert_eq!(
+        condition(&d, "Progressing").map(|c| c.status.as_str()),
+        Some("True")
+    );
+}
+
+#[test]
+fn a_job_that_never_reported_stalls_from_when_it_started_running() {
+    let mut j = running_job("progressDeadlineSeconds: 60", 2);
+    let d = step(&mut j, gang(2, 1, RUNNING), 69);
+    assert_eq!(phase(&d), Phase::Running);
+    let d = step(&mut j, gang(2, 1, RUNNING), 70);
+    assert_eq!(phase(&d), Phase::Restarting);
+}
+
+// ---- stuck pods ------------------------------------------------------------------------------
+
+#[test]
+fn time_after_the_last_checkpoint_of_a_failed_attempt_is_lost() {
+    let mut j = running_job("", 2);
+    let status = j.status.get_or_insert_with(TrainingJobStatus::default);
+    status.checkpoint = Some(CheckpointStatus {
+        step: Some(100),
+        time: Some(Time(at(40))),
+        ..CheckpointStatus::default()
+    });
+    let d = step(
+        &mut j,
+        vec![
+            w(0, 1, RUNNING),
+            w(1, 1, WorkerState::Failed(FailureCause::ExitCode(1))),
+        ],
+        70,
+    );
+    let g = d.status.goodput.expect("goodput");
+    assert_eq!(g.productive_seconds, 30.0);
+    assert_eq!(
+        g.lost_seconds,
+        10.0 + 30.0,
+        "10 s scheduling, 30 s after the checkpoint"
+    );
+    assert!((g.ratio - 30.0 / 70.0).abs() < 1e-9);
+}
