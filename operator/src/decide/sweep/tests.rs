@@ -1,6 +1,8 @@
 //! Table tests of the sweep decision: creation under the parallelism limit, each algorithm's
 //! rules, budgets, failures and suspension.
 
+use ferrotrain_crds::{InitFromSpec, TrainerSpec};
+
 use super::*;
 
 const T0: i64 = 1_800_000_000;
