@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use ferrotrain::cluster::children::{Settings, slim_pod, worker_pod};
+use ferrotrain::cluster::children::{Settings, worker_pod};
+use ferrotrain::cluster::observe::slim_pod;
 use ferrotrain::decide::job::{FailureCause, Observed, WorkerState, WorkerView, decide};
 use ferrotrain_crds::TrainingJob;
 use k8s_openapi::api::core::v1::Pod;

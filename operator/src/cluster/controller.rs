@@ -17,6 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::cache::{OwnWrites, PodIndex};
 use crate::cluster::children::{self, LABEL_JOB, Settings};
+use crate::cluster::observe;
 use crate::cluster::server::{JobDirectory, JobInfo, ProgressHub};
 use crate::decide::job::{Action, Observed, decide};
 use crate::progress::{random_token, token_sha256};
@@ -237,8 +238,8 @@ async fn reconcile_as_leader(
         workers: listed
             .iter()
             .filter_map(|p| {
-                children::worker_view(p, |n| !not_ready.iter().any(|x| x == n))
-                    .map(|w| children::of_this_job(w, p, &uid))
+                observe::worker_view(p, |n| !not_ready.iter().any(|x| x == n))
+                    .map(|w| observe::of_this_job(w, p, &uid))
             })
             .collect(),
     };
@@ -696,7 +697,7 @@ pub async fn run(
         let index = Arc::clone(&index);
         watcher(pods, watcher::Config::default().labels(LABEL_JOB))
             .default_backoff()
-            .map_ok(|event| event.modify(children::slim_pod))
+            .map_ok(|event| event.modify(observe::slim_pod))
             .map_ok(move |event| {
                 index.apply(&event);
                 event

@@ -5,7 +5,10 @@
 pub mod cache;
 pub mod children;
 pub mod controller;
+#[cfg(test)]
+mod fixtures;
 pub mod leader;
+pub mod observe;
 pub mod ratelimit;
 pub mod server;
 pub mod sweeps;
