@@ -244,12 +244,12 @@ async fn operator(
     candidate: ferrotrain::cluster::leader::Candidate,
 ) -> anyhow::Result<()> {
     use ferrotrain::cluster::ratelimit::RateLimitLayer;
-    use ferrotrain::cluster::{controller, leader, server};
+    use ferrotrain::cluster::{controller, hub, leader, server};
     ferrotrain::tls::install_crypto_provider();
     let config = kube::Config::infer()
         .await
         .context("finding the Kubernetes API (in-cluster or kubeconfig)")?;
-    let hub = Arc::new(server::ProgressHub::default());
+    let hub = Arc::new(hub::ProgressHub::default());
     let limited = |name: &'static str, qps: f64, burst: u32| -> anyhow::Result<kube::Client> {
         let layer = RateLimitLayer::new(qps, burst);
         hub.register_throttle(name, layer.stats());

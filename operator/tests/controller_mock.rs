@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferrotrain::cluster::cache::PodIndex;
 use ferrotrain::cluster::children::Settings;
 use ferrotrain::cluster::controller::{Context, reconcile};
-use ferrotrain::cluster::server::ProgressHub;
+use ferrotrain::cluster::hub::ProgressHub;
 use ferrotrain_crds::TrainingJob;
 use http::{Method, Request, Response};
 use kube::Client;

@@ -17,8 +17,8 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::cache::{OwnWrites, PodIndex};
 use crate::cluster::children::{self, LABEL_JOB, Settings};
+use crate::cluster::hub::{JobDirectory, JobInfo, ProgressHub};
 use crate::cluster::observe;
-use crate::cluster::server::{JobDirectory, JobInfo, ProgressHub};
 use crate::decide::job::{Action, Observed, decide};
 use crate::progress::{random_token, token_sha256};
 

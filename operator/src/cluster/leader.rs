@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::cluster::server::ProgressHub;
+use crate::cluster::hub::ProgressHub;
 
 /// How long a lease holds without renewal.
 pub const LEASE_SECONDS: i32 = 15;

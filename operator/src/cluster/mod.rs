@@ -7,6 +7,7 @@ pub mod children;
 pub mod controller;
 #[cfg(test)]
 mod fixtures;
+pub mod hub;
 pub mod leader;
 pub mod observe;
 pub mod ratelimit;

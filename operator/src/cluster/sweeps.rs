@@ -18,7 +18,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::cluster::server::ProgressHub;
+use crate::cluster::hub::ProgressHub;
 use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
 
