@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ferrotrain::cluster::cache::PodIndex;
 use ferrotrain::cluster::children::Settings;
-use ferrotrain::cluster::controller::{Context, reconcile};
 use ferrotrain::cluster::hub::ProgressHub;
+use ferrotrain::cluster::reconcile::{Context, reconcile};
 use ferrotrain_crds::TrainingJob;
 use http::{Method, Request, Response};
 use kube::Client;

@@ -2,14 +2,17 @@
 //! their caches, leader election, client rate limits, and the HTTP server of the progress
 //! endpoint and metrics.
 
+pub mod apply;
 pub mod cache;
 pub mod children;
 pub mod controller;
+pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod hub;
 pub mod leader;
 pub mod observe;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod server;
 pub mod sweeps;

@@ -1,0 +1,163 @@
+//! The writes a reconcile applies: the job's support objects (headless Service, progress-token
+//! Secret, Volcano PodGroup), deletions, and the status, each with the operator's field manager.
+
+use ferrotrain_crds::{TrainingJob, TrainingJobStatus};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::cluster::children::{self};
+use crate::cluster::error::{Error, kube_error};
+use crate::progress::{random_token, token_sha256};
+
+/// The field manager of every server-side apply.
+pub const MANAGER: &str = "ferrotrain-operator";
+
+/// The field manager of progress writes (`status.progress`, `status.checkpoint`), kept apart so
+/// that the reconciler's status applies and the progress writer never remove each other's fields.
+pub const PROGRESS_MANAGER: &str = "ferrotrain-progress";
+
+/// Applies the headless Service and, once per job, makes the progress token: a Secret for the
+/// workers and the token's SHA-256 on the job for the progress endpoint. Returns the job as
+/// annotated when a token was made.
+pub(crate) async fn ensure_support(
+    job: &TrainingJob,
+    client: &Client,
+) -> Result<Option<TrainingJob>, Error> {
+    let namespace = job.namespace().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let service = children::service(job);
+    let service_name = service.name_any();
+    services
+        .patch(
+            &service_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&service),
+        )
+        .await
+        .map_err(kube_error("apply service"))?;
+    if children::token_sha256_of(job).is_some() {
+        return Ok(None);
+    }
+    // The Secret comes first and is named after the token's digest: if recording the digest
+    // fails, the next try makes a new token and Secret (the orphan goes with the job), and the
+    // operator never needs to read a Secret back.
+    let token = random_token().ok_or(Error::Incomplete(
+        "system randomness for the progress token",
+    ))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    secrets
+        .create(&PostParams::default(), &children::token_secret(job, &token))
+        .await
+        .map_err(kube_error("create token secret"))?;
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "resourceVersion": job.metadata.resource_version,
+            "annotations": {children::ANNOTATION_TOKEN_SHA256: token_sha256(&token)},
+        },
+    });
+    match jobs
+        .patch(
+            &job.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(annotated) => Ok(Some(annotated)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
+        Err(e) => Err(kube_error("record the token digest")(e)),
+    }
+}
+
+pub(crate) async fn apply_pod_group(
+    client: &Client,
+    namespace: &str,
+    group: &serde_json::Value,
+) -> Result<(), Error> {
+    let gvk = kube::api::GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "podgroups");
+    let groups: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = group["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    groups
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(group),
+        )
+        .await
+        .map_err(kube_error("apply volcano pod group"))?;
+    Ok(())
+}
+
+/// The Volcano PodGroup of an attempt that is over: one group per attempt would pile up.
+pub(crate) async fn delete_pod_group(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let gvk = kube::api::GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "podgroups");
+    let groups: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &resource);
+    delete_if_present(&groups, name, &DeleteParams::background()).await
+}
+
+pub(crate) async fn delete_if_present<K>(
+    api: &Api<K>,
+    name: &str,
+    params: &DeleteParams,
+) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(kube_error(format!("delete {name}"))(e)),
+    }
+}
+
+/// The reconciler's status apply: everything but `progress` and `checkpoint` (the progress
+/// writer's fields), with the resourceVersion the decision was made from as a precondition, so a
+/// decision taken on a stale copy of the job is never written.
+pub fn status_patch(job: &TrainingJob, status: &TrainingJobStatus) -> serde_json::Value {
+    let mut status = serde_json::to_value(status).unwrap_or_default();
+    if let Some(fields) = status.as_object_mut() {
+        fields.remove("progress");
+        fields.remove("checkpoint");
+    }
+    serde_json::json!({
+        "apiVersion": "ferrotrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"resourceVersion": job.metadata.resource_version},
+        "status": status,
+    })
+}
+
+pub(crate) async fn write_status(
+    jobs: &Api<TrainingJob>,
+    job: &TrainingJob,
+    status: &TrainingJobStatus,
+) -> Result<TrainingJob, Error> {
+    let name = job.name_any();
+    match jobs
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&status_patch(job, status)),
+        )
+        .await
+    {
+        Ok(written) => Ok(written),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
+        Err(e) => Err(kube_error("apply status")(e)),
+    }
+}

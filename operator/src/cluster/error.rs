@@ -1,0 +1,52 @@
+//! What can go wrong in a reconcile, with a label for metrics and a pause before the next try.
+
+use std::time::Duration;
+
+/// A reconcile failure, with a label for metrics and events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a call.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// The object has no namespace or name.
+    #[error("TrainingJob without {0}")]
+    Incomplete(&'static str),
+    /// The status write lost a race: the job changed since the cached copy was read.
+    #[error("the job changed since it was read (status write conflict); reconciling again")]
+    Conflict,
+    /// The pod cache has not completed its first list: nothing can be decided yet.
+    #[error("the pod cache is not yet filled")]
+    CacheNotReady,
+}
+
+impl Error {
+    /// Metric label of the error category.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube_api",
+            Error::Incomplete(_) => "invalid_object",
+            Error::Conflict => "conflict",
+            Error::CacheNotReady => "cache_not_ready",
+        }
+    }
+
+    /// How long to wait before reconciling again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            // The watch delivers the newer object within moments.
+            Error::Conflict => Duration::from_millis(500),
+            Error::CacheNotReady => Duration::from_secs(1),
+            Error::Kube { .. } | Error::Incomplete(_) => Duration::from_secs(15),
+        }
+    }
+}
+
+pub(crate) fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
