@@ -313,7 +313,7 @@ fn run(
     state_dir: PathBuf,
     oversubscribe: bool,
 ) -> anyhow::Result<ExitCode> {
-    let job = match local::load_job(file) {
+    let job = match ferrotrain::local::preflight::load_job(file) {
         Ok(job) => job,
         Err(e) => {
             eprintln!("{e}");

@@ -3,5 +3,10 @@
 //! draw their training curves.
 
 pub mod curve;
+pub mod display;
+pub mod error;
+pub mod preflight;
+pub mod processes;
+pub mod progress_server;
 pub mod runner;
 pub mod sweep;

@@ -20,9 +20,13 @@ use crate::decide::sweep::{
     SweepAction, TrialObservation, decide, describe_parameters, format_value, planned_trials,
     trial_object, trial_spec,
 };
-use crate::local::runner::{
-    RunError, RunOptions, RunOutcome, StatusThrottle, check_fits, check_memory,
+use crate::local::display::StatusThrottle;
+use crate::local::error::RunError;
+use crate::local::preflight::{
+    available_memory, check_fits, check_memory, load_one, worker_memory_estimate,
 };
+use crate::local::processes::compute_threads_per_worker;
+use crate::local::runner::{RunOptions, RunOutcome};
 use crate::manifest::Admission;
 
 /// How a local sweep ended.
@@ -112,7 +116,7 @@ impl LocalTrial {
 
 /// Reads and admits the one TrainingSweep in `path`.
 pub fn load_sweep(path: &Path) -> Result<TrainingSweep, RunError> {
-    crate::local::runner::load_one(path, "TrainingSweep", Admission::admit_sweep)
+    load_one(path, "TrainingSweep", Admission::admit_sweep)
 }
 
 /// Runs the sweep until every trial is done or Ctrl-C pauses it. `interrupts` counts Ctrl-C
@@ -157,8 +161,8 @@ pub fn run_sweep(
     })?;
     check_memory(
         workers,
-        crate::local::runner::worker_memory_estimate(&sweep.spec.template.trainer),
-        crate::local::runner::available_memory(),
+        worker_memory_estimate(&sweep.spec.template.trainer),
+        available_memory(),
         options.oversubscribe,
     )
     .map_err(|e| {
@@ -178,10 +182,7 @@ pub fn run_sweep(
         state_dir: sweep_dir.clone(),
         quiet: true,
         oversubscribe: true,
-        threads_per_worker: Some(crate::local::runner::compute_threads_per_worker(
-            cpus,
-            workers.max(1) as u32,
-        )),
+        threads_per_worker: Some(compute_threads_per_worker(cpus, workers.max(1) as u32)),
         ..options.clone()
     };
     let display = SweepDisplay::new(options.json);
