@@ -10,3 +10,5 @@ pub mod processes;
 pub mod progress_server;
 pub mod runner;
 pub mod sweep;
+pub mod sweep_display;
+pub mod trial;
