@@ -11,7 +11,8 @@ use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
 use crate::checkpoint::store::{CheckpointStore, sha256_hex, split_manifest_uri};
 use crate::data::load::{self, Splits};
-use crate::dist::ring::{RendezvousConfig, Ring};
+use crate::dist::rendezvous::RendezvousConfig;
+use crate::dist::ring::Ring;
 use crate::engine::device::{self, Compute};
 use crate::nn::model::Network;
 use crate::progress::Reporter;

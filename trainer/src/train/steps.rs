@@ -28,7 +28,8 @@ use crate::checkpoint::store::{
     CheckpointError, CheckpointStore, Committed, Snapshot, TrainingState,
 };
 use crate::data::load::Splits;
-use crate::dist::ring::{CommError, Ring};
+use crate::dist::ring::Ring;
+use crate::dist::wire::CommError;
 use crate::engine::device::Compute;
 use crate::engine::{self, Engine, EngineError};
 use crate::nn::model::{BatchStats, ModelError, Network};
