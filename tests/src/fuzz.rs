@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use ferrotrain::manifest::{Admission, parse_documents};
 use ferrotrain::progress::ProgressTracker;
 use ferrotrain_crds::TrainingJobStatus;
-use ferrotrain_trainer::checkpoint::store::{Manifest, verify_manifest};
+use ferrotrain_trainer::checkpoint::layout::{Manifest, verify_manifest};
 use ferrotrain_trainer::data::{Dataset, csv as csv_reader, idx as idx_reader};
 use jiff::Timestamp;
 

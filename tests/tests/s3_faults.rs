@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use ferrotrain_tests::cluster::ferrotrain_binary;
 use ferrotrain_tests::faultproxy::{Counts, Fault, FaultProxy, Request};
-use ferrotrain_trainer::checkpoint::store::{CheckpointStore, Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::layout::{Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::storage::{self, S3Options};
 
 fn endpoint() -> String {

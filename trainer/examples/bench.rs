@@ -438,7 +438,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
     // Upload path on its own (no training competing for the two cores): commit of a snapshot of
     // that size (encode, hash, put three objects, conditional manifest, retention) versus raw
     // puts of the same bytes to the same server.
-    let snapshot = ferrotrain_trainer::checkpoint::store::Snapshot {
+    let snapshot = ferrotrain_trainer::checkpoint::layout::Snapshot {
         state: Default::default(),
         params: vec![0.5; (per_checkpoint_bytes / 12.0) as usize],
         moment1: vec![0.25; (per_checkpoint_bytes / 12.0) as usize],

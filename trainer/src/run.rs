@@ -9,7 +9,8 @@ use std::time::Duration;
 use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
-use crate::checkpoint::store::{CheckpointStore, sha256_hex, split_manifest_uri};
+use crate::checkpoint::layout::{sha256_hex, split_manifest_uri};
+use crate::checkpoint::store::CheckpointStore;
 use crate::data::load::{self, Splits};
 use crate::dist::rendezvous::RendezvousConfig;
 use crate::dist::ring::Ring;

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferrotrain_trainer::checkpoint::store::{CheckpointStore, Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::layout::{Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::storage::{self, S3Options};
 
 struct Tmpfs(PathBuf);

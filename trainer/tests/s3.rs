@@ -7,7 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
-use ferrotrain_trainer::checkpoint::store::{CheckpointStore, Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::layout::{Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load;
 use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::run::config_hash;

@@ -24,9 +24,8 @@ use ferrotrain_crds::{EarlyStoppingMode, Evaluation, GradientCompression, ModeKi
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::checkpoint::store::{
-    CheckpointError, CheckpointStore, Committed, Snapshot, TrainingState,
-};
+use crate::checkpoint::layout::{Snapshot, TrainingState};
+use crate::checkpoint::store::{CheckpointError, CheckpointStore, Committed};
 use crate::data::load::Splits;
 use crate::dist::ring::Ring;
 use crate::dist::wire::CommError;
