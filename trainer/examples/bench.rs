@@ -29,7 +29,8 @@ use ferrotrain_trainer::optim::Optimizer;
 use ferrotrain_trainer::rng::Rng;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::steps::{CheckpointPlan, Job, Outcome, Summary, train};
+use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, Summary};
+use ferrotrain_trainer::train::steps::train;
 use object_store::{ObjectStoreExt, PutPayload};
 
 const MLP: &str = "model: {type: mlp, hidden: [256, 128], dropout: 0.1}\ndataset: {type: mnist}\nbatchSize: 64\noptimizer: {type: adam, lr: 0.001}\n";

@@ -18,7 +18,8 @@ use crate::engine::device::{self, Compute};
 use crate::nn::model::Network;
 use crate::progress::Reporter;
 use crate::storage::{self, S3Options};
-use crate::train::steps::{CheckpointPlan, Job, Outcome, TrainError, WarmStart, train};
+use crate::train::job::{CheckpointPlan, Job, Outcome, TrainError, WarmStart};
+use crate::train::steps::train;
 use crate::{config, exit};
 
 /// Settings that do not come from the TrainingJob.

@@ -11,9 +11,8 @@ use ferrotrain_trainer::data::load::{self, Splits};
 use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::steps::{
-    CheckpointPlan, Job, Outcome, TrainError, WarmStart, train,
-};
+use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, TrainError, WarmStart};
+use ferrotrain_trainer::train::steps::train;
 
 struct Fixture {
     dir: std::path::PathBuf,

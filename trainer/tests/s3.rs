@@ -13,7 +13,8 @@ use ferrotrain_trainer::data::load;
 use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, Location, S3Options};
-use ferrotrain_trainer::train::steps::{CheckpointPlan, Job, Outcome, train};
+use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome};
+use ferrotrain_trainer::train::steps::train;
 use object_store::{ObjectStoreExt, PutPayload};
 
 fn endpoint() -> (String, String) {

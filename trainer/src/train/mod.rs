@@ -1,3 +1,7 @@
 //! The training loop of one rank and what it reads and writes around the steps.
 
+pub mod evaluation;
+pub mod job;
+pub mod resume;
 pub mod steps;
+pub mod uploader;
