@@ -2,11 +2,13 @@
 //! the API server stores is what the user wrote; the operator, the local runner and the trainer all
 //! read optional fields through these accessors. docs/api.md lists the same table.
 
-use crate::types::{
-    CheckpointSpec, CleanPodPolicy, DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode,
-    EarlyStoppingSpec, FailureAction, FailureReason, GradientCompression, LrScheduleKind,
-    LrScheduleSpec, ModeKind, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, Precision,
-    ResumePolicy, RunPolicy, TrainerSpec,
+use crate::run_policy::{
+    CheckpointSpec, CleanPodPolicy, FailureAction, FailureReason, ResumePolicy, RunPolicy,
+};
+use crate::trainer_spec::{
+    DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode, EarlyStoppingSpec,
+    GradientCompression, LrScheduleKind, LrScheduleSpec, ModeKind, ModelKind, ModelSpec,
+    OptimizerKind, OptimizerSpec, Precision, TrainerSpec,
 };
 
 /// Hidden layer widths of an MLP without `hidden`.
@@ -344,7 +346,7 @@ pub const DEFAULT_FAILURE_RULES: [DefaultFailureRule; 2] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{DatasetKind, ModeSpec};
+    use crate::trainer_spec::{DatasetKind, ModeSpec};
 
     fn trainer() -> TrainerSpec {
         TrainerSpec {

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{CheckpointSpec, TrainerSpec};
+use crate::run_policy::CheckpointSpec;
+use crate::trainer_spec::TrainerSpec;
 
 /// Rank of this worker, 0-based.
 pub const RANK: &str = "FERROTRAIN_RANK";

@@ -8,12 +8,19 @@
 pub mod crd;
 pub mod defaults;
 pub mod env;
+pub mod formats;
 pub mod progress;
+pub mod run_policy;
 pub mod schema;
+pub mod status;
 pub mod sweep;
+pub mod trainer_spec;
 pub mod tunables;
 pub mod types;
 pub mod validate;
 
+pub use run_policy::*;
+pub use status::*;
+pub use trainer_spec::*;
 pub use types::*;
 pub use validate::{FieldError, validate};

@@ -33,7 +33,7 @@ pub struct ProgressReport {
     /// The most recent evaluations with their steps, oldest first (at most
     /// [`MAX_REPORTED_EVALUATIONS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub evaluations: Vec<crate::types::Evaluation>,
+    pub evaluations: Vec<crate::status::Evaluation>,
     /// Training throughput the trainer measured (the operator computes its own as well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_second: Option<f64>,

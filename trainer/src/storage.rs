@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferrotrain_crds::validate::{Scheme, parse_storage_uri};
+use ferrotrain_crds::formats::{Scheme, parse_storage_uri};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
