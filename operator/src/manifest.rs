@@ -215,7 +215,7 @@ impl Admission {
                 .parameters
                 .iter()
                 .filter_map(|p| {
-                    let values = crate::decide::sweep::grid_values(p);
+                    let values = crate::decide::sweep::sampling::grid_values(p);
                     let value = if highest {
                         values.last()
                     } else {
@@ -225,34 +225,36 @@ impl Admission {
                 })
                 .collect();
             let trial = TrialStatus {
-                name: crate::decide::sweep::trial_name(sweep, 0),
+                name: crate::decide::sweep::trials::trial_name(sweep, 0),
                 parameters,
                 ..TrialStatus::default()
             };
-            let found: Vec<ManifestError> = match crate::decide::sweep::trial_spec(sweep, &trial) {
-                Err(message) => vec![ManifestError::new(
-                    Layer::Semantic,
-                    "spec.parameters",
-                    message,
-                )],
-                Ok(spec) => {
-                    let job = crate::decide::sweep::trial_object(sweep, &trial.name, &spec);
-                    self.admit(&job)
-                        .err()
-                        .unwrap_or_default()
-                        .into_iter()
-                        // Only Ferrotrain makes this check: the API server admits the sweep.
-                        .map(|e| ManifestError {
-                            layer: Layer::Semantic,
-                            field: e.field.replacen("spec.", "spec.template.", 1),
-                            message: format!(
-                                "{} (in the trial with every parameter at its {label} value)",
-                                e.message
-                            ),
-                        })
-                        .collect()
-                }
-            };
+            let found: Vec<ManifestError> =
+                match crate::decide::sweep::trials::trial_spec(sweep, &trial) {
+                    Err(message) => vec![ManifestError::new(
+                        Layer::Semantic,
+                        "spec.parameters",
+                        message,
+                    )],
+                    Ok(spec) => {
+                        let job =
+                            crate::decide::sweep::trials::trial_object(sweep, &trial.name, &spec);
+                        self.admit(&job)
+                            .err()
+                            .unwrap_or_default()
+                            .into_iter()
+                            // Only Ferrotrain makes this check: the API server admits the sweep.
+                            .map(|e| ManifestError {
+                                layer: Layer::Semantic,
+                                field: e.field.replacen("spec.", "spec.template.", 1),
+                                message: format!(
+                                    "{} (in the trial with every parameter at its {label} value)",
+                                    e.message
+                                ),
+                            })
+                            .collect()
+                    }
+                };
             for error in found {
                 if !errors.iter().any(|e| e.field == error.field) {
                     errors.push(error);

@@ -113,8 +113,10 @@ fn expand_into(prefix: &str, tree: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Every `crate::`/`super::`/`self::` path in the code: from `use` trees and inline paths.
-fn paths_in(code: &str) -> Vec<String> {
+/// Every `crate::`/`super::`/`self::` path in the code, and every path that starts at one of
+/// `children` (the modules declared inside this one, which Rust resolves relative to it): from
+/// `use` trees and inline paths. Child-relative paths come back prefixed with `self::`.
+fn paths_in(code: &str, children: &[String]) -> Vec<String> {
     let mut paths = Vec::new();
     let mut rest = code;
     let mut outside_use = String::new();
@@ -145,8 +147,33 @@ fn paths_in(code: &str) -> Vec<String> {
             paths.push(outside_use[at..end].trim_end_matches(':').to_string());
         }
     }
+    for child in children {
+        let token = format!("{child}::");
+        let mut from = 0;
+        while let Some(found) = outside_use[from..].find(&token) {
+            let at = from + found;
+            from = at + token.len();
+            let boundary = at == 0
+                || !(bytes[at - 1].is_ascii_alphanumeric()
+                    || bytes[at - 1] == b'_'
+                    || bytes[at - 1] == b':');
+            if boundary {
+                let end = outside_use[at..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .map_or(outside_use.len(), |e| at + e);
+                paths.push(format!(
+                    "self::{}",
+                    outside_use[at..end].trim_end_matches(':')
+                ));
+            }
+        }
+    }
     paths
         .into_iter()
+        .map(|p| match p.split("::").next() {
+            Some(first) if children.iter().any(|c| c == first) => format!("self::{p}"),
+            _ => p,
+        })
         .filter(|p| p.starts_with("crate") || p.starts_with("super") || p.starts_with("self"))
         .collect()
 }
@@ -201,8 +228,15 @@ impl ModuleGraph {
             .collect();
         for (file, text) in &texts {
             let here = graph.files[file].module.clone();
+            // Only a module's own file (`x.rs`, `x/mod.rs`, the crate root) declares children.
+            let children: Vec<String> = by_module
+                .keys()
+                .filter(|m| m.len() == here.len() + 1 && m.starts_with(&here))
+                .filter_map(|m| m.last().cloned())
+                .filter(|_| by_module.get(&here) == Some(file))
+                .collect();
             let mut targets = BTreeSet::new();
-            for path in paths_in(&code_of(text)) {
+            for path in paths_in(&code_of(text), &children) {
                 let mut segments = path.split("::");
                 let mut module = match segments.next() {
                     Some("crate") => Vec::new(),
@@ -305,13 +339,56 @@ mod tests {
     fn paths_come_from_use_statements_and_inline_code() {
         let code =
             "use crate::a::B;\npub use super::c;\nfn f() { crate::d::e(); let x = my_crate::z; }\n";
-        assert_eq!(paths_in(code), ["crate::a::B", "super::c", "crate::d::e"]);
+        assert_eq!(
+            paths_in(code, &[]),
+            ["crate::a::B", "super::c", "crate::d::e"]
+        );
     }
 
     #[test]
     fn comments_and_trailing_unit_tests_are_not_imports() {
         let text = "//! see [`crate::x`]\nuse crate::a;\n#[cfg(test)]\nmod tests {\n    use super::*;\n}\n";
-        assert_eq!(paths_in(&code_of(text)), ["crate::a"]);
+        assert_eq!(paths_in(&code_of(text), &[]), ["crate::a"]);
+    }
+
+    #[test]
+    fn paths_that_start_at_a_child_module_are_imports_of_it() {
+        let code = "mod gang;\npub use gang::{Gang, BACKOFF};\nfn f() { gang::start(); std::gang::x(); }\n";
+        let children = ["gang".to_string()];
+        assert_eq!(
+            paths_in(code, &children),
+            [
+                "self::gang::Gang",
+                "self::gang::BACKOFF",
+                "self::gang::start"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parent_that_re_exports_from_a_child_that_imports_it_is_a_circle() {
+        let dir = std::env::temp_dir().join(format!("modgraph-reexport-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("job")).expect("dir");
+        std::fs::write(dir.join("lib.rs"), "pub mod job;\n").expect("write");
+        std::fs::write(
+            dir.join("job/mod.rs"),
+            "mod gang;\npub use gang::BACKOFF;\npub struct Decider;\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("job/gang.rs"),
+            "use super::Decider;\npub const BACKOFF: u32 = 1;\n",
+        )
+        .expect("write");
+        let circles = ModuleGraph::read(&dir).expect("read").circles();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            circles,
+            [vec![
+                PathBuf::from("job/gang.rs"),
+                PathBuf::from("job/mod.rs")
+            ]]
+        );
     }
 
     #[test]

@@ -136,12 +136,13 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
     for action in &decision.actions {
         match action {
             SweepAction::CreateTrial { name: trial, spec } => {
-                let object: TrainingJob =
-                    serde_json::from_value(crate::decide::sweep::trial_object(&sweep, trial, spec))
-                        .map_err(|e| Error::Kube {
-                            action: format!("build trial {trial}"),
-                            source: kube::Error::SerdeError(e),
-                        })?;
+                let object: TrainingJob = serde_json::from_value(
+                    crate::decide::sweep::trials::trial_object(&sweep, trial, spec),
+                )
+                .map_err(|e| Error::Kube {
+                    action: format!("build trial {trial}"),
+                    source: kube::Error::SerdeError(e),
+                })?;
                 match jobs.create(&PostParams::default(), &object).await {
                     Ok(_) => {}
                     // Created before (a status write that lost a race, or a cache that lags).

@@ -15,7 +15,8 @@ use ferrotrain_crds::{CheckpointSpec, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::decide::sweep::{SweepAction, TrialObservation, decide, trial_object, trial_spec};
+use crate::decide::sweep::trials::{trial_object, trial_spec};
+use crate::decide::sweep::{SweepAction, TrialObservation, decide};
 use crate::local::error::RunError;
 use crate::local::preflight::{
     available_memory, check_fits, check_memory, load_one, worker_memory_estimate,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferrotrain_crds::sweep::{TrainingSweep, TrialState};
 
-use crate::decide::sweep::{describe_parameters, format_value, planned_trials};
+use crate::decide::sweep::sampling::{describe_parameters, format_value, planned_trials};
 use crate::local::display::StatusThrottle;
 use crate::local::trial::LocalTrial;
 

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use flate2::read::GzDecoder;
 
-use super::DataError;
+use super::{DataError, Dataset};
 
 /// An unsigned-byte IDX array.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +146,43 @@ pub fn encode(array: &IdxArray) -> Vec<u8> {
     out
 }
 
+impl Dataset {
+    /// Builds a dataset from an IDX image array and an IDX label array, scaling pixels to [0, 1].
+    pub fn from_idx(
+        images_file: &str,
+        images: &IdxArray,
+        labels_file: &str,
+        labels: &IdxArray,
+    ) -> Result<Self, DataError> {
+        if labels.dims.len() != 1 {
+            return Err(DataError::file(
+                labels_file,
+                format!(
+                    "labels must be one-dimensional, found dimensions {:?}",
+                    labels.dims
+                ),
+            ));
+        }
+        if images.len() != labels.len() {
+            return Err(DataError::file(
+                labels_file,
+                format!(
+                    "{} labels for {} images in {images_file}",
+                    labels.len(),
+                    images.len()
+                ),
+            ));
+        }
+        let classes = usize::from(labels.data.iter().copied().max().unwrap_or(0)) + 1;
+        Ok(Self {
+            features: images.data.iter().map(|&p| f32::from(p) / 255.0).collect(),
+            labels: labels.data.clone(),
+            dim: images.item_size(),
+            classes,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -224,5 +261,28 @@ mod tests {
                 .cause
                 .contains("gzip")
         );
+    }
+
+    #[test]
+    fn idx_pair_becomes_a_scaled_dataset() {
+        let images = IdxArray {
+            dims: vec![2, 2],
+            data: vec![0, 255, 51, 102],
+        };
+        let labels = IdxArray {
+            dims: vec![2],
+            data: vec![3, 1],
+        };
+        let ds = Dataset::from_idx("i", &images, "l", &labels).expect("pairs");
+        assert_eq!(ds.len(), 2);
+        assert_eq!(ds.dim, 2);
+        assert_eq!(ds.classes, 4);
+        assert_eq!(ds.features, vec![0.0, 1.0, 0.2, 0.4]);
+        let short = IdxArray {
+            dims: vec![1],
+            data: vec![3],
+        };
+        let err = Dataset::from_idx("i", &images, "l", &short).expect_err("count mismatch");
+        assert_eq!(err.to_string(), "l: 1 labels for 2 images in i");
     }
 }

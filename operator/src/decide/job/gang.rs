@@ -199,7 +199,7 @@ impl Decider<'_> {
             return;
         }
         self.add_goodput(0.0, waited);
-        let scheduled = current.iter().filter(|w| is_scheduled(w.state)).count() as u32;
+        let scheduled = current.iter().filter(|w| w.state.is_scheduled()).count() as u32;
         let min = self.job.spec.workers.min_replicas.map(|m| m.max(1) as u32);
         if let Some(min) = min
             && scheduled >= min
@@ -282,12 +282,4 @@ impl Decider<'_> {
             .get_or_insert_with(WorkerCounts::default);
         counts.desired = world_size as i32;
     }
-}
-
-/// Bound to a node (or past that).
-pub(super) fn is_scheduled(state: WorkerState) -> bool {
-    !matches!(
-        state,
-        WorkerState::Pending { scheduled: false } | WorkerState::Gated
-    )
 }

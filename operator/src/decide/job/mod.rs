@@ -21,9 +21,6 @@ mod running;
 mod tests;
 
 pub use decision::{Action, Decision, Event};
-pub use ending::FORCE_DELETE_AFTER;
-pub use failures::PEER_LOST_GRACE;
-pub use gang::{GANG_BACKOFF, MAX_GANG_BACKOFF};
 pub use observed::{FailureCause, Observed, StuckReason, WorkerState, WorkerView};
 
 use std::time::Duration;
@@ -34,7 +31,6 @@ use ferrotrain_crds::{
 use jiff::Timestamp;
 
 use crate::decide::status::{seconds_between, set_condition};
-use gang::is_scheduled;
 
 /// Decides what to do next. Pure: no I/O, no clock.
 pub fn decide(job: &TrainingJob, observed: &Observed, now: Timestamp) -> Decision {
@@ -211,7 +207,7 @@ impl Decider<'_> {
         let counts = WorkerCounts {
             desired,
             created: current.len() as i32,
-            scheduled: count(&|s| is_scheduled(*s)),
+            scheduled: count(&|s| s.is_scheduled()),
             running: count(&|s| matches!(s, WorkerState::Running { .. })),
             ready: count(&|s| matches!(s, WorkerState::Running { ready: true })),
             succeeded: count(&|s| *s == WorkerState::Succeeded),

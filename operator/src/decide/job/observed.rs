@@ -154,6 +154,16 @@ pub enum WorkerState {
     },
 }
 
+impl WorkerState {
+    /// Bound to a node (or past that).
+    pub fn is_scheduled(self) -> bool {
+        !matches!(
+            self,
+            WorkerState::Pending { scheduled: false } | WorkerState::Gated
+        )
+    }
+}
+
 /// One worker as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerView {

@@ -15,16 +15,14 @@
 //!   and stop every trial still training;
 //! - suspension pauses every active trial (emergency checkpoint) and creates none.
 
-mod asha;
+pub mod asha;
 mod pbt;
-mod sampling;
+pub mod sampling;
 #[cfg(test)]
 mod tests;
-mod trials;
+pub mod trials;
 
-pub use asha::rung_step;
-pub use sampling::{describe_parameters, format_value, grid_values, sample};
-pub use trials::{planned_trials, set_parameter, trial_name, trial_object, trial_spec};
+use sampling::planned_trials;
 
 use std::collections::BTreeMap;
 

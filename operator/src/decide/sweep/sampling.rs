@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ferrotrain_crds::sweep::{ParameterType, Scale, SweepParameter};
+use ferrotrain_crds::sweep::{AlgorithmKind, ParameterType, Scale, SweepParameter, TrainingSweep};
 
 /// The points of a parameter on a grid.
 pub fn grid_values(parameter: &SweepParameter) -> Vec<f64> {
@@ -126,5 +126,26 @@ pub fn format_value(v: f64) -> String {
         let digits = (3 - v.abs().log10().floor() as i32).max(0) as usize;
         let text = format!("{v:.digits$}");
         text.trim_end_matches('0').to_string()
+    }
+}
+
+/// The trials the plan creates in all.
+pub fn planned_trials(sweep: &TrainingSweep) -> usize {
+    let spec = &sweep.spec;
+    let max = spec.max_trials.max(1) as usize;
+    match spec.algorithm.kind {
+        AlgorithmKind::Grid => spec
+            .parameters
+            .iter()
+            .map(|p| grid_values(p).len().max(1))
+            .try_fold(1usize, |acc, n| acc.checked_mul(n))
+            .unwrap_or(usize::MAX)
+            .min(max),
+        AlgorithmKind::Random | AlgorithmKind::Asha => max,
+        AlgorithmKind::Pbt => {
+            let interval = spec.algorithm.interval_steps.unwrap_or(1).max(1);
+            let generations = spec.template.trainer.max_steps.unwrap_or(interval) / interval;
+            (spec.algorithm.population_or_default() * generations.max(1) as usize).min(max)
+        }
     }
 }

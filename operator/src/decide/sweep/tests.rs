@@ -4,6 +4,8 @@
 use ferrotrain_crds::{InitFromSpec, TrainerSpec};
 
 use super::*;
+use crate::decide::sweep::sampling::{format_value, planned_trials, sample};
+use crate::decide::sweep::trials::set_parameter;
 
 const T0: i64 = 1_800_000_000;
 

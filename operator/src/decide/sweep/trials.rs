@@ -7,7 +7,7 @@ use ferrotrain_crds::{InitFromSpec, RunPolicy, TrainerSpec, TrainingJobSpec};
 use kube::{Resource, ResourceExt};
 
 use super::Decider;
-use super::sampling::{describe_parameters, grid_point, grid_values, sample};
+use super::sampling::{describe_parameters, grid_point, planned_trials, sample};
 use super::{SWEEP_LABEL, SweepAction};
 use crate::decide::job::Event;
 
@@ -71,27 +71,6 @@ impl Decider<'_> {
             state: Some(TrialState::Pending),
             ..trial
         })
-    }
-}
-
-/// The trials the plan creates in all.
-pub fn planned_trials(sweep: &TrainingSweep) -> usize {
-    let spec = &sweep.spec;
-    let max = spec.max_trials.max(1) as usize;
-    match spec.algorithm.kind {
-        AlgorithmKind::Grid => spec
-            .parameters
-            .iter()
-            .map(|p| grid_values(p).len().max(1))
-            .try_fold(1usize, |acc, n| acc.checked_mul(n))
-            .unwrap_or(usize::MAX)
-            .min(max),
-        AlgorithmKind::Random | AlgorithmKind::Asha => max,
-        AlgorithmKind::Pbt => {
-            let interval = spec.algorithm.interval_steps.unwrap_or(1).max(1);
-            let generations = spec.template.trainer.max_steps.unwrap_or(interval) / interval;
-            (spec.algorithm.population_or_default() * generations.max(1) as usize).min(max)
-        }
     }
 }
 

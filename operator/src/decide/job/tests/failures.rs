@@ -1,6 +1,7 @@
 //! Table tests of failures: causes, budgets, the failure policy and the peer-lost grace.
 
 use super::*;
+use crate::decide::job::failures::PEER_LOST_GRACE;
 
 #[test]
 fn an_application_failure_restarts_the_whole_gang() {
