@@ -373,11 +373,14 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Log lines that show the API server refusing a call for lack of rights.
+    /// Log lines that show the API server refusing a call for lack of rights: RBAC's refusal
+    /// ("… is forbidden: User … cannot …"). Other 403s are not about rights, such as a write into
+    /// a namespace being deleted by an earlier scenario, whose jobs this cluster-wide operator
+    /// still sees.
     pub fn forbidden(&self) -> Vec<String> {
         self.log_text()
             .lines()
-            .filter(|l| l.contains("403") || l.to_lowercase().contains("forbidden"))
+            .filter(|l| l.contains("is forbidden: User"))
             .map(str::to_string)
             .collect()
     }

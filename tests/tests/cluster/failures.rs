@@ -91,7 +91,11 @@ async fn a_worker_exit_restarts_the_whole_gang() {
         running_pods(&client, &namespace, "restart", 2).await.len(),
         2
     );
-    assert!(installed.operator.forbidden().is_empty());
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
 }
 
 /// A malformed-data exit (3) fails the job on its first attempt, naming the worker's own last
@@ -145,7 +149,11 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
         Some(0),
         "no budget was used"
     );
-    assert!(installed.operator.forbidden().is_empty());
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
 }
 
 /// Deleting a finished job: the real garbage collector removes its pods, Service and Secret.

@@ -111,7 +111,11 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
         resumed >= checkpointed,
         "resumed from {resumed}, checkpoint was {checkpointed}"
     );
-    assert!(installed.operator.forbidden().is_empty());
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
     delete_namespace(&client, &namespace).await;
 }
 
@@ -315,6 +319,10 @@ async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_create
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
     let trials = jobs.list(&Default::default()).await.expect("list");
     assert!(trials.items.is_empty(), "no trial was created");
-    assert!(installed.operator.forbidden().is_empty());
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
     delete_namespace(&client, &namespace).await;
 }
