@@ -73,6 +73,26 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// kubectl that must succeed within `timeout`, retried every half second: for what the API
+    /// server publishes a moment after it reports success (a new CRD's OpenAPI schema, which
+    /// `kubectl explain` reads, follows its Established condition).
+    pub fn kubectl_eventually(&self, args: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.kubectl(args, None);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubectl {} still failing after {timeout:?}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Applies YAML documents server-side as admin (field manager `ferrotrain-tests`).
     pub fn apply(&self, yaml: &str) -> String {
         self.kubectl_ok(

@@ -9,12 +9,18 @@ async fn crd_is_established_explained_and_printed() {
     let cluster = Cluster::from_env();
     let client = cluster.admin().await;
     install_crd(&client).await;
-    let explained = cluster.kubectl_ok(&["explain", "trainingjob.spec.trainer"], None);
+    let explained = cluster.kubectl_eventually(
+        &["explain", "trainingjob.spec.trainer"],
+        Duration::from_secs(60),
+    );
     assert!(
         explained.contains("What to train"),
         "kubectl explain shows our descriptions:\n{explained}"
     );
-    let explained = cluster.kubectl_ok(&["explain", "tsw.spec.parameters.path"], None);
+    let explained = cluster.kubectl_eventually(
+        &["explain", "tsw.spec.parameters.path"],
+        Duration::from_secs(60),
+    );
     assert!(
         explained.contains("The field of `spec.trainer` it sets"),
         "kubectl explain shows the sweep's descriptions:\n{explained}"
