@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane for Ferrotrain's tests, built from upstream sources:
-# etcd, kube-apiserver, kube-scheduler, kube-controller-manager, and kwok as the kubelet of fake nodes.
-#   scripts/cluster.sh build   # compile the components into a cache keyed by tests/cluster/components/go.sum
+# etcd, kube-apiserver, kube-scheduler, kube-controller-manager, and kwok as the kubelet of fake nodes;
+# also the components of the real node that scripts/node.sh starts (kubelet, kube-proxy, CoreDNS).
+#   scripts/cluster.sh build   # compile the components into a cache keyed by tests/cluster/components
 #   scripts/cluster.sh start   # start everything on 127.0.0.1; prints the environment to eval
+#   scripts/cluster.sh bin     # print the folder of the built components
 #   scripts/cluster.sh env     # print that environment again for a running cluster
 #   scripts/cluster.sh stop    # stop every process by PID
 # Environment: FERROTRAIN_CLUSTER_CACHE (default ~/.cache/ferrotrain-cluster),
 # FERROTRAIN_CLUSTER_NODES (fake nodes, default 8), FERROTRAIN_CLUSTER_NODE_PODS (pods per node,
-# default 110), FERROTRAIN_CLUSTER_DIR (state, default .tools/cluster).
+# default 110), FERROTRAIN_CLUSTER_DIR (state, default .tools/cluster), FERROTRAIN_CLUSTER_ADDRESS
+# (where the API server listens, default 127.0.0.1; a real node's pods need the node address of
+# scripts/node.sh, which this script then adds to lo behind a firewall chain).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,15 +20,17 @@ module=tests/cluster/components
 cache_root=${FERROTRAIN_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrotrain-cluster}
 state=${FERROTRAIN_CLUSTER_DIR:-$root/.tools/cluster}
 nodes=${FERROTRAIN_CLUSTER_NODES:-8}
+address=${FERROTRAIN_CLUSTER_ADDRESS:-127.0.0.1}
 node_pods=${FERROTRAIN_CLUSTER_NODE_PODS:-110}
 kube_version=v1.37.2
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "cluster: $*"; exit 1; }
 
-# The cache key: the module's go.mod and go.sum, and the Go version that compiles them.
+# The cache key: the module's go.mod, go.sum and own sources, and the Go version that compiles them.
 cache_key() {
-  { cat "$module/go.mod" "$module/go.sum"; go env GOVERSION; } | sha256sum | cut -c1-16
+  { cat "$module/go.mod" "$module/go.sum" "$module"/*.go "$module"/*/*.go; go env GOVERSION; } \
+    | sha256sum | cut -c1-16
 }
 bin_dir() { echo "$cache_root/$(cache_key)/bin"; }
 
@@ -36,7 +42,8 @@ build() {
   local bin started
   bin=$(bin_dir)
   if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-scheduler" ] && [ -x "$bin/kube-controller-manager" ] \
-    && [ -x "$bin/etcd" ] && [ -x "$bin/kwok" ]; then
+    && [ -x "$bin/etcd" ] && [ -x "$bin/kwok" ] && [ -x "$bin/kubelet" ] && [ -x "$bin/kube-proxy" ] \
+    && [ -x "$bin/coredns" ]; then
     log "cluster: components cached in $bin"
     return
   fi
@@ -49,8 +56,9 @@ build() {
     -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
     -X k8s.io/component-base/version.gitTreeState=clean"
   (cd "$module" && go build -mod=readonly -trimpath -ldflags "$version_flags" -o "$bin.partial/" \
-    ./etcd k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
-    k8s.io/kubernetes/cmd/kube-controller-manager sigs.k8s.io/kwok/cmd/kwok)
+    ./etcd ./coredns k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kube-controller-manager sigs.k8s.io/kwok/cmd/kwok \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
   rm -rf "$bin" && mv "$bin.partial" "$bin"
   log "cluster: built the control plane in $(( $(date +%s) - started ))s into $bin"
 }
@@ -111,10 +119,13 @@ certificates() {
     openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial \
       -days 2 -extfile <(printf '%s\n' "$3") -out "$pki/$1.crt" 2>/dev/null
   }
+  # 10.96.0.1: the `kubernetes` Service's IP, which pods on a real node use.
   sign apiserver "/CN=kube-apiserver" \
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+    "subjectAltName=IP:127.0.0.1,IP:$address,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
   sign admin "/O=system:masters/CN=ferrotrain-test-admin" "extendedKeyUsage=clientAuth"
+  # The API server's identity towards kubelets (`kubectl logs`, `exec`).
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
   openssl genrsa -out "$pki/service-account.key" 2048 2>/dev/null
   openssl rsa -in "$pki/service-account.key" -pubout -out "$pki/service-account.pub" 2>/dev/null
 }
@@ -222,15 +233,22 @@ start() {
     --listen-peer-urls="http://127.0.0.1:$peer_port" --initial-advertise-peer-urls="http://127.0.0.1:$peer_port" \
     --initial-cluster="ferrotrain-test=http://127.0.0.1:$peer_port" --unsafe-no-fsync=true
   wait_until etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+  # A loopback address cannot be the `kubernetes` Service's endpoint: then the API server keeps none.
+  local reconciler=lease
+  [ "$address" = 127.0.0.1 ] && reconciler=none
+  [ "$address" = 127.0.0.1 ] || bash scripts/node.sh address "$address"
   launch kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --bind-address="$address" --advertise-address="$address" --secure-port="$api_port" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
     --client-ca-file="$pki/ca.crt" --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$pki/service-account.pub" \
     --service-account-signing-key-file="$pki/service-account.key" \
-    --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
+    --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type="$reconciler" \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --authorization-mode=RBAC --enable-admission-plugins=PodSecurity --profiling=false
-  kubeconfig "https://127.0.0.1:$api_port"
+  kubeconfig "https://$address:$api_port"
   local kubectl=(.tools/bin/kubectl --kubeconfig="$state/kubeconfig")
   wait_until kube-apiserver 90 "${kubectl[@]}" get --raw /readyz
   local delegation=(--kubeconfig="$state/kubeconfig" --authentication-kubeconfig="$state/kubeconfig"
@@ -274,5 +292,6 @@ case "${1:-}" in
   start) start ;;
   stop) stop_all ;;
   env) [ -f "$state/kubeconfig" ] || die "no cluster in $state"; environment ;;
-  *) echo "usage: $0 build|start|stop|env" >&2; exit 2 ;;
+  bin) bin_dir ;;
+  *) echo "usage: $0 build|start|stop|env|bin" >&2; exit 2 ;;
 esac

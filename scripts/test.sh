@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Ferrotrain's test command: formatting, lints, then every unit and integration test.
 # Installs what it needs (idempotent) and prints the elapsed time. The cluster suites run against
-# a control plane that scripts/cluster.sh builds from source (Go 1.26) and starts on 127.0.0.1.
+# a control plane that scripts/cluster.sh builds from source (Go 1.26); the real-node suite adds a
+# kubelet with containerd (scripts/node.sh, needs root) running the images of scripts/images.sh.
+# Everything listens on 127.0.0.1 or on the node address, which only this machine reaches.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -51,7 +53,7 @@ step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
 
 step "S3 tests against a local SeaweedFS, faults through the proxy, a full disk"
-trap 'scripts/s3-server.sh stop; scripts/cluster.sh stop' EXIT
+trap 'scripts/s3-server.sh stop; scripts/node.sh stop; scripts/cluster.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
 cargo test --workspace --locked "${test_features[@]}" --test s3 --test local_run --test s3_faults \
   --test full_disk -- --ignored
@@ -60,11 +62,27 @@ cargo test --workspace --locked "${test_features[@]}" --test s3 --test local_run
 # released sources (cached outside the clone by the hash of tests/cluster/*/go.sum).
 step "control plane: build or reuse the components"
 bash scripts/cluster.sh build
+step "real node: containerd, runc, CNI plugins (apt)"
+bash scripts/node.sh deps
+# The API server listens on the node address, which the real node's pods can reach.
+node_address=10.250.0.1
 step "control plane: start"
-eval "$(scripts/cluster.sh start)"
+eval "$(FERROTRAIN_CLUSTER_ADDRESS=$node_address scripts/cluster.sh start)"
 step "cluster suites (the real ferrotrain operator against the control plane)"
 # One at a time: the scenarios share the fake nodes, and some take a node away.
 cargo test --workspace --locked "${test_features[@]}" --test cluster -- --ignored --test-threads=1
+
+step "images: trainer and operator as OCI image tars (no container engine)"
+bash scripts/images.sh
+step "real node: start, import the images"
+bash scripts/node.sh start
+scripts/s3-server.sh stop
+eval "$(FERROTRAIN_S3_ADDRESS=$node_address scripts/s3-server.sh start)"
+step "real-node suite: helm install, training in containers, kills, OOM, image pull errors"
+# The images agree with their Dockerfiles; then the scenarios, one at a time on the one node.
+cargo test --workspace --locked "${test_features[@]}" --test images --test node -- --ignored \
+  --test-threads=1
+scripts/node.sh stop
 scripts/cluster.sh stop
 
 step "done"

@@ -51,7 +51,16 @@ fn main() {
         .collect();
     let mut failing = healthy.clone();
     failing[2].state = WorkerState::Failed(FailureCause::ExitCode(1));
-    let observations = [Observed { workers: healthy }, Observed { workers: failing }];
+    let observations = [
+        Observed {
+            workers: healthy,
+            ..Observed::default()
+        },
+        Observed {
+            workers: failing,
+            ..Observed::default()
+        },
+    ];
     let now = jiff::Timestamp::now();
     let n = 200_000;
     let started = Instant::now();

@@ -8,6 +8,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::children::{self};
 use crate::cluster::error::{Error, kube_error};
+use crate::cluster::ownership::{controlled_by, held_by_another};
 use crate::progress::{random_token, token_sha256};
 
 /// The field manager of every server-side apply.
@@ -86,6 +87,12 @@ pub(crate) async fn apply_pod_group(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let uid = group["metadata"]["ownerReferences"][0]["uid"]
+        .as_str()
+        .unwrap_or_default();
+    if let Some(holder) = held_by_another(&groups, "PodGroup", &name, uid).await? {
+        return Err(Error::NameConflict(holder));
+    }
     groups
         .patch(
             &name,
@@ -97,17 +104,41 @@ pub(crate) async fn apply_pod_group(
     Ok(())
 }
 
-/// The Volcano PodGroup of an attempt that is over: one group per attempt would pile up.
+/// The Volcano PodGroup of an attempt that is over: one group per attempt would pile up. Only
+/// the job's own: a group of that name that another owner holds stays.
 pub(crate) async fn delete_pod_group(
     client: &Client,
     namespace: &str,
     name: &str,
+    job_uid: &str,
 ) -> Result<(), Error> {
     let gvk = kube::api::GroupVersionKind::gvk("scheduling.volcano.sh", "v1beta1", "PodGroup");
     let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "podgroups");
     let groups: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &resource);
-    delete_if_present(&groups, name, &DeleteParams::background()).await
+    let Some(group) = groups
+        .get_opt(name)
+        .await
+        .map_err(kube_error(format!("read PodGroup {name}")))?
+    else {
+        return Ok(());
+    };
+    if !controlled_by(&group.metadata, job_uid) {
+        return Ok(());
+    }
+    // The UID as a precondition: a group recreated under the name meanwhile is not deleted.
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: group.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match groups.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(e) => Err(kube_error(format!("delete {name}"))(e)),
+    }
 }
 
 pub(crate) async fn delete_if_present<K>(

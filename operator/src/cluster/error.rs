@@ -22,6 +22,9 @@ pub enum Error {
     /// The pod cache has not completed its first list: nothing can be decided yet.
     #[error("the pod cache is not yet filled")]
     CacheNotReady,
+    /// An object the job would write is held by another owner under the same name.
+    #[error("{0} exists and is not controlled by this TrainingJob; it is left alone")]
+    NameConflict(String),
 }
 
 impl Error {
@@ -32,6 +35,7 @@ impl Error {
             Error::Incomplete(_) => "invalid_object",
             Error::Conflict => "conflict",
             Error::CacheNotReady => "cache_not_ready",
+            Error::NameConflict(_) => "name_conflict",
         }
     }
 
@@ -41,7 +45,9 @@ impl Error {
             // The watch delivers the newer object within moments.
             Error::Conflict => Duration::from_millis(500),
             Error::CacheNotReady => Duration::from_secs(1),
-            Error::Kube { .. } | Error::Incomplete(_) => Duration::from_secs(15),
+            Error::Kube { .. } | Error::Incomplete(_) | Error::NameConflict(_) => {
+                Duration::from_secs(15)
+            }
         }
     }
 }

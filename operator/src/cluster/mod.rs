@@ -12,6 +12,7 @@ mod fixtures;
 pub mod hub;
 pub mod leader;
 pub mod observe;
+pub mod ownership;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod server;

@@ -194,9 +194,9 @@ pub fn failure_cause(pod: &Pod) -> FailureCause {
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref());
     match terminated {
-        Some(t) if t.reason.as_deref() == Some("OOMKilled") || t.exit_code == 137 => {
-            FailureCause::OomKilled
-        }
+        // Only the kubelet's reason tells an OOM kill: a SIGKILL from elsewhere exits 137 too.
+        Some(t) if t.reason.as_deref() == Some("OOMKilled") => FailureCause::OomKilled,
+        Some(t) if t.exit_code == 137 => FailureCause::Signal(9),
         Some(t) if t.exit_code == env::EXIT_PREEMPTED_AFTER_CHECKPOINT => {
             FailureCause::PreemptedAfterCheckpoint
         }
@@ -339,6 +339,12 @@ mod tests {
         assert_eq!(
             cause(&exited(137, "OOMKilled")),
             WorkerState::Failed(FailureCause::OomKilled)
+        );
+        // What a real kubelet reports for a container killed by SIGKILL from outside (the
+        // runtime, a person on the node): exit 137 with reason Error. Not an OOM kill.
+        assert_eq!(
+            cause(&exited(137, "Error")),
+            WorkerState::Failed(FailureCause::Signal(9))
         );
         assert_eq!(
             cause(&exited(75, "Error")),

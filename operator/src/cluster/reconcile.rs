@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferrotrain_crds::{Phase, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -22,6 +22,7 @@ use crate::cluster::children::{self, Settings};
 use crate::cluster::error::{Error, kube_error};
 use crate::cluster::hub::ProgressHub;
 use crate::cluster::observe;
+use crate::cluster::ownership::held_by_another;
 use crate::decide::job::{Action, Observed, decide};
 
 /// Shared reconcile state.
@@ -150,7 +151,19 @@ async fn reconcile_as_leader(
         }
     }
     let uid = job.metadata.uid.clone().unwrap_or_default();
+    // Before support objects are applied: a name that another owner holds is never written.
+    let starting = matches!(
+        job.status.as_ref().and_then(|s| s.phase),
+        None | Some(Phase::Pending | Phase::Restarting)
+    );
+    let mut name_conflicts = Vec::new();
+    if starting {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+        let service = children::service(job).name_any();
+        name_conflicts.extend(held_by_another(&services, "Service", &service, &uid).await?);
+    }
     let observed = Observed {
+        name_conflicts,
         workers: listed
             .iter()
             .filter_map(|p| {
@@ -185,6 +198,7 @@ async fn reconcile_as_leader(
                             &ctx.client,
                             &namespace,
                             &format!("{name}-{}", attempt - 1),
+                            &uid,
                         )
                         .await?;
                     }

@@ -204,6 +204,8 @@ pub fn run(
                     message: w.message.clone(),
                 })
                 .collect(),
+            // Processes have no names to share with anyone.
+            name_conflicts: Vec::new(),
         };
         {
             let status = job.status.get_or_insert_with(TrainingJobStatus::default);

@@ -21,6 +21,7 @@ mod api;
 mod failures;
 mod lifecycle;
 mod operator;
+mod security;
 mod training;
 
 /// A small valid job: `replicas` workers of one CPU each, checkpoints to a bucket that the

@@ -132,11 +132,30 @@ impl Decider<'_> {
             );
         }
         match self.phase() {
+            Phase::Pending | Phase::Restarting if !observed.name_conflicts.is_empty() => {
+                self.wait_for_names(&observed.name_conflicts)
+            }
             Phase::Pending | Phase::Restarting => self.start_gang(observed),
             Phase::Scheduling => self.scheduling(observed),
             Phase::Running => self.running(observed),
             Phase::Suspended | Phase::Succeeded | Phase::Failed => {}
         }
+    }
+
+    /// Another owner holds a name the job needs: nothing is created, changed or deleted until
+    /// the name is free (a job never adopts or overwrites what it does not control).
+    fn wait_for_names(&mut self, conflicts: &[String]) {
+        let message = format!(
+            "{} exists and is not controlled by this TrainingJob; the job waits until it is \
+             removed (or create the job under another name)",
+            conflicts.join(", ")
+        );
+        if self.condition_reason("WorkersCreated") != Some("NameConflict") {
+            self.event(true, "NameConflict", &message);
+        }
+        self.set_condition("WorkersCreated", false, "NameConflict", &message);
+        self.status.message = Some(message);
+        self.requeue_in(10.0);
     }
 
     fn condition_reason(&self, kind: &str) -> Option<&str> {

@@ -16,7 +16,7 @@ pub enum FailureCause {
     DisruptionTarget,
     /// Its node went away.
     NodeLost,
-    /// Killed for exceeding its memory limit (exit 137 / OOMKilled).
+    /// Killed for exceeding its memory limit (the kubelet's reason OOMKilled).
     OomKilled,
     /// The trainer stopped on SIGTERM after committing a checkpoint (exit 75).
     PreemptedAfterCheckpoint,
@@ -24,7 +24,9 @@ pub enum FailureCause {
     Missing,
     /// Someone other than the operator deleted the worker (no disruption reason given).
     Deleted,
-    /// A local worker process was killed by this signal (for example the kernel's OOM killer).
+    /// Killed by this signal without an OOM kill reported: a local process (for example by the
+    /// kernel's OOM killer, which a process runner cannot tell apart), or a container that exited
+    /// 137 without the kubelet's OOMKilled (a SIGKILL from the runtime or from someone on the node).
     Signal(i32),
     /// The trainer exited with this code.
     ExitCode(i32),
@@ -185,4 +187,7 @@ pub struct WorkerView {
 pub struct Observed {
     /// Workers of any attempt.
     pub workers: Vec<WorkerView>,
+    /// Objects the job would create under names that something else holds (kind and
+    /// namespace/name, for example "Service team-a/web"): the job touches none of them.
+    pub name_conflicts: Vec<String>,
 }

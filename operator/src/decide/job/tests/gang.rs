@@ -14,6 +14,37 @@ fn new_job_creates_support_and_the_first_gang() {
 }
 
 #[test]
+fn a_name_held_by_another_owner_creates_nothing_until_it_is_free() {
+    let mut j = job("", 2, None);
+    let conflicts = Observed {
+        name_conflicts: vec!["Service ns/j".into()],
+        ..Observed::default()
+    };
+    let d = decide(&j, &conflicts, at(0));
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert_eq!(phase(&d), Phase::Pending);
+    let condition = d
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "WorkersCreated");
+    assert_eq!(condition.map(|c| c.reason.as_str()), Some("NameConflict"));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.warning && e.message.contains("Service ns/j"))
+    );
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(10)));
+    j.status = Some(d.status.clone());
+    // Reported once, not on every look.
+    assert!(decide(&j, &conflicts, at(10)).events.is_empty());
+    // The name is free: the gang starts.
+    let d = step(&mut j, vec![], 20);
+    assert_eq!(d.actions[0], Action::EnsureSupport);
+    assert_eq!(created(&d), Some((1, 2)));
+}
+
+#[test]
 fn a_repeated_decision_before_pods_appear_creates_nothing_twice() {
     let mut j = job("", 3, None);
     step(&mut j, vec![], 0);

@@ -49,7 +49,14 @@ const BOUND: WorkerState = WorkerState::Pending { scheduled: true };
 
 /// Runs decide and feeds the status back, as the controller does.
 fn step(job: &mut TrainingJob, workers: Vec<WorkerView>, now: i64) -> Decision {
-    let d = decide(job, &Observed { workers }, at(now));
+    let d = decide(
+        job,
+        &Observed {
+            workers,
+            ..Observed::default()
+        },
+        at(now),
+    );
     job.status = Some(d.status.clone());
     d
 }

@@ -1,0 +1,102 @@
+//! A namespace is a team: a job never takes over, changes or deletes an object that another
+//! owner holds under the name the job would use.
+
+use super::*;
+use k8s_openapi::api::core::v1::Service;
+
+/// Another application's Service named like the job: the job waits naming it, changes nothing,
+/// creates no worker, and proceeds once the name is free.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_job_named_like_another_service_waits_and_touches_nothing() {
+    let Scenario {
+        cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("conflict", "restricted").await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let theirs: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]},
+    }))
+    .expect("Service");
+    let before = services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("create the other application's Service");
+    create_job(&client, &namespace, &job_manifest("web", 2, "")).await;
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let condition = wait_for("NameConflict", Duration::from_secs(30), || async {
+        let job = jobs.get("web").await.ok()?;
+        job.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.reason == "NameConflict")
+    })
+    .await;
+    assert!(
+        condition.message.contains("Service") && condition.message.contains("web"),
+        "{condition:?}"
+    );
+    // A few reconciles later the Service is exactly what it was, and no worker exists.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = services
+        .get("web")
+        .await
+        .expect("the Service is still there");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the Service was not written: {after:?}"
+    );
+    assert!(after.metadata.owner_references.is_none(), "{after:?}");
+    assert!(job_pods(&client, &namespace, "web").await.is_empty());
+    let events = cluster.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            &namespace,
+            "--field-selector",
+            "reason=NameConflict",
+        ],
+        None,
+    );
+    assert!(
+        events.contains("web"),
+        "a Warning event names it:\n{events}"
+    );
+    // Deleting the job leaves the other application's Service alone.
+    jobs.delete("web", &DeleteParams::foreground())
+        .await
+        .expect("delete job");
+    wait_for("job gone", Duration::from_secs(30), || async {
+        jobs.get_opt("web").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let still = services
+        .get("web")
+        .await
+        .expect("the Service survives the job");
+    assert_eq!(
+        still.metadata.resource_version,
+        before.metadata.resource_version
+    );
+
+    // Once the name is free, a job goes ahead.
+    create_job(&client, &namespace, &job_manifest("web", 2, "")).await;
+    wait_for("NameConflict again", Duration::from_secs(30), || async {
+        let job = jobs.get("web").await.ok()?;
+        job.status?
+            .conditions
+            .iter()
+            .any(|c| c.reason == "NameConflict")
+            .then_some(())
+    })
+    .await;
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete the other Service");
+    wait_phase(&client, &namespace, "web", "Running", 90).await;
+}
