@@ -79,8 +79,9 @@ bash scripts/node.sh start
 scripts/s3-server.sh stop
 eval "$(FERROTRAIN_S3_ADDRESS=$node_address scripts/s3-server.sh start)"
 step "real-node suite: helm install, training in containers, kills, OOM, image pull errors"
-# The images agree with their Dockerfiles; then the scenarios, one at a time on the one node.
-cargo test --workspace --locked "${test_features[@]}" --test images --test node -- --ignored \
+# The images agree with their Dockerfiles; then the scenarios, one at a time on the one node
+# (their figures printed: --nocapture).
+cargo test --workspace --locked "${test_features[@]}" --test images --test node -- --ignored --nocapture \
   --test-threads=1
 scripts/node.sh stop
 scripts/cluster.sh stop

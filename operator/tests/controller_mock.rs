@@ -244,6 +244,25 @@ async fn run_with(job: Arc<TrainingJob>, pods: Vec<Value>, script: Vec<Expect>) 
     ctx
 }
 
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+}
+
+/// The ownership check before a gang starts: no other object holds the Service's name.
+fn service_name_free() -> Expect {
+    expect(Method::GET, "/api/v1/namespaces/ml/services/mnist").answer(404, not_found())
+}
+
+/// A Volcano PodGroup controlled by the job with `owner_uid`.
+fn pod_group(name: &str, owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
+        "metadata": {"name": name, "namespace": "ml", "uid": "group-uid", "ownerReferences": [{
+            "apiVersion": "ferrotrain.io/v1alpha1", "kind": "TrainingJob", "name": "mnist",
+            "uid": owner_uid, "controller": true}]},
+    })
+}
+
 const PODS: &str = "/api/v1/namespaces/ml/pods";
 const STATUS: &str = "/apis/ferrotrain.io/v1alpha1/namespaces/ml/trainingjobs/mnist/status?&force=true&fieldManager=ferrotrain-operator";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
@@ -251,6 +270,7 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 #[tokio::test]
 async fn a_new_job_gets_its_service_secret_and_gang() {
     let mut script = vec![
+        service_name_free(),
         expect(
             Method::PATCH,
             "/api/v1/namespaces/ml/services/mnist?&force=true&fieldManager=ferrotrain-operator",
@@ -316,6 +336,7 @@ async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
     // The token made for the first attempt is kept: no Secret call at all.
     let script = vec![
+        service_name_free(),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
         expect(Method::POST, PODS)
             .check(|b| assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "2")),
@@ -334,12 +355,14 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         queue: Some("research".into()),
         ..Default::default()
     });
-    let mut script = vec![expect(
-        Method::PATCH,
-        "/api/v1/namespaces/ml/services/mnist?",
-    )];
+    let mut script = vec![
+        service_name_free(),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+    ];
     script.extend(new_token(&job));
     script.extend([
+        expect(Method::GET, "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1")
+            .answer(404, not_found()),
         expect(Method::PATCH, "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1?&force=true&fieldManager=ferrotrain-operator")
             .check(|b| {
                 assert_eq!(b["spec"]["minMember"], 2);
@@ -365,6 +388,7 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
         owned_pod(1, 1, "Running", None, "old-uid"),
     ];
     let mut script = vec![
+        service_name_free(),
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
             .answer(200, owned_pod(0, 1, "Running", None, "old-uid")),
         expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
@@ -384,10 +408,10 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
 async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
     let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
         "message": "pods \"mnist-worker-0\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
-    let mut script = vec![expect(
-        Method::PATCH,
-        "/api/v1/namespaces/ml/services/mnist?",
-    )];
+    let mut script = vec![
+        service_name_free(),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+    ];
     script.extend(new_token(&job(Value::Null)));
     script.extend([
         expect(Method::POST, PODS).answer(403, quota.clone()),
@@ -427,20 +451,67 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
     });
     let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
     let script = vec![
+        service_name_free(),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(
+            Method::GET,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2",
+        )
+        .answer(404, not_found()),
         expect(
             Method::PATCH,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
         ),
+        // Deleted only as the job's own, with its UID as a precondition.
+        expect(
+            Method::GET,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1",
+        )
+        .answer(200, pod_group("mnist-1", "0b0e")),
         expect(
             Method::DELETE,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1",
         )
+        .check(|b| assert_eq!(b["preconditions"]["uid"], "group-uid"))
         .answer(200, gone),
         expect(Method::POST, PODS),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS),
         // Events of attempt 2 form their own series (the recorder keys a series on the action).
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
+    ];
+    run(job, vec![], script).await;
+}
+
+#[tokio::test]
+async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
+    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    let mut job = job(restarting);
+    job.spec.run_policy = Some(ferrotrain_crds::RunPolicy {
+        scheduler_name: Some("volcano".into()),
+        ..Default::default()
+    });
+    let script = vec![
+        service_name_free(),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+        expect(
+            Method::GET,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2",
+        )
+        .answer(404, not_found()),
+        expect(
+            Method::PATCH,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
+        ),
+        // Named like the job's last group, controlled by another object: no DELETE follows.
+        expect(
+            Method::GET,
+            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1",
+        )
+        .answer(200, pod_group("mnist-1", "someone-else")),
+        expect(Method::POST, PODS),
+        expect(Method::POST, PODS),
+        expect(Method::PATCH, STATUS),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
     ];
     run(job, vec![], script).await;

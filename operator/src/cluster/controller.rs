@@ -35,14 +35,15 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("ferrotrain.io", "trainingsweeps", &["list", "watch"]),
     ("ferrotrain.io", "trainingsweeps/status", &["patch"]),
     ("", "pods", &["list", "watch", "create", "delete"]),
-    ("", "services", &["create", "patch"]),
+    // get: a name that another owner holds is never written (ownership is checked first).
+    ("", "services", &["get", "create", "patch"]),
     // Write-only: the progress endpoint checks tokens against the digest on the job.
     ("", "secrets", &["create"]),
     ("", "nodes", &["get"]),
     (
         "scheduling.volcano.sh",
         "podgroups",
-        &["create", "patch", "delete"],
+        &["get", "create", "patch", "delete"],
     ),
     ("events.k8s.io", "events", &["create", "patch"]),
     (
