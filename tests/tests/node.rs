@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 
 const NODE: &str = "ferrotrain-node";
 const OPERATOR_NAMESPACE: &str = "ferrotrain-system";
-const RELEASE: &str = "ferrotrain";
+/// Not the cluster suites' release name: their cluster-scoped RBAC objects outlive them.
+const RELEASE: &str = "ferrotrain-node";
 const S3_SECRET: &str = "checkpoint-store";
 
 static OPERATOR: Once = Once::new();
