@@ -9,6 +9,27 @@ use serde::{Deserialize, Serialize};
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Evaluations a report carries, newest last.
 pub const MAX_REPORTED_EVALUATIONS: usize = 16;
+/// Metric names a report (and each of its evaluations) may carry: they become status fields and
+/// Prometheus series, so a pod must not be able to grow them without bound.
+pub const MAX_METRICS: usize = 32;
+/// Longest metric name, in bytes; names use letters, digits and `_ . - /`.
+pub const MAX_METRIC_NAME_BYTES: usize = 63;
+
+/// Whether a set of metric names stays within [`MAX_METRICS`], [`MAX_METRIC_NAME_BYTES`] and the
+/// name alphabet, with finite values.
+pub fn metrics_within_bounds<'a>(
+    metrics: impl ExactSizeIterator<Item = (&'a String, &'a f64)>,
+) -> bool {
+    metrics.len() <= MAX_METRICS
+        && metrics.into_iter().all(|(name, value)| {
+            !name.is_empty()
+                && name.len() <= MAX_METRIC_NAME_BYTES
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
+                && value.is_finite()
+        })
+}
 
 /// One progress report.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 //! moving average over the report history, not the trainer's claim). The HTTP servers of the
 //! operator and of `ferrotrain run` both call [`ProgressTracker::accept`].
 
-use ferrotrain_crds::progress::{MAX_BODY_BYTES, MAX_REPORTED_EVALUATIONS, ProgressReport};
+use ferrotrain_crds::progress::{
+    MAX_BODY_BYTES, MAX_REPORTED_EVALUATIONS, ProgressReport, metrics_within_bounds,
+};
 use ferrotrain_crds::{CheckpointStatus, ProgressStatus, TrainingJobStatus};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,6 +26,11 @@ pub enum Rejection {
     Malformed,
     /// From an attempt older than the current one.
     StaleAttempt,
+    /// More metric names than allowed, a name too long or with other characters, or a value
+    /// that is not finite.
+    TooManyMetrics,
+    /// A step lower than one already reported by the same attempt (a replayed or delayed report).
+    StepBackwards,
 }
 
 impl Rejection {
@@ -33,7 +40,8 @@ impl Rejection {
             Rejection::MissingToken | Rejection::BadToken => 401,
             Rejection::TooLarge => 413,
             Rejection::Malformed => 400,
-            Rejection::StaleAttempt => 409,
+            Rejection::StaleAttempt | Rejection::StepBackwards => 409,
+            Rejection::TooManyMetrics => 422,
         }
     }
 
@@ -45,6 +53,8 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
             Rejection::Malformed => "malformed",
             Rejection::StaleAttempt => "stale_attempt",
+            Rejection::TooManyMetrics => "too_many_metrics",
+            Rejection::StepBackwards => "step_backwards",
         }
     }
 }
@@ -89,6 +99,17 @@ impl ProgressTracker {
         current_attempt: u32,
         now: Timestamp,
     ) -> Result<(), Rejection> {
+        let report = Self::authenticate_and_parse(token, expected_token, body)?;
+        self.admit(report, current_attempt, now)
+    }
+
+    /// The part of [`accept`](Self::accept) that needs no history: the token, the body's size,
+    /// shape and bounds. Servers call it before taking any lock shared by all jobs.
+    pub fn authenticate_and_parse(
+        token: Option<&str>,
+        expected_token: &str,
+        body: &[u8],
+    ) -> Result<ProgressReport, Rejection> {
         let token = token.ok_or(Rejection::MissingToken)?;
         if !tokens_match(token, expected_token) {
             return Err(Rejection::BadToken);
@@ -105,8 +126,33 @@ impl ProgressTracker {
         {
             return Err(Rejection::Malformed);
         }
+        if !metrics_within_bounds(report.metrics.iter())
+            || !report
+                .evaluations
+                .iter()
+                .all(|e| metrics_within_bounds(e.metrics.iter()))
+        {
+            return Err(Rejection::TooManyMetrics);
+        }
+        Ok(report)
+    }
+
+    /// Records a report that [`authenticate_and_parse`](Self::authenticate_and_parse) accepted,
+    /// unless an older attempt sent it or it would move the step back.
+    pub fn admit(
+        &mut self,
+        report: ProgressReport,
+        current_attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), Rejection> {
         if report.attempt < current_attempt {
             return Err(Rejection::StaleAttempt);
+        }
+        if let Some(latest) = &self.latest
+            && latest.attempt == report.attempt
+            && report.step < latest.step
+        {
+            return Err(Rejection::StepBackwards);
         }
         self.record(report, now);
         Ok(())
@@ -234,7 +280,7 @@ mod tests {
         );
     }
 
-    use ferrotrain_crds::progress::CheckpointReport;
+    use ferrotrain_crds::progress::{CheckpointReport, MAX_METRIC_NAME_BYTES, MAX_METRICS};
 
     use super::*;
 
@@ -336,6 +382,74 @@ mod tests {
         );
         assert_eq!(Rejection::TooLarge.http_status(), 413);
         assert_eq!(t.latest(), None);
+    }
+
+    fn with_metrics(step: u64, metrics: &[(String, f64)]) -> Vec<u8> {
+        serde_json::to_vec(&ProgressReport {
+            attempt: 1,
+            world_size: 2,
+            step,
+            total_steps: 1000,
+            metrics: metrics.iter().cloned().collect(),
+            ..ProgressReport::default()
+        })
+        .expect("json")
+    }
+
+    #[test]
+    fn metric_names_are_bounded_in_count_length_and_alphabet() {
+        let mut t = ProgressTracker::default();
+        let many: Vec<(String, f64)> = (0..=MAX_METRICS).map(|i| (format!("m{i}"), 1.0)).collect();
+        let refused = t.accept(Some("k"), "k", &with_metrics(1, &many), 1, at(0));
+        assert_eq!(refused, Err(Rejection::TooManyMetrics));
+        assert_eq!(Rejection::TooManyMetrics.http_status(), 422);
+        let long = [("x".repeat(MAX_METRIC_NAME_BYTES + 1), 1.0)];
+        let refused = t.accept(Some("k"), "k", &with_metrics(1, &long), 1, at(0));
+        assert_eq!(refused, Err(Rejection::TooManyMetrics));
+        let odd = [("val loss{le=\"1\"}".to_string(), 1.0)];
+        let refused = t.accept(Some("k"), "k", &with_metrics(1, &odd), 1, at(0));
+        assert_eq!(refused, Err(Rejection::TooManyMetrics));
+        // In evaluations too.
+        let mut report: ProgressReport = serde_json::from_slice(&body(1, 2)).expect("report");
+        report
+            .evaluations
+            .push(ferrotrain_crds::status::Evaluation {
+                step: 1,
+                metrics: many.iter().cloned().collect(),
+            });
+        let refused = t.accept(
+            Some("k"),
+            "k",
+            &serde_json::to_vec(&report).expect("json"),
+            1,
+            at(0),
+        );
+        assert_eq!(refused, Err(Rejection::TooManyMetrics));
+        assert_eq!(t.latest(), None);
+        let fine: Vec<(String, f64)> = (0..MAX_METRICS)
+            .map(|i| (format!("val.m_{i}-x/y"), 1.0))
+            .collect();
+        assert_eq!(
+            t.accept(Some("k"), "k", &with_metrics(1, &fine), 1, at(0)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_replayed_report_never_moves_the_step_back_within_an_attempt() {
+        let mut t = ProgressTracker::default();
+        t.accept(Some("k"), "k", &body(1, 500), 1, at(0))
+            .expect("accepted");
+        assert_eq!(
+            t.accept(Some("k"), "k", &body(1, 200), 1, at(5)),
+            Err(Rejection::StepBackwards)
+        );
+        assert_eq!(Rejection::StepBackwards.http_status(), 409);
+        assert_eq!(t.latest().map(|r| r.step), Some(500));
+        // The same step again is harmless (a retried POST); a new attempt may start lower.
+        assert_eq!(t.accept(Some("k"), "k", &body(1, 500), 1, at(6)), Ok(()));
+        assert_eq!(t.accept(Some("k"), "k", &body(2, 300), 2, at(7)), Ok(()));
+        assert_eq!(t.latest().map(|r| r.step), Some(300));
     }
 
     #[test]

@@ -287,9 +287,15 @@ async fn mnist_trains_in_containers_checkpoints_to_s3_and_reports_progress() {
         applied.elapsed().as_secs_f64(),
         step_of(&stepping)
     );
-    let done = wait_status(&client, &namespace, "mnist", "Succeeded", 300, |s| {
-        s["phase"] == "Succeeded"
-    })
+    // The final report reaches the status within one progress write (5 s) of the phase.
+    let done = wait_status(
+        &client,
+        &namespace,
+        "mnist",
+        "Succeeded, final metrics",
+        300,
+        |s| s["phase"] == "Succeeded" && s["progress"]["percent"].as_f64() == Some(100.0),
+    )
     .await;
     let accuracy = done["progress"]["metrics"]["valAccuracy"]
         .as_f64()

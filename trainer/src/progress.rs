@@ -22,10 +22,19 @@ impl Reporter {
     /// A reporter; `endpoint` is the progress URL and bearer token, if any.
     pub fn new(runtime: Handle, endpoint: Option<(String, String)>) -> Self {
         crate::tls::install_crypto_provider();
+        // No proxy: the operator's Service is inside the cluster, and a proxy named by the pod's
+        // environment (HTTP_PROXY, ALL_PROXY) must never see the job's bearer token.
+        let (client, endpoint) = match reqwest::Client::builder().no_proxy().build() {
+            Ok(client) => (client, endpoint),
+            Err(problem) => {
+                tracing::warn!(%problem, "no HTTP client for progress reports; they go to stdout only");
+                (reqwest::Client::new(), None)
+            }
+        };
         Self {
             runtime,
             endpoint,
-            client: reqwest::Client::new(),
+            client,
             in_flight: None,
             warned: Arc::new(AtomicBool::new(false)),
         }
@@ -159,6 +168,54 @@ mod tests {
             .unwrap_or_default();
         let sent: ProgressReport = serde_json::from_str(body).expect("body is a progress report");
         assert_eq!(sent, report);
+    }
+
+    #[test]
+    #[ignore = "run by reports_bypass_any_proxy_of_the_environment, in a process of its own"]
+    fn child_posts_one_report_directly() {
+        posts_json_with_the_bearer_token();
+    }
+
+    /// The bearer token must never reach a proxy that the pod's environment names: the child
+    /// process posts with HTTP_PROXY pointing at a listener that nobody should connect to.
+    #[test]
+    fn reports_bypass_any_proxy_of_the_environment() {
+        let proxy = TcpListener::bind("127.0.0.1:0").expect("bind");
+        proxy.set_nonblocking(true).expect("nonblocking");
+        let proxy_url = format!("http://{}", proxy.local_addr().expect("addr"));
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "progress::tests::child_posts_one_report_directly",
+            ])
+            .args(["--ignored", "--test-threads=1"])
+            .env("HTTP_PROXY", &proxy_url)
+            .env("http_proxy", &proxy_url)
+            .env("ALL_PROXY", &proxy_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run the child test");
+        // A report sent to the proxy never reaches the child's server, which then waits forever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("child") {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let through_proxy = proxy.accept().is_ok();
+        assert!(!through_proxy, "the report and its token went to the proxy");
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the child's report did not arrive: {status:?}"
+        );
     }
 
     #[test]

@@ -130,19 +130,22 @@ impl ProgressHub {
                 Rejection::MissingToken
             }),
             Some(info) => {
-                let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = jobs.entry(key).or_default();
-                entry.batch_size = info.batch_size;
+                // Hashing, parsing and bounds checks happen before the lock that every job's
+                // reports share: a large or slow body holds up no other job.
                 let presented = token.map(crate::progress::token_sha256);
-                let result = entry.tracker.accept(
+                ProgressTracker::authenticate_and_parse(
                     presented.as_deref(),
                     &info.token_sha256,
                     body,
-                    info.attempt,
-                    now,
-                );
-                entry.dirty |= result.is_ok();
-                result
+                )
+                .and_then(|report| {
+                    let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                    let entry = jobs.entry(key).or_default();
+                    entry.batch_size = info.batch_size;
+                    let result = entry.tracker.admit(report, info.attempt, now);
+                    entry.dirty |= result.is_ok();
+                    result
+                })
             }
         };
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());

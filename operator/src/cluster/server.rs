@@ -23,7 +23,8 @@ const FORWARDED_HEADER: &str = "x-ferrotrain-forwarded";
 struct AppState<D> {
     hub: Arc<ProgressHub>,
     directory: Arc<D>,
-    forwarder: reqwest::Client,
+    /// `None` when no proxy-free client could be made: then nothing is forwarded (503).
+    forwarder: Option<reqwest::Client>,
 }
 
 impl<D> Clone for AppState<D> {
@@ -52,7 +53,8 @@ pub fn router<D: JobDirectory>(hub: Arc<ProgressHub>, directory: Arc<D>) -> Rout
         .with_state(AppState {
             hub,
             directory,
-            forwarder: reqwest::Client::new(),
+            // No proxy: reports carry a job's bearer token, and the leader is a pod next door.
+            forwarder: reqwest::Client::builder().no_proxy().build().ok(),
         })
 }
 
@@ -65,12 +67,18 @@ async fn progress<D: JobDirectory>(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    // The parameters are percent-decoded: only what can be a namespace and an object name goes
+    // any further (into a forwarded URL or a lookup).
+    if !is_dns_label(&namespace) || !is_dns_subdomain(&name) {
+        return StatusCode::NOT_FOUND;
+    }
     if !state.hub.leader.load(Ordering::SeqCst) {
         let leader = state.hub.leader_url();
         let status = match leader {
-            Some(url) if !headers.contains_key(FORWARDED_HEADER) => {
-                forward(&state.forwarder, &url, &namespace, &name, &headers, body).await
-            }
+            Some(url) if !headers.contains_key(FORWARDED_HEADER) => match &state.forwarder {
+                Some(client) => forward(client, &url, &namespace, &name, &headers, body).await,
+                None => StatusCode::SERVICE_UNAVAILABLE,
+            },
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         state.hub.count_forward(status);
@@ -89,6 +97,22 @@ async fn progress<D: JobDirectory>(
         &body,
         Timestamp::now(),
     )
+}
+
+/// A DNS-1123 label: what a namespace name is.
+fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+/// A DNS-1123 subdomain: what an object's name is (labels joined by single dots).
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253 && text.split('.').all(is_dns_label)
 }
 
 async fn forward(
@@ -341,6 +365,24 @@ mod tests {
             follower
                 .metrics()
                 .contains("ferrotrain_progress_forwarded_total{code=\"204\"} 1")
+        );
+        // Encoded slashes and dots decode into the path parameters: such a route names no
+        // object, and neither replica acts on it (the follower forwards only names it parsed).
+        for path in [
+            "/v1/namespaces/ml/trainingjobs/a%2F..%2F..%2Fmetrics/progress",
+            "/v1/namespaces/..%2Fx/trainingjobs/mnist/progress",
+            "/v1/namespaces/ml/trainingjobs/..%2Fmnist/progress",
+        ] {
+            assert_eq!(
+                post(&follower, path, Some("mnist-token"), report(2, 9)).await,
+                StatusCode::NOT_FOUND,
+                "{path}"
+            );
+        }
+        let metrics = follower.metrics();
+        assert!(
+            !metrics.contains("ferrotrain_progress_forwarded_total{code=\"404\"}"),
+            "nothing more was forwarded:\n{metrics}"
         );
     }
 
