@@ -15,6 +15,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/processes.sh
+. scripts/processes.sh
 root=$PWD
 module=tests/cluster/components
 cache_root=${FERROTRAIN_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrotrain-cluster}
@@ -61,19 +63,6 @@ build() {
     k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
   rm -rf "$bin" && mv "$bin.partial" "$bin"
   log "cluster: built the control plane in $(( $(date +%s) - started ))s into $bin"
-}
-
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Starts a component in the background, its output in logs/NAME.log, its PID in pids/NAME.
-launch() { # name, command...
-  local name=$1
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name"
 }
 
 # Fails with the component's log tail when it has exited.
@@ -276,14 +265,9 @@ start() {
 
 stop_all() {
   [ -d "$state/pids" ] || return 0
-  local order=(kwok kube-controller-manager kube-scheduler kube-apiserver etcd) pid
+  local order=(kwok kube-controller-manager kube-scheduler kube-apiserver etcd)
   for name in "${order[@]}"; do
-    [ -f "$state/pids/$name" ] || continue
-    pid=$(cat "$state/pids/$name")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pids/$name"
+    stop_pid_file "$state/pids/$name"
   done
 }
 

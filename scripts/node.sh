@@ -14,6 +14,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/processes.sh
+. scripts/processes.sh
 root=$PWD
 state=${FERROTRAIN_NODE_DIR:-$root/.tools/node}
 # The host as it was before the node address was added: firewall rules, sysctls, network
@@ -76,17 +78,6 @@ host_address() {
   iptables -A "$guard_chain" -j DROP
   iptables -C INPUT -d "$address/32" -j "$guard_chain" 2>/dev/null \
     || iptables -I INPUT -d "$address/32" -j "$guard_chain"
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-launch() { # name, command...
-  local name=$1
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name"
 }
 
 wait_until() { # description, seconds, command...
@@ -338,7 +329,6 @@ images() {
 
 stop() {
   [ -d "$state/pids" ] || { ip addr del "$address/32" dev lo 2>/dev/null || true; restore_host; return 0; }
-  local pid
   # Pods first, through the kubelet, so their sandboxes leave the bridge and the IP allocator.
   if [ -f "$state/pids/kubelet" ] && kill -0 "$(cat "$state/pids/kubelet")" 2>/dev/null; then
     "${kubectl[@]}" delete pods -A --field-selector "spec.nodeName=$node" --grace-period=0 --force \
@@ -349,25 +339,14 @@ stop() {
     done
   fi
   for name in kubelet kube-proxy coredns; do
-    [ -f "$state/pids/$name" ] || continue
-    pid=$(cat "$state/pids/$name")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pids/$name"
+    stop_pid_file "$state/pids/$name"
   done
   # Containers that outlived the kubelet, then their shims, then containerd itself.
   for task in $(ctr --address "$state/containerd.sock" -n k8s.io tasks ls -q 2>/dev/null); do
     ctr --address "$state/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$task" 2>/dev/null || true
   done
   pkill -9 -f "containerd-shim-runc-v2 -namespace k8s.io .*-address $state/containerd.sock" 2>/dev/null || true
-  if [ -f "$state/pids/containerd" ]; then
-    pid=$(cat "$state/pids/containerd")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pids/containerd"
-  fi
+  stop_pid_file "$state/pids/containerd"
   # Mounts under the node's directories (volumes, overlay root file systems, shm), deepest first.
   awk -v dir="$state/" 'index($2, dir) == 1 {print $2}' /proc/mounts | sort -r | while read -r mount; do
     umount -l "$mount" 2>/dev/null || true

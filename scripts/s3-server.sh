@@ -7,6 +7,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/processes.sh
+. scripts/processes.sh
 state=.tools/s3
 port=${FERROTRAIN_TEST_S3_PORT:-8333}
 address=${FERROTRAIN_S3_ADDRESS:-127.0.0.1}
@@ -46,13 +48,7 @@ ENV
 }
 
 stop() {
-  if [ -f "$state/pid" ]; then
-    pid=$(cat "$state/pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$state/pid"
-  fi
+  stop_pid_file "$state/pid"
 }
 
 case "${1:-}" in

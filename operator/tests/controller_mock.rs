@@ -443,25 +443,10 @@ async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
 
 #[tokio::test]
 async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
-    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
-    let mut job = job(restarting);
-    job.spec.run_policy = Some(ferrotrain_crds::RunPolicy {
-        scheduler_name: Some("volcano".into()),
-        ..Default::default()
-    });
+    let job = restarting_volcano_job();
     let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
-    let script = vec![
-        service_name_free(),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-        expect(
-            Method::GET,
-            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2",
-        )
-        .answer(404, not_found()),
-        expect(
-            Method::PATCH,
-            "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
-        ),
+    let mut script = next_pod_group_applied();
+    script.extend([
         // Deleted only as the job's own, with its UID as a precondition.
         expect(
             Method::GET,
@@ -479,19 +464,25 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
         expect(Method::PATCH, STATUS),
         // Events of attempt 2 form their own series (the recorder keys a series on the action).
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
-    ];
+    ]);
     run(job, vec![], script).await;
 }
 
-#[tokio::test]
-async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
+/// Attempt 2 of a Volcano job, its old pods gone: the gang is about to be created again.
+fn restarting_volcano_job() -> TrainingJob {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
     let mut job = job(restarting);
     job.spec.run_policy = Some(ferrotrain_crds::RunPolicy {
         scheduler_name: Some("volcano".into()),
         ..Default::default()
     });
-    let script = vec![
+    job
+}
+
+/// The calls of [`restarting_volcano_job`] up to its new PodGroup: the Service's name checked
+/// and applied, the name of attempt 2's group checked and the group applied.
+fn next_pod_group_applied() -> Vec<Expect> {
+    vec![
         service_name_free(),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
         expect(
@@ -503,6 +494,14 @@ async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
             Method::PATCH,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
         ),
+    ]
+}
+
+#[tokio::test]
+async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
+    let job = restarting_volcano_job();
+    let mut script = next_pod_group_applied();
+    script.extend([
         // Named like the job's last group, controlled by another object: no DELETE follows.
         expect(
             Method::GET,
@@ -513,7 +512,7 @@ async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
-    ];
+    ]);
     run(job, vec![], script).await;
 }
 

@@ -93,6 +93,21 @@ impl Cluster {
         }
     }
 
+    /// The events of `namespace` with `reason`, as `kubectl get events` prints them.
+    pub fn events(&self, namespace: &str, reason: &str) -> String {
+        self.kubectl_ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                namespace,
+                "--field-selector",
+                &format!("reason={reason}"),
+            ],
+            None,
+        )
+    }
+
     /// Applies YAML documents server-side as admin (field manager `ferrotrain-tests`).
     pub fn apply(&self, yaml: &str) -> String {
         self.kubectl_ok(

@@ -369,17 +369,7 @@ async fn a_killed_container_restarts_the_gang_which_resumes_from_s3() {
     assert_eq!(done["restarts"]["app"], 0, "{done:#}");
     assert!(done["restarts"]["infra"].as_i64() >= Some(1), "{done:#}");
     // The kubelet reports a SIGKILL from outside as exit 137, reason Error: not an OOM kill.
-    let events = cluster.kubectl_ok(
-        &[
-            "get",
-            "events",
-            "-n",
-            &namespace,
-            "--field-selector",
-            "reason=Restarting",
-        ],
-        None,
-    );
+    let events = cluster.events(&namespace, "Restarting");
     assert!(
         events.contains("KilledBySignal9") && !events.contains("OOMKilled"),
         "{events}"

@@ -51,17 +51,7 @@ async fn a_job_named_like_another_service_waits_and_touches_nothing() {
     );
     assert!(after.metadata.owner_references.is_none(), "{after:?}");
     assert!(job_pods(&client, &namespace, "web").await.is_empty());
-    let events = cluster.kubectl_ok(
-        &[
-            "get",
-            "events",
-            "-n",
-            &namespace,
-            "--field-selector",
-            "reason=NameConflict",
-        ],
-        None,
-    );
+    let events = cluster.events(&namespace, "NameConflict");
     assert!(
         events.contains("web"),
         "a Warning event names it:\n{events}"
