@@ -31,6 +31,8 @@ pub const CHECKPOINT_CONFIG: &str = "FERROTRAIN_CHECKPOINT_CONFIG";
 pub const PROGRESS_URL: &str = "FERROTRAIN_PROGRESS_URL";
 /// File holding the bearer token for progress reports.
 pub const PROGRESS_TOKEN_PATH: &str = "FERROTRAIN_PROGRESS_TOKEN_PATH";
+/// File holding the job's gang key: every connection between ranks proves it holds it.
+pub const GANG_KEY_PATH: &str = "FERROTRAIN_GANG_KEY_PATH";
 /// Writable scratch directory (an emptyDir in a pod).
 pub const SCRATCH_DIR: &str = "FERROTRAIN_SCRATCH_DIR";
 /// Directory holding the built-in datasets (`mnist/`); the trainer image sets it.
@@ -97,6 +99,8 @@ pub struct WorkerEnv {
     pub progress_url: Option<String>,
     /// Path of the progress bearer token file.
     pub progress_token_path: Option<String>,
+    /// Path of the gang key file (required with more than one rank).
+    pub gang_key_path: Option<String>,
     /// Scratch directory.
     pub scratch_dir: Option<String>,
 }
@@ -140,6 +144,7 @@ impl WorkerEnv {
             (CHECKPOINT_CONFIG, self.checkpoint.as_ref().map(to_json)),
             (PROGRESS_URL, self.progress_url.clone()),
             (PROGRESS_TOKEN_PATH, self.progress_token_path.clone()),
+            (GANG_KEY_PATH, self.gang_key_path.clone()),
             (SCRATCH_DIR, self.scratch_dir.clone()),
         ];
         vars.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
@@ -183,6 +188,7 @@ impl WorkerEnv {
             checkpoint,
             progress_url: lookup(PROGRESS_URL),
             progress_token_path: lookup(PROGRESS_TOKEN_PATH),
+            gang_key_path: lookup(GANG_KEY_PATH),
             scratch_dir: lookup(SCRATCH_DIR),
         })
     }
@@ -245,6 +251,7 @@ mod tests {
             ),
             progress_url: Some("http://ferrotrain:8080/v1/namespaces/ml/trainingjobs/mnist/progress".into()),
             progress_token_path: Some("/var/run/ferrotrain/token".into()),
+            gang_key_path: Some("/var/run/ferrotrain/gang-key".into()),
             scratch_dir: Some("/scratch".into()),
         }
     }
@@ -264,6 +271,7 @@ mod tests {
         env.checkpoint = None;
         env.progress_url = None;
         env.progress_token_path = None;
+        env.gang_key_path = None;
         env.scratch_dir = None;
         let vars: HashMap<String, String> = env.to_env().into_iter().collect();
         assert!(!vars.contains_key(CHECKPOINT_CONFIG));

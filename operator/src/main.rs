@@ -92,6 +92,14 @@ enum Command {
             default_value = "http://ferrotrain.ferrotrain-system.svc:8080"
         )]
         progress_base_url: String,
+        /// Give each job a NetworkPolicy that admits only the job's own pods to its workers.
+        #[arg(
+            long,
+            env = "OPERATOR_WORKER_NETWORK_POLICY",
+            default_value_t = true,
+            action = clap::ArgAction::Set
+        )]
+        worker_network_policy: bool,
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
@@ -183,6 +191,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Operator {
             trainer_image,
             progress_base_url,
+            worker_network_policy,
             namespace,
             listen,
             lease_namespace,
@@ -205,6 +214,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 settings: Settings {
                     default_image: trainer_image,
                     progress_base_url,
+                    worker_network_policy,
                 },
                 run: RunOptions {
                     namespace,

@@ -225,6 +225,7 @@ async fn run_with(job: Arc<TrainingJob>, pods: Vec<Value>, script: Vec<Expect>) 
     let settings = Settings {
         default_image: "trainer:test".into(),
         progress_base_url: "http://op:8080".into(),
+        worker_network_policy: false,
     };
     // The pod cache holds what the watch delivered: reconciling never lists pods.
     let pods = PodIndex::listed_with(

@@ -251,7 +251,7 @@ async fn start_worker(client: &Client, pod: &Pod, config: &KubeletConfig) -> Res
         };
         env.push((var.name.clone(), value));
     }
-    // The Secret volume with the progress token.
+    // The Secret volume with the progress token and the gang key.
     let token_secret = spec
         .volumes
         .iter()
@@ -262,6 +262,9 @@ async fn start_worker(client: &Client, pod: &Pod, config: &KubeletConfig) -> Res
     let token = secret_value(client, &namespace, &token_secret, "token").await?;
     let token_path = dir.join("token");
     std::fs::write(&token_path, token).map_err(|e| e.to_string())?;
+    let gang_key = secret_value(client, &namespace, &token_secret, "gang-key").await?;
+    let gang_key_path = dir.join("gang-key");
+    std::fs::write(&gang_key_path, gang_key).map_err(|e| e.to_string())?;
     let overrides = [
         (
             ferrotrain_crds::env::RENDEZVOUS_ADDR,
@@ -270,6 +273,10 @@ async fn start_worker(client: &Client, pod: &Pod, config: &KubeletConfig) -> Res
         (
             ferrotrain_crds::env::PROGRESS_TOKEN_PATH,
             token_path.display().to_string(),
+        ),
+        (
+            ferrotrain_crds::env::GANG_KEY_PATH,
+            gang_key_path.display().to_string(),
         ),
         (
             ferrotrain_crds::env::SCRATCH_DIR,

@@ -20,6 +20,7 @@ use anyhow::Context;
 use ferrotrain_crds::{GradientCompression, TrainerSpec};
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load::{self, Splits};
+use ferrotrain_trainer::dist::handshake::GangKey;
 use ferrotrain_trainer::dist::rendezvous::RendezvousConfig;
 use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::engine::Engine;
@@ -194,6 +195,7 @@ fn loopback_ring(rank: u32, ranks: u32, port: u16) -> anyhow::Result<Ring> {
         port,
         rendezvous_timeout: Duration::from_secs(30),
         peer_timeout: Duration::from_secs(60),
+        key: GangKey::new(&[7; 32], "bench").context("gang key")?,
     })?)
 }
 

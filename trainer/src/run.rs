@@ -12,6 +12,7 @@ use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 use crate::checkpoint::layout::{sha256_hex, split_manifest_uri};
 use crate::checkpoint::store::CheckpointStore;
 use crate::data::load::{self, Splits};
+use crate::dist::handshake::GangKey;
 use crate::dist::rendezvous::RendezvousConfig;
 use crate::dist::ring::Ring;
 use crate::engine::device::{self, Compute};
@@ -52,6 +53,26 @@ pub enum Role {
     },
 }
 
+/// The job's gang key from the file the contract names. A gang of more than one rank cannot form
+/// without it; a single rank never connects to anyone and needs none.
+fn gang_key(env: &WorkerEnv) -> Result<GangKey, String> {
+    let job = env
+        .job_uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", env.job_namespace, env.job_name));
+    match &env.gang_key_path {
+        Some(path) => GangKey::from_file(path, &job).map_err(|e| e.to_string()),
+        None if env.world_size == 1 => {
+            GangKey::random(&job).ok_or_else(|| "no system randomness".to_string())
+        }
+        None => Err(format!(
+            "{} is not set: the {} ranks of a gang authenticate every connection with the job's gang key",
+            ferrotrain_crds::env::GANG_KEY_PATH,
+            env.world_size
+        )),
+    }
+}
+
 /// Runs one worker and returns its process exit code.
 pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -67,6 +88,13 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
     };
     let (spec, checkpoint, rendezvous, attempt, progress) = match role {
         Role::Worker(env) => {
+            let key = match gang_key(&env) {
+                Ok(key) => key,
+                Err(e) => {
+                    tracing::error!(error = %e, "gang key");
+                    return exit::BAD_CONFIG;
+                }
+            };
             let rendezvous = RendezvousConfig {
                 rank: env.rank,
                 world_size: env.world_size,
@@ -75,6 +103,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
                 port: env.rendezvous_port,
                 rendezvous_timeout: options.rendezvous_timeout,
                 peer_timeout: options.peer_timeout,
+                key,
             };
             let progress = match (&env.progress_url, &env.progress_token_path) {
                 (Some(url), Some(path)) if env.rank == 0 => match std::fs::read_to_string(path) {

@@ -20,46 +20,59 @@ fn free_port() -> u16 {
 
 fn spawn_gang(world: u32, trainer_yaml: &str, extra_args: &[&str]) -> Vec<Child> {
     let port = free_port();
-    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    let key_path = std::env::temp_dir().join(format!("ferrotrain-dist-{port}-gang-key"));
+    std::fs::write(&key_path, "5eed".repeat(16)).expect("gang key");
     (0..world)
         .map(|rank| {
-            let env = WorkerEnv {
-                rank,
-                world_size: world,
-                rendezvous_addr: "127.0.0.1".into(),
-                rendezvous_port: port,
-                attempt: 1,
-                job_name: "dist-test".into(),
-                job_namespace: "default".into(),
-                job_uid: None,
-                trainer: serde_yaml::from_str(trainer_yaml).expect("trainer yaml"),
-                checkpoint: None,
-                progress_url: None,
-                progress_token_path: None,
-                scratch_dir: None,
-            };
-            Command::new(env!("CARGO_BIN_EXE_ferrotrain-trainer"))
-                .args([
-                    "--data-dir",
-                    &data_dir.display().to_string(),
-                    "--report-every-seconds",
-                    "0.5",
-                ])
-                .args(extra_args)
-                .envs(env.to_env())
-                .env("MATMUL_NUM_THREADS", "1")
-                .stdout(Stdio::piped())
-                .stderr(
-                    std::fs::File::create(
-                        std::env::temp_dir().join(format!("ferrotrain-dist-{port}-{rank}.log")),
-                    )
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-                )
-                .spawn()
-                .expect("trainer starts")
+            let mut env = worker_env(rank, world, port, trainer_yaml);
+            env.gang_key_path = Some(key_path.display().to_string());
+            spawn_worker(&env, extra_args)
         })
         .collect()
+}
+
+fn worker_env(rank: u32, world: u32, port: u16, trainer_yaml: &str) -> WorkerEnv {
+    WorkerEnv {
+        rank,
+        world_size: world,
+        rendezvous_addr: "127.0.0.1".into(),
+        rendezvous_port: port,
+        attempt: 1,
+        job_name: "dist-test".into(),
+        job_namespace: "default".into(),
+        job_uid: None,
+        trainer: serde_yaml::from_str(trainer_yaml).expect("trainer yaml"),
+        checkpoint: None,
+        progress_url: None,
+        progress_token_path: None,
+        gang_key_path: None,
+        scratch_dir: None,
+    }
+}
+
+fn spawn_worker(env: &WorkerEnv, extra_args: &[&str]) -> Child {
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+    let (port, rank) = (env.rendezvous_port, env.rank);
+    Command::new(env!("CARGO_BIN_EXE_ferrotrain-trainer"))
+        .args([
+            "--data-dir",
+            &data_dir.display().to_string(),
+            "--report-every-seconds",
+            "0.5",
+        ])
+        .args(extra_args)
+        .envs(env.to_env())
+        .env("MATMUL_NUM_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::File::create(
+                std::env::temp_dir().join(format!("ferrotrain-dist-{port}-{rank}.log")),
+            )
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+        )
+        .spawn()
+        .expect("trainer starts")
 }
 
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<i32> {
@@ -154,6 +167,15 @@ fn a_dead_rank_makes_the_others_exit_with_peer_lost() {
         "no hang: {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_rank_of_a_gang_without_the_gang_key_is_a_configuration_error() {
+    let yaml =
+        "model: {type: mlp, hidden: [8]}\ndataset: {type: mnist}\nbatchSize: 32\nmaxSteps: 1\n";
+    let mut worker = spawn_worker(&worker_env(1, 2, free_port(), yaml), &[]);
+    let code = wait_with_timeout(&mut worker, Duration::from_secs(30));
+    assert_eq!(code, Some(i32::from(exit::BAD_CONFIG)));
 }
 
 #[test]

@@ -1,13 +1,15 @@
-//! The writes a reconcile applies: the job's support objects (headless Service, progress-token
-//! Secret, Volcano PodGroup), deletions, and the status, each with the operator's field manager.
+//! The writes a reconcile applies: the job's support objects (headless Service, NetworkPolicy,
+//! progress-token Secret, Volcano PodGroup), deletions, and the status, each with the operator's field manager.
 
 use ferrotrain_crds::{TrainingJob, TrainingJobStatus};
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::children::{self};
 use crate::cluster::error::{Error, kube_error};
+use crate::cluster::network_policy::worker_network_policy;
 use crate::cluster::ownership::{controlled_by, held_by_another};
 use crate::progress::{random_token, token_sha256};
 
@@ -18,12 +20,13 @@ pub const MANAGER: &str = "ferrotrain-operator";
 /// that the reconciler's status applies and the progress writer never remove each other's fields.
 pub const PROGRESS_MANAGER: &str = "ferrotrain-progress";
 
-/// Applies the headless Service and, once per job, makes the progress token: a Secret for the
+/// Applies the headless Service and the NetworkPolicy (where enabled) and, once per job, makes the progress token: a Secret for the
 /// workers and the token's SHA-256 on the job for the progress endpoint. Returns the job as
 /// annotated when a token was made.
 pub(crate) async fn ensure_support(
     job: &TrainingJob,
     client: &Client,
+    settings: &children::Settings,
 ) -> Result<Option<TrainingJob>, Error> {
     let namespace = job.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
@@ -37,18 +40,35 @@ pub(crate) async fn ensure_support(
         )
         .await
         .map_err(kube_error("apply service"))?;
+    if settings.worker_network_policy {
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+        let policy = worker_network_policy(job);
+        policies
+            .patch(
+                &policy.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&policy),
+            )
+            .await
+            .map_err(kube_error("apply network policy"))?;
+    }
     if children::token_sha256_of(job).is_some() {
         return Ok(None);
     }
     // The Secret comes first and is named after the token's digest: if recording the digest
     // fails, the next try makes a new token and Secret (the orphan goes with the job), and the
     // operator never needs to read a Secret back.
-    let token = random_token().ok_or(Error::Incomplete(
-        "system randomness for the progress token",
-    ))?;
+    let (Some(token), Some(gang_key)) = (random_token(), random_token()) else {
+        return Err(Error::Incomplete(
+            "system randomness for the progress token and gang key",
+        ));
+    };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     secrets
-        .create(&PostParams::default(), &children::token_secret(job, &token))
+        .create(
+            &PostParams::default(),
+            &children::token_secret(job, &token, &gang_key),
+        )
         .await
         .map_err(kube_error("create token secret"))?;
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);

@@ -35,6 +35,10 @@ pub const TOKEN_DIR: &str = "/var/run/ferrotrain";
 /// Key of the token in its Secret.
 pub const TOKEN_KEY: &str = "token";
 
+/// Key of the gang key in the same Secret: the workers authenticate each other with it; it is
+/// never sent anywhere.
+pub const GANG_KEY: &str = "gang-key";
+
 /// Scratch mount (the root file system is read-only).
 pub const SCRATCH_DIR: &str = "/scratch";
 
@@ -48,6 +52,8 @@ pub struct Settings {
     pub default_image: String,
     /// Base URL at which pods reach the operator's progress endpoint.
     pub progress_base_url: String,
+    /// Whether each job gets a NetworkPolicy that admits only its own pods to its workers.
+    pub worker_network_policy: bool,
 }
 
 /// Annotation on a TrainingJob: the SHA-256 (hex) of its progress token. The progress endpoint
@@ -87,7 +93,7 @@ fn owner(job: &TrainingJob) -> Option<OwnerReference> {
     job.controller_owner_ref(&())
 }
 
-fn base_labels(job: &str) -> BTreeMap<String, String> {
+pub(crate) fn base_labels(job: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_JOB.to_string(), job.to_string()),
         (
@@ -131,8 +137,8 @@ pub fn service(job: &TrainingJob) -> Service {
     }
 }
 
-/// The progress-token Secret, with `token` (256 random bits, hex).
-pub fn token_secret(job: &TrainingJob, token: &str) -> Secret {
+/// The job's Secret: the progress `token` and the `gang_key` (256 random bits each, hex).
+pub fn token_secret(job: &TrainingJob, token: &str, gang_key: &str) -> Secret {
     let name = job.metadata.name.clone().unwrap_or_default();
     Secret {
         metadata: meta(
@@ -140,7 +146,10 @@ pub fn token_secret(job: &TrainingJob, token: &str) -> Secret {
             token_secret_name(&name, &crate::progress::token_sha256(token)),
             base_labels(&name),
         ),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        string_data: Some(BTreeMap::from([
+            (TOKEN_KEY.to_string(), token.to_string()),
+            (GANG_KEY.to_string(), gang_key.to_string()),
+        ])),
         type_: Some("Opaque".into()),
         ..Secret::default()
     }
@@ -180,6 +189,7 @@ pub fn worker_pod(
             settings.progress_base_url.trim_end_matches('/')
         )),
         progress_token_path: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}")),
+        gang_key_path: Some(format!("{TOKEN_DIR}/{GANG_KEY}")),
         scratch_dir: Some(SCRATCH_DIR.into()),
     };
     let mut env: Vec<EnvVar> = contract
@@ -638,18 +648,16 @@ mod tests {
             (spec.cluster_ip.as_deref(), spec.publish_not_ready_addresses),
             (Some("None"), Some(true))
         );
-        let secret = token_secret(&job(""), "abc");
+        let secret = token_secret(&job(""), "abc", "def");
         // SHA-256("abc") begins ba7816bf8f01.
         assert_eq!(
             secret.metadata.name.as_deref(),
             Some("mnist-progress-ba7816bf8f01")
         );
+        let data = secret.string_data.unwrap_or_default();
         assert_eq!(
-            secret
-                .string_data
-                .and_then(|d| d.get(TOKEN_KEY).cloned())
-                .as_deref(),
-            Some("abc")
+            (data.get(TOKEN_KEY), data.get(GANG_KEY)),
+            (Some(&"abc".to_string()), Some(&"def".to_string()))
         );
     }
 
@@ -665,6 +673,7 @@ mod tests {
         let settings = Settings {
             default_image: "t".into(),
             progress_base_url: "http://op".into(),
+            worker_network_policy: true,
         };
         let pod = worker_pod(&annotated, &settings, 1, 2, 0);
         let mounted = pod
@@ -673,7 +682,10 @@ mod tests {
             .into_iter()
             .flatten()
             .find_map(|v| v.secret?.secret_name);
-        assert_eq!(mounted, token_secret(&annotated, "abc").metadata.name);
+        assert_eq!(
+            mounted,
+            token_secret(&annotated, "abc", "def").metadata.name
+        );
         // A digest that is not one is not trusted.
         annotated.metadata.annotations = Some(BTreeMap::from([(
             ANNOTATION_TOKEN_SHA256.to_string(),

@@ -39,6 +39,12 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "services", &["get", "create", "patch"]),
     // Write-only: the progress endpoint checks tokens against the digest on the job.
     ("", "secrets", &["create"]),
+    // The per-job NetworkPolicy (get: ownership is checked first).
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        &["get", "create", "patch"],
+    ),
     ("", "nodes", &["get"]),
     (
         "scheduling.volcano.sh",

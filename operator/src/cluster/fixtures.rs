@@ -18,5 +18,6 @@ pub(crate) fn settings() -> Settings {
     Settings {
         default_image: "ferrotrain/trainer:test".into(),
         progress_base_url: "http://ferrotrain.ferrotrain-system:8080/".into(),
+        worker_network_policy: true,
     }
 }

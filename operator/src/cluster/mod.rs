@@ -11,6 +11,7 @@ pub mod error;
 mod fixtures;
 pub mod hub;
 pub mod leader;
+pub mod network_policy;
 pub mod observe;
 pub mod ownership;
 pub mod ratelimit;

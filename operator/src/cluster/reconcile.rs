@@ -9,6 +9,7 @@ use std::time::Duration;
 use ferrotrain_crds::{Phase, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -161,6 +162,11 @@ async fn reconcile_as_leader(
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
         let service = children::service(job).name_any();
         name_conflicts.extend(held_by_another(&services, "Service", &service, &uid).await?);
+        if ctx.settings.worker_network_policy {
+            let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+            let policy = held_by_another(&policies, "NetworkPolicy", &name, &uid).await?;
+            name_conflicts.extend(policy);
+        }
     }
     let observed = Observed {
         name_conflicts,
@@ -182,7 +188,7 @@ async fn reconcile_as_leader(
     for action in &decision.actions {
         match action {
             Action::EnsureSupport => {
-                if let Some(annotated) = ensure_support(&job, &ctx.client).await? {
+                if let Some(annotated) = ensure_support(&job, &ctx.client, &ctx.settings).await? {
                     ctx.own_writes.record(key.clone(), &annotated);
                     job = std::borrow::Cow::Owned(annotated);
                 }

@@ -138,10 +138,15 @@ pub fn run(
     let _run_lock = lock_job(&job_dir, &name)?;
     let gang_lock = job_dir.join("gang.lock");
 
-    let token = random_token()
-        .ok_or_else(|| RunError::Preflight("no system randomness for the progress token".into()))?;
+    let (Some(token), Some(gang_key)) = (random_token(), random_token()) else {
+        return Err(RunError::Preflight(
+            "no system randomness for the progress token and gang key".into(),
+        ));
+    };
     let token_path = job_dir.join("progress-token");
     write_private(&token_path, &token)?;
+    let gang_key_path = job_dir.join("gang-key");
+    write_private(&gang_key_path, &gang_key)?;
     let inbox = Arc::new(Mutex::new(Inbox::default()));
     let attempt_now = Arc::new(AtomicU32::new(1));
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -256,6 +261,7 @@ pub fn run(
                             checkpoint: Some(checkpoint.clone()),
                             progress_url: Some(progress_url.clone()),
                             progress_token_path: Some(token_path.display().to_string()),
+                            gang_key_path: Some(gang_key_path.display().to_string()),
                             scratch_dir: None,
                         };
                         // Appended: a run resumed after a suspension numbers its attempts from 1

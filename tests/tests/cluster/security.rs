@@ -90,3 +90,84 @@ async fn a_job_named_like_another_service_waits_and_touches_nothing() {
         .expect("delete the other Service");
     wait_phase(&client, &namespace, "web", "Running", 90).await;
 }
+
+/// Each job gets a NetworkPolicy, named after it and controlled by it, that admits to its workers
+/// only pods of the same job in the same namespace. A NetworkPolicy of that name held by another
+/// owner is a name conflict like any other: the job waits, writes nothing, and goes ahead once
+/// the name is free.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn each_job_admits_only_its_own_pods_to_its_workers() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("netpol", "restricted").await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+    let theirs: NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "shared"},
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"]},
+    }))
+    .expect("NetworkPolicy");
+    let before = policies
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("create the other team's NetworkPolicy");
+    create_job(&client, &namespace, &job_manifest("shared", 2, "")).await;
+    create_job(&client, &namespace, &job_manifest("solo", 2, "")).await;
+    wait_phase(&client, &namespace, "solo", "Running", 90).await;
+
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let solo = jobs.get("solo").await.expect("job");
+    let policy =
+        serde_json::to_value(policies.get("solo").await.expect("the job's policy")).expect("json");
+    let same_job = serde_json::json!({"matchLabels": {"ferrotrain.io/job": "solo"}});
+    assert_eq!(policy["spec"]["podSelector"], same_job);
+    assert_eq!(
+        policy["spec"]["ingress"],
+        serde_json::json!([{"from": [{"podSelector": same_job}]}]),
+        "only the job's own pods, and no namespace selector"
+    );
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let owner = &policy["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["uid"].as_str(), owner["controller"].as_bool()),
+        (solo.metadata.uid.as_deref(), Some(true))
+    );
+    // The workers carry the label the policy selects.
+    let pods = job_pods(&client, &namespace, "solo").await;
+    assert!(!pods.is_empty());
+    assert!(
+        pods.iter()
+            .all(|p| p.labels().get("ferrotrain.io/job") == Some(&"solo".to_string()))
+    );
+
+    let condition = wait_for("NameConflict", Duration::from_secs(30), || async {
+        let job = jobs.get("shared").await.ok()?;
+        job.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.reason == "NameConflict")
+    })
+    .await;
+    assert!(condition.message.contains("NetworkPolicy"), "{condition:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = policies.get("shared").await.expect("still there");
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert!(job_pods(&client, &namespace, "shared").await.is_empty());
+    policies
+        .delete("shared", &DeleteParams::default())
+        .await
+        .expect("delete the other policy");
+    wait_phase(&client, &namespace, "shared", "Running", 90).await;
+    let ours = policies.get("shared").await.expect("the job's own policy");
+    assert!(ours.metadata.owner_references.is_some());
+}

@@ -1,7 +1,8 @@
 //! Data parallelism between ranks: rendezvous through rank 0, the ring all-reduce, and the wire
-//! protocol both speak. Every message carries the gang attempt, so workers of an old attempt are
-//! refused.
+//! protocol both speak. Every connection is authenticated with the job's gang key and carries the
+//! gang attempt, so outsiders and workers of an old attempt are refused.
 
+pub mod handshake;
 pub mod rendezvous;
 pub mod ring;
 pub mod wire;

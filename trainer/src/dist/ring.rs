@@ -3,14 +3,13 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::dist::rendezvous::{
-    RendezvousConfig, accept_ring_peer, join_rendezvous, serve_rendezvous,
+    RendezvousConfig, accept_ring_peer, connect_ring_peer, join_rendezvous, serve_rendezvous,
 };
-use crate::dist::wire::{
-    CommError, MAGIC, RING, bind_address, configure, connect_with_retry, lost, write_words,
-};
+use crate::dist::wire::{CommError, bind_address, lost};
 use ferrotrain_crds::GradientCompression;
 
 /// A formed ring: connections to the next and previous rank.
@@ -72,14 +71,24 @@ impl Ring {
         };
         let next_rank = (cfg.rank + 1) % cfg.world_size;
         let prev_rank = (cfg.rank + cfg.world_size - 1) % cfg.world_size;
-        let next_addr = &table[next_rank as usize];
-        let mut next = connect_with_retry(next_addr, deadline).map_err(|e| {
-            CommError::Rendezvous(format!("cannot reach rank {next_rank} at {next_addr}: {e}"))
-        })?;
-        configure(&next, cfg.peer_timeout).map_err(|e| lost(next_rank, "ring setup", e))?;
-        write_words(&mut next, &[MAGIC, RING, cfg.attempt, cfg.rank])
-            .map_err(|e| lost(next_rank, "ring setup", e))?;
-        let prev = accept_ring_peer(&data_listener, cfg, prev_rank, deadline)?;
+        // Accepting runs beside connecting: each handshake waits for the other side's answer,
+        // and every rank connects before it would otherwise accept.
+        let give_up = AtomicBool::new(false);
+        let (next, prev) = std::thread::scope(|scope| {
+            let accepting =
+                scope.spawn(|| accept_ring_peer(data_listener, cfg, prev_rank, deadline, &give_up));
+            let next = connect_ring_peer(cfg, next_rank, &table[next_rank as usize], deadline);
+            if next.is_err() {
+                give_up.store(true, Ordering::SeqCst);
+            }
+            let prev = accepting.join().unwrap_or_else(|_| {
+                Err(CommError::Rendezvous(
+                    "the thread accepting the ring connection failed".into(),
+                ))
+            });
+            (next, prev)
+        });
+        let (next, prev) = (next?, prev?);
         Ok(Self {
             rank: cfg.rank,
             world: cfg.world_size,
@@ -408,6 +417,7 @@ fn disjoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::handshake::GangKey;
 
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
@@ -425,7 +435,12 @@ mod tests {
             port,
             rendezvous_timeout: Duration::from_secs(10),
             peer_timeout: Duration::from_secs(5),
+            key: test_key(),
         }
+    }
+
+    fn test_key() -> GangKey {
+        GangKey::new(&[42; 32], "ring-test").expect("key")
     }
 
     fn run_ring(world: u32, len: usize) -> Vec<Vec<f32>> {
@@ -535,6 +550,101 @@ mod tests {
         );
         let rank0 = rank0.join().expect("thread");
         assert!(rank0.is_some_and(|e| e.contains("did not arrive")));
+    }
+
+    /// Outsiders knock on rank 0 before the real rank 1 arrives: a client of the old protocol, a
+    /// silent one, one that answers the challenge without the key, a holder of another job's key,
+    /// and a holder of this key replaying an earlier attempt. None gets a place in the gang, none
+    /// delays it past the handshake timeout, and the sums are bit-identical to an undisturbed run.
+    #[test]
+    fn outsiders_cannot_join_and_the_gang_result_is_unchanged() {
+        use crate::dist::handshake::{Hello, connect};
+        use crate::dist::wire::{CHALLENGE, HELLO, MAGIC, VERSION, read_words, write_words};
+        use std::io::Write as _;
+
+        let (world, len) = (2, 1001);
+        let undisturbed = run_ring(world, len);
+        let port = free_port();
+        let ranks: Vec<_> = [0, 1]
+            .into_iter()
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    if rank == 1 {
+                        // Arrives after the outsiders have tried.
+                        std::thread::sleep(Duration::from_millis(800));
+                    }
+                    let mut ring = Ring::connect(&config(rank, world, 2, port))?;
+                    let mut data: Vec<f32> =
+                        (0..len).map(|i| (i as f32) * (rank as f32 + 1.0)).collect();
+                    ring.all_reduce_sum(&mut data)?;
+                    Ok::<_, CommError>(data)
+                })
+            })
+            .collect();
+        let target = format!("127.0.0.1:{port}");
+        let reach = || {
+            crate::dist::wire::connect_with_retry(&target, Instant::now() + Duration::from_secs(5))
+                .expect("rank 0 listens")
+        };
+        let claim = |attempt| Hello {
+            kind: HELLO,
+            attempt,
+            rank: 1,
+            extra: 40000 | (world << 16),
+        };
+        let closed_without_table = |stream: &mut TcpStream| {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "an outsider received {rest:?}");
+        };
+
+        // The protocol before authentication: a hello with no nonce.
+        let mut old = reach();
+        write_words(&mut old, &[MAGIC, 1, HELLO, 2, 1, 40000 | (world << 16)]).expect("write");
+        // Connected and silent.
+        let _silent = reach();
+        // Answers the challenge with a made-up proof.
+        let mut forger = reach();
+        let mut opening = Vec::new();
+        for word in [MAGIC, VERSION, HELLO, 2, 1, 40000 | (world << 16)] {
+            opening.extend_from_slice(&word.to_le_bytes());
+        }
+        opening.extend_from_slice(&[9; 32]);
+        forger.write_all(&opening).expect("write");
+        let [magic, kind] = read_words::<2>(&mut forger).expect("challenge");
+        assert_eq!((magic, kind), (MAGIC, CHALLENGE));
+        let mut challenge = [0u8; 64];
+        forger.read_exact(&mut challenge).expect("nonce and proof");
+        forger.write_all(&[0; 32]).expect("forged proof");
+        closed_without_table(&mut forger);
+        // Another job's key: it cannot verify rank 0, and rank 0 never sees a proof.
+        let foreign = GangKey::new(&[1; 32], "ring-test").expect("key");
+        let mut other_job = reach();
+        let refused = connect(&mut other_job, &foreign, claim(2), 0);
+        assert!(refused.is_err(), "{refused:?}");
+        // The right key, an earlier attempt.
+        let mut stale = reach();
+        let refused = connect(&mut stale, &test_key(), claim(1), 0);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("attempt 1")),
+            "{refused:?}"
+        );
+        closed_without_table(&mut old);
+
+        let results: Vec<Vec<f32>> = ranks
+            .into_iter()
+            .map(|h| h.join().expect("thread").expect("the real gang forms"))
+            .collect();
+        for (rank, data) in results.iter().enumerate() {
+            let same_bits = data
+                .iter()
+                .zip(&undisturbed[rank])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same_bits && data.len() == len, "rank {rank} differs");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) const MAGIC: u32 = 0x4654_524e; // "FTRN"
 
-pub(crate) const VERSION: u32 = 1;
+/// 2: every connection opens with the gang key's challenge–response (`handshake`).
+pub(crate) const VERSION: u32 = 2;
 
 pub(crate) const HELLO: u32 = 1;
 
@@ -16,6 +17,8 @@ pub(crate) const TABLE: u32 = 2;
 pub(crate) const REJECT: u32 = 3;
 
 pub(crate) const RING: u32 = 4;
+
+pub(crate) const CHALLENGE: u32 = 5;
 
 /// Why the gang could not form or a collective failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,9 @@ pub enum CommError {
     /// Rank 0 refused this worker (wrong attempt, duplicate rank, different world size).
     #[error("rank 0 refused this worker: {0}")]
     Refused(String),
+    /// A peer could not prove it holds the job's gang key.
+    #[error("gang authentication failed: {0}")]
+    Unauthenticated(String),
     /// A peer closed its connection or stopped answering.
     #[error("peer {peer} lost during {during}: {source}")]
     PeerLost {
@@ -81,12 +87,12 @@ pub(crate) fn connect_with_retry(addr: &str, deadline: Instant) -> std::io::Resu
     }
 }
 
-pub(crate) fn write_words(stream: &mut TcpStream, words: &[u32]) -> std::io::Result<()> {
+pub(crate) fn write_words(stream: &mut impl Write, words: &[u32]) -> std::io::Result<()> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     stream.write_all(&bytes)
 }
 
-pub(crate) fn read_words<const N: usize>(stream: &mut TcpStream) -> std::io::Result<[u32; N]> {
+pub(crate) fn read_words<const N: usize>(stream: &mut impl Read) -> std::io::Result<[u32; N]> {
     let mut buf = [0u8; 4];
     let mut out = [0u32; N];
     for w in &mut out {
@@ -96,12 +102,12 @@ pub(crate) fn read_words<const N: usize>(stream: &mut TcpStream) -> std::io::Res
     Ok(out)
 }
 
-pub(crate) fn write_string(stream: &mut TcpStream, s: &str) -> std::io::Result<()> {
+pub(crate) fn write_string(stream: &mut impl Write, s: &str) -> std::io::Result<()> {
     write_words(stream, &[s.len() as u32])?;
     stream.write_all(s.as_bytes())
 }
 
-pub(crate) fn read_string(stream: &mut TcpStream) -> std::io::Result<String> {
+pub(crate) fn read_string(stream: &mut impl Read) -> std::io::Result<String> {
     let [len] = read_words::<1>(stream)?;
     if len > 4096 {
         return Err(std::io::Error::new(
