@@ -69,12 +69,14 @@ pub async fn write_progress(client: Client, hub: Arc<ProgressHub>) {
     loop {
         let started = tokio::time::Instant::now();
         futures::stream::iter(hub.due_writes(Timestamp::now()))
-            .for_each_concurrent(PROGRESS_WRITERS, |((namespace, name), status)| {
+            .for_each_concurrent(PROGRESS_WRITERS, |((namespace, name, uid), status)| {
                 let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
                 async move {
+                    // The UID makes the write fail on a job recreated under the name meanwhile.
                     let patch = serde_json::json!({
                         "apiVersion": "ferrotrain.io/v1alpha1",
                         "kind": "TrainingJob",
+                        "metadata": {"uid": uid},
                         "status": {"progress": status.progress, "checkpoint": status.checkpoint},
                     });
                     if let Err(e) = jobs
@@ -112,6 +114,7 @@ impl JobDirectory for KubeDirectory {
             .ok()?;
         let job = self.jobs.get(&ObjectRef::new(name).within(namespace))?;
         Some(JobInfo {
+            uid: job.metadata.uid.clone()?,
             token_sha256: children::token_sha256_of(&job)?.to_string(),
             attempt: job
                 .status

@@ -30,6 +30,8 @@ pub trait JobDirectory: Send + Sync + 'static {
 /// What the endpoint needs to know about a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobInfo {
+    /// The job's UID: progress belongs to this job, not to any job that had its name before.
+    pub uid: String,
     /// SHA-256 (hex) of the job's bearer token: the endpoint never needs the token itself.
     pub token_sha256: String,
     /// Current gang attempt.
@@ -40,6 +42,8 @@ pub struct JobInfo {
 
 #[derive(Default)]
 struct JobProgress {
+    /// The UID of the job this progress is of.
+    uid: String,
     tracker: ProgressTracker,
     batch_size: u64,
     dirty: bool,
@@ -141,6 +145,13 @@ impl ProgressHub {
                 .and_then(|report| {
                     let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
                     let entry = jobs.entry(key).or_default();
+                    if entry.uid != info.uid {
+                        // A job recreated under the name starts from nothing.
+                        *entry = JobProgress {
+                            uid: info.uid.clone(),
+                            ..JobProgress::default()
+                        };
+                    }
                     entry.batch_size = info.batch_size;
                     let result = entry.tracker.admit(report, info.attempt, now);
                     entry.dirty |= result.is_ok();
@@ -167,9 +178,9 @@ impl ProgressHub {
         *counters.forwarded.entry(status.as_u16()).or_default() += 1;
     }
 
-    /// Jobs whose progress should be written now, each with the status fields to apply; marks them
-    /// written. Nothing while this replica does not lead.
-    pub fn due_writes(&self, now: Timestamp) -> Vec<((String, String), TrainingJobStatus)> {
+    /// Jobs whose progress should be written now, each (namespace, name, UID) with the status
+    /// fields to apply; marks them written. Nothing while this replica does not lead.
+    pub fn due_writes(&self, now: Timestamp) -> Vec<((String, String, String), TrainingJobStatus)> {
         if !self.leader.load(Ordering::SeqCst) {
             return Vec::new();
         }
@@ -184,7 +195,7 @@ impl ProgressHub {
                 job.tracker.apply(&mut status, job.batch_size, now);
                 job.dirty = false;
                 job.last_write = Some(now);
-                due.push((key.clone(), status));
+                due.push(((key.0.clone(), key.1.clone(), job.uid.clone()), status));
             }
         }
         due

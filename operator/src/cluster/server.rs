@@ -184,11 +184,13 @@ mod tests {
         async fn lookup(&self, namespace: &str, name: &str) -> Option<JobInfo> {
             match (namespace, name) {
                 ("ml", "mnist") => Some(JobInfo {
+                    uid: "mnist-uid".into(),
                     token_sha256: crate::progress::token_sha256("mnist-token"),
                     attempt: 2,
                     batch_size: 32,
                 }),
                 ("ml", "other") => Some(JobInfo {
+                    uid: "other-uid".into(),
                     token_sha256: crate::progress::token_sha256("other-token"),
                     attempt: 1,
                     batch_size: 32,
@@ -292,6 +294,43 @@ mod tests {
         );
     }
 
+    /// A job deleted and created again under its name is another job: its reports start from
+    /// nothing (attempt 1, step 1 is accepted after the old job's attempt 2, step 30), and what
+    /// is written names the new UID, so a late write of the old job's progress cannot land.
+    #[test]
+    fn a_recreated_job_starts_from_nothing() {
+        let hub = ProgressHub::leading();
+        let key = || ("ml".to_string(), "mnist".to_string());
+        let info = |uid: &str, token: &str, attempt| JobInfo {
+            uid: uid.into(),
+            token_sha256: crate::progress::token_sha256(token),
+            attempt,
+            batch_size: 32,
+        };
+        let old = info("old-uid", "old-token", 2);
+        let accepted = hub.accept(
+            key(),
+            Some(&old),
+            Some("old-token"),
+            &report(2, 30),
+            Timestamp::now(),
+        );
+        assert_eq!(accepted, StatusCode::NO_CONTENT);
+        let new = info("new-uid", "new-token", 1);
+        let accepted = hub.accept(
+            key(),
+            Some(&new),
+            Some("new-token"),
+            &report(1, 1),
+            Timestamp::now(),
+        );
+        assert_eq!(accepted, StatusCode::NO_CONTENT);
+        let due = hub.due_writes(Timestamp::now());
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.2, "new-uid");
+        assert_eq!(due[0].1.progress.as_ref().map(|p| p.step), Some(1));
+    }
+
     #[tokio::test]
     async fn reports_are_coalesced_and_written_at_most_every_five_seconds_by_the_leader() {
         let hub = Arc::new(ProgressHub::leading());
@@ -310,7 +349,7 @@ mod tests {
         hub.leader.store(true, Ordering::SeqCst);
         let due = hub.due_writes(t0);
         assert_eq!(due.len(), 1, "three reports, one write");
-        assert_eq!(due[0].0, ("ml".to_string(), "mnist".to_string()));
+        assert_eq!(due[0].0, ("ml".into(), "mnist".into(), "mnist-uid".into()));
         assert_eq!(
             due[0].1.progress.as_ref().map(|p| p.step),
             Some(30),

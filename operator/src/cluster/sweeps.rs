@@ -1,4 +1,5 @@
-//! The Kubernetes side of TrainingSweeps: observe a sweep's trial TrainingJobs, run the sweep
+//! The Kubernetes side of TrainingSweeps: observe the trial TrainingJobs a sweep controls (by
+//! UID, never by name or label alone), run the sweep
 //! [`decide`], create trials (owned by the sweep, so deleting it deletes them), stop them by
 //! suspension, and write the sweep's status with server-side apply. Its calls are part of
 //! [`crate::cluster::controller::RBAC`].
@@ -19,6 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::hub::ProgressHub;
+use crate::cluster::ownership::controlled_by;
 use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
 
@@ -122,14 +124,25 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         }
         return Ok(Requeue::await_change());
     }
-    let observed: BTreeMap<String, TrialObservation> = ctx
+    // A trial is a TrainingJob this sweep controls: a job someone else made with the sweep's
+    // label and a trial's name is never taken for one.
+    let sweep_uid = sweep.uid().unwrap_or_default();
+    let mine: Vec<Arc<TrainingJob>> = ctx
         .trials
         .state()
-        .iter()
+        .into_iter()
         .filter(|job| {
             job.namespace().as_deref() == Some(namespace.as_str())
                 && job.labels().get(SWEEP_LABEL) == Some(&name)
+                && controlled_by(job.meta(), &sweep_uid)
         })
+        .collect();
+    let uids: BTreeMap<String, String> = mine
+        .iter()
+        .map(|job| (job.name_any(), job.uid().unwrap_or_default()))
+        .collect();
+    let observed: BTreeMap<String, TrialObservation> = mine
+        .iter()
         .map(|job| (job.name_any(), observe(job)))
         .collect();
     let decision = decide(&sweep, &observed, now);
@@ -145,8 +158,21 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
                 })?;
                 match jobs.create(&PostParams::default(), &object).await {
                     Ok(_) => {}
-                    // Created before (a status write that lost a race, or a cache that lags).
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    // Created before (a status write that lost a race, or a cache that lags),
+                    // or the name is another owner's: the trial waits until it is free.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {
+                        let holder = jobs
+                            .get_opt(trial)
+                            .await
+                            .map_err(kube_error(format!("read TrainingJob {trial}")))?;
+                        if holder.is_some_and(|job| !controlled_by(job.meta(), &sweep_uid)) {
+                            let message = format!(
+                                "TrainingJob {namespace}/{trial} exists and is not this sweep's; \
+                                 the trial waits until the name is free"
+                            );
+                            publish(&ctx, &sweep, true, "TrialNameConflict", &message).await;
+                        }
+                    }
                     // Refused by admission: the sweep sees the trial missing and records why.
                     Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
                         publish(
@@ -162,10 +188,10 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
                 }
             }
             SweepAction::StopTrial { name: trial } | SweepAction::PauseTrial { name: trial } => {
-                suspend(&jobs, &observed, trial, true).await?;
+                suspend(&jobs, &observed, &uids, trial, true).await?;
             }
             SweepAction::ResumeTrial { name: trial } => {
-                suspend(&jobs, &observed, trial, false).await?;
+                suspend(&jobs, &observed, &uids, trial, false).await?;
             }
         }
     }
@@ -183,22 +209,32 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
 async fn suspend(
     jobs: &Api<TrainingJob>,
     observed: &BTreeMap<String, TrialObservation>,
+    uids: &BTreeMap<String, String>,
     trial: &str,
     on: bool,
 ) -> Result<(), Error> {
-    let Some(seen) = observed.get(trial) else {
+    let (Some(seen), Some(uid)) = (observed.get(trial), uids.get(trial)) else {
         return Ok(());
     };
     if matches!(seen.phase, Some(Phase::Succeeded | Phase::Failed)) {
         return Ok(());
     }
-    let patch = serde_json::json!({"spec": {"runPolicy": {"suspend": on}}});
+    // The UID in the patch is a precondition: a job recreated under the name is not touched.
+    let patch = serde_json::json!({
+        "metadata": {"uid": uid},
+        "spec": {"runPolicy": {"suspend": on}},
+    });
     match jobs
         .patch(trial, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        // Gone, or replaced by another job of the name (the UID no longer matches).
+        Err(kube::Error::Api(s))
+            if s.code == 404 || (s.code == 422 && s.message.contains("metadata.uid")) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(kube_error(format!("suspend trial {trial}"))(e)),
     }
 }

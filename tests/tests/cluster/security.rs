@@ -171,3 +171,77 @@ async fn each_job_admits_only_its_own_pods_to_its_workers() {
     let ours = policies.get("shared").await.expect("the job's own policy");
     assert!(ours.metadata.owner_references.is_some());
 }
+
+/// A TrainingJob that someone else created under a trial's name, with the sweep's label, is not
+/// the sweep's: the sweep neither reads it as a trial nor changes it, says so in a Warning
+/// event, and its trial waits for the name.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_sweep_adopts_no_job_it_did_not_create() {
+    use ferrotrain_crds::sweep::{TrainingSweep, TrialState};
+    let Scenario {
+        cluster,
+        client,
+        installed: _operator,
+        namespace,
+    } = Scenario::start("adopt", "restricted").await;
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let mut planted = job_manifest("hijack-000", 1, "");
+    planted["metadata"]["labels"] = serde_json::json!({"ferrotrain.io/sweep": "hijack"});
+    planted["spec"]["runPolicy"] = serde_json::json!({"suspend": true});
+    let planted: TrainingJob = serde_json::from_value(planted).expect("job");
+    let before = jobs
+        .create(&PostParams::default(), &planted)
+        .await
+        .expect("create the planted job");
+
+    let text = std::fs::read_to_string(workspace_root().join("examples/sweep-asha.yaml"))
+        .expect("example");
+    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
+    manifest["metadata"] = serde_json::json!({"name": "hijack", "namespace": namespace});
+    manifest["spec"]["maxTrials"] = serde_json::json!(2);
+    let sweeps: Api<TrainingSweep> = Api::namespaced(client.clone(), &namespace);
+    let sweep: TrainingSweep = serde_json::from_value(manifest).expect("sweep");
+    sweeps
+        .create(&PostParams::default(), &sweep)
+        .await
+        .expect("create sweep");
+    // The sweep goes on with its other trial, which it owns.
+    let second = wait_for("the second trial", Duration::from_secs(60), || async {
+        jobs.get_opt("hijack-001").await.ok()?
+    })
+    .await;
+    assert_eq!(
+        second.owner_references().first().map(|o| o.kind.as_str()),
+        Some("TrainingSweep")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = jobs.get("hijack-000").await.expect("the planted job");
+    // Its own controller writes its status; its spec and owners are what its author made.
+    assert_eq!(
+        (
+            after.metadata.generation,
+            after.metadata.owner_references.clone()
+        ),
+        (before.metadata.generation, None),
+        "the sweep changed a job it does not own: {:?}",
+        after.spec.run_policy
+    );
+    let status = sweeps
+        .get("hijack")
+        .await
+        .expect("sweep")
+        .status
+        .unwrap_or_default();
+    let trial = status
+        .trials
+        .iter()
+        .find(|t| t.name == "hijack-000")
+        .expect("the trial is listed");
+    assert_eq!(trial.state, Some(TrialState::Pending), "{trial:?}");
+    wait_for("the conflict event", Duration::from_secs(60), || async {
+        let events = cluster.events(&namespace, "TrialNameConflict");
+        events.contains("hijack-000").then_some(())
+    })
+    .await;
+}
