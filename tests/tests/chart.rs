@@ -40,9 +40,11 @@ fn render(args: &[&str]) -> Vec<Value> {
 
 fn granted(objects: &[Value], kinds: &[&str]) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
+    // The operator's own roles: the ones that join the built-in user roles grant users.
     for role in objects
         .iter()
         .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or_default()))
+        .filter(|o| !aggregated(o))
     {
         for rule in role["rules"].as_array().into_iter().flatten() {
             for group in rule["apiGroups"].as_array().into_iter().flatten() {
@@ -61,6 +63,16 @@ fn granted(objects: &[Value], kinds: &[&str]) -> BTreeSet<(String, String, Strin
     out
 }
 
+fn aggregated(role: &Value) -> bool {
+    role["metadata"]["labels"]
+        .as_object()
+        .is_some_and(|labels| {
+            labels
+                .keys()
+                .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to-"))
+        })
+}
+
 fn needed() -> BTreeSet<(String, String, String)> {
     RBAC.iter()
         .flat_map(|(g, r, verbs)| {
@@ -76,6 +88,28 @@ fn needed() -> BTreeSet<(String, String, String)> {
 fn cluster_role_grants_exactly_the_operators_calls() {
     let objects = render(&[]);
     assert_eq!(granted(&objects, &["ClusterRole", "Role"]), needed());
+    // Users' roles: edit (and admin) and view, and nothing the operator needs.
+    let joins: BTreeSet<String> = objects
+        .iter()
+        .filter(|o| aggregated(o))
+        .flat_map(|o| {
+            o["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|(k, v)| k.starts_with("rbac.authorization.k8s.io/") && v == "true")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        joins,
+        BTreeSet::from(
+            ["admin", "edit", "view"]
+                .map(|r| format!("rbac.authorization.k8s.io/aggregate-to-{r}"))
+        )
+    );
+    let without = render(&["--set", "aggregateToDefaultRoles=false"]);
+    assert!(!without.iter().any(aggregated));
 }
 
 #[test]

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
+mod access;
 mod api;
 mod failures;
 mod lifecycle;
