@@ -144,8 +144,12 @@ fn job_json(status: Value) -> Value {
         }
     });
     if !status.is_null() {
-        // A job that has run has its token already.
-        value["metadata"]["annotations"] = json!({DIGEST: "ab".repeat(32)});
+        // A job that has run has the token of its first attempt already.
+        value["metadata"]["annotations"] = json!({
+            DIGEST: "ab".repeat(32),
+            "ferrotrain.io/progress-token-attempt": "1",
+            "ferrotrain.io/progress-token-secret-uid": "secret-1",
+        });
         value["status"] = status;
     }
     value
@@ -163,11 +167,17 @@ fn new_token(job: &TrainingJob) -> Vec<Expect> {
             assert_eq!(token.len(), 64);
             let digest = ferrotrain::progress::token_sha256(token);
             assert_eq!(b["metadata"]["name"], format!("mnist-progress-{}", &digest[..12]));
-        }),
+        })
+        .answer(201, json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "mnist-progress-new", "namespace": "ml", "uid": "secret-new"}})),
         expect(Method::PATCH, "/apis/ferrotrain.io/v1alpha1/namespaces/ml/trainingjobs/mnist?&force=true&fieldManager=ferrotrain-operator")
             .check(|b| {
                 assert_eq!(b["metadata"]["resourceVersion"], "7");
-                assert_eq!(b["metadata"]["annotations"][DIGEST].as_str().map(str::len), Some(64));
+                let annotations = &b["metadata"]["annotations"];
+                assert_eq!(annotations[DIGEST].as_str().map(str::len), Some(64));
+                // The attempt the token is for, and the Secret to delete when the next replaces it.
+                assert!(annotations["ferrotrain.io/progress-token-attempt"].is_string(), "{b}");
+                assert_eq!(annotations["ferrotrain.io/progress-token-secret-uid"], "secret-new");
                 assert!(b.get("spec").is_none() && b.get("status").is_none(), "{b}");
             })
             .answer(200, {
@@ -177,6 +187,24 @@ fn new_token(job: &TrainingJob) -> Vec<Expect> {
                 annotated
             }),
     ]
+}
+
+/// A restarted job's next attempt gets a token of its own, and the Secret of the last one is
+/// deleted by its UID.
+fn rotated_token(job: &TrainingJob) -> Vec<Expect> {
+    let mut script = new_token(job);
+    script.push(
+        expect(
+            Method::DELETE,
+            "/api/v1/namespaces/ml/secrets/mnist-progress-abababababab",
+        )
+        .check(|b| assert_eq!(b["preconditions"]["uid"], "secret-1"))
+        .answer(
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+        ),
+    );
+    script
 }
 
 fn owner(uid: &str) -> Value {
@@ -335,17 +363,20 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
 #[tokio::test]
 async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
-    // The token made for the first attempt is kept: no Secret call at all.
-    let script = vec![
+    let job = job(restarting);
+    let mut script = vec![
         service_name_free(),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+    ];
+    script.extend(rotated_token(&job));
+    script.extend([
         expect(Method::POST, PODS)
             .check(|b| assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "2")),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS).check(|b| assert_eq!(b["status"]["phase"], "Scheduling")),
         expect(Method::POST, EVENTS),
-    ];
-    run(job(restarting), vec![], script).await;
+    ]);
+    run(job, vec![], script).await;
 }
 
 #[tokio::test]
@@ -446,7 +477,7 @@ async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
 async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
     let job = restarting_volcano_job();
     let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200});
-    let mut script = next_pod_group_applied();
+    let mut script = next_pod_group_applied(&job);
     script.extend([
         // Deleted only as the job's own, with its UID as a precondition.
         expect(
@@ -481,11 +512,15 @@ fn restarting_volcano_job() -> TrainingJob {
 }
 
 /// The calls of [`restarting_volcano_job`] up to its new PodGroup: the Service's name checked
-/// and applied, the name of attempt 2's group checked and the group applied.
-fn next_pod_group_applied() -> Vec<Expect> {
-    vec![
+/// and applied, attempt 2's token made, the name of attempt 2's group checked and the group
+/// applied.
+fn next_pod_group_applied(job: &TrainingJob) -> Vec<Expect> {
+    let mut script = vec![
         service_name_free(),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+    ];
+    script.extend(rotated_token(job));
+    script.extend([
         expect(
             Method::GET,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2",
@@ -495,13 +530,14 @@ fn next_pod_group_applied() -> Vec<Expect> {
             Method::PATCH,
             "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-2?",
         ),
-    ]
+    ]);
+    script
 }
 
 #[tokio::test]
 async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
     let job = restarting_volcano_job();
-    let mut script = next_pod_group_applied();
+    let mut script = next_pod_group_applied(&job);
     script.extend([
         // Named like the job's last group, controlled by another object: no DELETE follows.
         expect(

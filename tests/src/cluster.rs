@@ -626,9 +626,9 @@ pub async fn token_secret_name(
         .get(name)
         .await
         .map_err(|e| format!("job {name}: {e}"))?;
-    let digest = ferrotrain::cluster::children::token_sha256_of(&job)
+    let digest = ferrotrain::cluster::job_secret::token_sha256_of(&job)
         .ok_or_else(|| format!("job {name} has no token digest"))?;
-    Ok(ferrotrain::cluster::children::token_secret_name(
+    Ok(ferrotrain::cluster::job_secret::token_secret_name(
         name, digest,
     ))
 }
@@ -640,11 +640,11 @@ pub async fn job_token(client: &Client, namespace: &str, job: &str) -> Result<St
         client,
         namespace,
         &name,
-        ferrotrain::cluster::children::TOKEN_KEY,
+        ferrotrain::cluster::job_secret::TOKEN_KEY,
     )
     .await?;
     let digest = ferrotrain::progress::token_sha256(&token);
-    if ferrotrain::cluster::children::token_secret_name(job, &digest) != name {
+    if ferrotrain::cluster::job_secret::token_secret_name(job, &digest) != name {
         return Err(format!(
             "the token in {name} does not match the job's digest"
         ));

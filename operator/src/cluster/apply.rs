@@ -9,6 +9,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::children::{self};
 use crate::cluster::error::{Error, kube_error};
+use crate::cluster::job_secret;
 use crate::cluster::network_policy::worker_network_policy;
 use crate::cluster::ownership::{controlled_by, held_by_another};
 use crate::progress::{random_token, token_sha256};
@@ -20,13 +21,15 @@ pub const MANAGER: &str = "ferrotrain-operator";
 /// that the reconciler's status applies and the progress writer never remove each other's fields.
 pub const PROGRESS_MANAGER: &str = "ferrotrain-progress";
 
-/// Applies the headless Service and the NetworkPolicy (where enabled) and, once per job, makes the progress token: a Secret for the
-/// workers and the token's SHA-256 on the job for the progress endpoint. Returns the job as
-/// annotated when a token was made.
+/// Applies the headless Service and the NetworkPolicy (where enabled) and, once per attempt,
+/// makes the attempt's Secret (progress token and gang key) and records the token's SHA-256 on
+/// the job for the progress endpoint; the previous attempt's Secret is then deleted. Returns the
+/// job as annotated when a Secret was made.
 pub(crate) async fn ensure_support(
     job: &TrainingJob,
     client: &Client,
     settings: &children::Settings,
+    attempt: u32,
 ) -> Result<Option<TrainingJob>, Error> {
     let namespace = job.namespace().unwrap_or_default();
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
@@ -52,7 +55,8 @@ pub(crate) async fn ensure_support(
             .await
             .map_err(kube_error("apply network policy"))?;
     }
-    if children::token_sha256_of(job).is_some() {
+    let current = job_secret::token_sha256_of(job);
+    if current.is_some() && job_secret::token_attempt_of(job) == Some(attempt) {
         return Ok(None);
     }
     // The Secret comes first and is named after the token's digest: if recording the digest
@@ -64,10 +68,10 @@ pub(crate) async fn ensure_support(
         ));
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    secrets
+    let created = secrets
         .create(
             &PostParams::default(),
-            &children::token_secret(job, &token, &gang_key),
+            &job_secret::token_secret(job, &token, &gang_key),
         )
         .await
         .map_err(kube_error("create token secret"))?;
@@ -77,10 +81,14 @@ pub(crate) async fn ensure_support(
         "kind": "TrainingJob",
         "metadata": {
             "resourceVersion": job.metadata.resource_version,
-            "annotations": {children::ANNOTATION_TOKEN_SHA256: token_sha256(&token)},
+            "annotations": {
+                job_secret::ANNOTATION_TOKEN_SHA256: token_sha256(&token),
+                job_secret::ANNOTATION_TOKEN_ATTEMPT: attempt.to_string(),
+                job_secret::ANNOTATION_TOKEN_SECRET_UID: created.metadata.uid,
+            },
         },
     });
-    match jobs
+    let annotated = match jobs
         .patch(
             &job.name_any(),
             &PatchParams::apply(MANAGER).force(),
@@ -88,9 +96,34 @@ pub(crate) async fn ensure_support(
         )
         .await
     {
-        Ok(annotated) => Ok(Some(annotated)),
-        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
-        Err(e) => Err(kube_error("record the token digest")(e)),
+        Ok(annotated) => annotated,
+        Err(kube::Error::Api(status)) if status.code == 409 => return Err(Error::Conflict),
+        Err(e) => return Err(kube_error("record the token digest")(e)),
+    };
+    if let (Some(digest), Some(uid)) = (current, job_secret::token_secret_uid_of(job)) {
+        // By UID: only the Secret this job made, never another of the name.
+        let name = job_secret::token_secret_name(&job.name_any(), digest);
+        delete_with_uid(&secrets, &name, uid).await?;
+    }
+    Ok(Some(annotated))
+}
+
+/// Deletes `name` if it is still the object with `uid`; gone or replaced is fine.
+async fn delete_with_uid<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(e) => Err(kube_error(format!("delete {name}"))(e)),
     }
 }
 
@@ -147,17 +180,9 @@ pub(crate) async fn delete_pod_group(
         return Ok(());
     }
     // The UID as a precondition: a group recreated under the name meanwhile is not deleted.
-    let params = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: group.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match groups.delete(name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(e) => Err(kube_error(format!("delete {name}"))(e)),
+    match group.metadata.uid.as_deref() {
+        Some(uid) => delete_with_uid(&groups, name, uid).await,
+        None => Ok(()),
     }
 }
 

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
-use crate::cluster::children::LABEL_JOB;
+use crate::cluster::labels::LABEL_JOB;
 
 /// A job, by namespace and name.
 pub type JobKey = (String, String);

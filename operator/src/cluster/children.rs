@@ -1,5 +1,5 @@
-//! What the operator creates for a job, as pure builders: the headless Service, the progress-token
-//! Secret, the worker pods and Volcano's PodGroup. Precedence of the user's pod overlay:
+//! What the operator creates for a job, as pure builders: the headless Service, the worker pods
+//! and Volcano's PodGroup (the Secret is `job_secret`'s, the NetworkPolicy `network_policy`'s). Precedence of the user's pod overlay:
 //! docs/api.md. Reading the pods back is `observe`'s.
 
 use std::collections::BTreeMap;
@@ -8,36 +8,21 @@ use ferrotrain_crds::env::{self, WorkerEnv};
 use ferrotrain_crds::{TrainingJob, defaults};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod,
-    PodSecurityContext, PodSpec, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    PodSecurityContext, PodSpec, SeccompProfile, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 
+use crate::cluster::job_secret::{
+    GANG_KEY, TOKEN_DIR, TOKEN_KEY, token_secret_name, token_sha256_of,
+};
+use crate::cluster::labels::{LABEL_ATTEMPT, LABEL_JOB, LABEL_RANK, base_labels, child_meta};
 use crate::vocabulary::TERMINATION_GRACE_SECONDS;
-
-/// Label: the job a child belongs to.
-pub const LABEL_JOB: &str = "ferrotrain.io/job";
-
-/// Label: a worker's rank.
-pub const LABEL_RANK: &str = "ferrotrain.io/rank";
-
-/// Label: a worker's gang attempt.
-pub const LABEL_ATTEMPT: &str = "ferrotrain.io/attempt";
 
 /// Port of rank 0's rendezvous listener.
 pub const RENDEZVOUS_PORT: u16 = 29400;
-
-/// Where the progress token is mounted.
-pub const TOKEN_DIR: &str = "/var/run/ferrotrain";
-
-/// Key of the token in its Secret.
-pub const TOKEN_KEY: &str = "token";
-
-/// Key of the gang key in the same Secret: the workers authenticate each other with it; it is
-/// never sent anywhere.
-pub const GANG_KEY: &str = "gang-key";
 
 /// Scratch mount (the root file system is read-only).
 pub const SCRATCH_DIR: &str = "/scratch";
@@ -56,72 +41,16 @@ pub struct Settings {
     pub worker_network_policy: bool,
 }
 
-/// Annotation on a TrainingJob: the SHA-256 (hex) of its progress token. The progress endpoint
-/// authenticates against it from the job cache, so the operator never reads a Secret.
-pub const ANNOTATION_TOKEN_SHA256: &str = "ferrotrain.io/progress-token-sha256";
-
-/// The job's recorded token digest, if it is one (64 lowercase hex digits).
-pub fn token_sha256_of(job: &TrainingJob) -> Option<&str> {
-    let digest = job
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(ANNOTATION_TOKEN_SHA256)?;
-    (digest.len() == 64
-        && digest
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(digest.as_str())
-}
-
-/// Name of the progress-token Secret of the token with this digest. Each token gets a Secret of
-/// its own name, so creating one never meets an older one (of this job or of an earlier job with
-/// the same name) whose token the operator could not read. Without a digest: `<job>-progress-token`.
-pub fn token_secret_name(job: &str, token_sha256: &str) -> String {
-    match token_sha256.get(..12) {
-        Some(prefix) => format!("{job}-progress-{prefix}"),
-        None => format!("{job}-progress-token"),
-    }
-}
-
 /// Name of a worker pod.
 pub fn worker_name(job: &str, rank: u32) -> String {
     format!("{job}-worker-{rank}")
-}
-
-fn owner(job: &TrainingJob) -> Option<OwnerReference> {
-    job.controller_owner_ref(&())
-}
-
-pub(crate) fn base_labels(job: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_JOB.to_string(), job.to_string()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "ferrotrain".to_string(),
-        ),
-        (
-            "app.kubernetes.io/name".to_string(),
-            "ferrotrain-worker".to_string(),
-        ),
-    ])
-}
-
-fn meta(job: &TrainingJob, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: job.metadata.namespace.clone(),
-        labels: Some(labels),
-        owner_references: owner(job).map(|o| vec![o]),
-        ..ObjectMeta::default()
-    }
 }
 
 /// The headless Service that gives `<job>-worker-<rank>.<job>` a DNS name, ready or not.
 pub fn service(job: &TrainingJob) -> Service {
     let name = job.metadata.name.clone().unwrap_or_default();
     Service {
-        metadata: meta(job, name.clone(), base_labels(&name)),
+        metadata: child_meta(job, name.clone(), base_labels(&name)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
@@ -134,24 +63,6 @@ pub fn service(job: &TrainingJob) -> Service {
             ..ServiceSpec::default()
         }),
         status: None,
-    }
-}
-
-/// The job's Secret: the progress `token` and the `gang_key` (256 random bits each, hex).
-pub fn token_secret(job: &TrainingJob, token: &str, gang_key: &str) -> Secret {
-    let name = job.metadata.name.clone().unwrap_or_default();
-    Secret {
-        metadata: meta(
-            job,
-            token_secret_name(&name, &crate::progress::token_sha256(token)),
-            base_labels(&name),
-        ),
-        string_data: Some(BTreeMap::from([
-            (TOKEN_KEY.to_string(), token.to_string()),
-            (GANG_KEY.to_string(), gang_key.to_string()),
-        ])),
-        type_: Some("Opaque".into()),
-        ..Secret::default()
     }
 }
 
@@ -342,7 +253,7 @@ pub fn worker_pod(
     Pod {
         metadata: ObjectMeta {
             annotations: Some(annotations).filter(|a| !a.is_empty()),
-            ..meta(job, worker.clone(), labels)
+            ..child_meta(job, worker.clone(), labels)
         },
         spec: Some(PodSpec {
             hostname: Some(worker),
@@ -412,7 +323,7 @@ pub fn pod_group(job: &TrainingJob, attempt: u32, world_size: u32) -> Option<ser
             "name": format!("{name}-{attempt}"),
             "namespace": job.metadata.namespace,
             "labels": base_labels(&name),
-            "ownerReferences": owner(job).map(|o| vec![o]),
+            "ownerReferences": job.controller_owner_ref(&()).map(|o| vec![o]),
         },
         "spec": spec,
     }))
@@ -437,6 +348,7 @@ fn scratch_limit(workers: &ferrotrain_crds::WorkersSpec) -> Quantity {
 mod tests {
     use super::*;
     use crate::cluster::fixtures::{job, settings};
+    use crate::cluster::job_secret::{ANNOTATION_TOKEN_SHA256, token_secret};
 
     fn env_of(pod: &Pod) -> BTreeMap<String, EnvVar> {
         let spec = pod.spec.as_ref().expect("spec");
@@ -641,23 +553,11 @@ mod tests {
     }
 
     #[test]
-    fn service_and_secret() {
-        let svc = service(&job(""));
-        let spec = svc.spec.expect("spec");
+    fn the_headless_service_publishes_workers_before_they_are_ready() {
+        let spec = service(&job("")).spec.expect("spec");
         assert_eq!(
             (spec.cluster_ip.as_deref(), spec.publish_not_ready_addresses),
             (Some("None"), Some(true))
-        );
-        let secret = token_secret(&job(""), "abc", "def");
-        // SHA-256("abc") begins ba7816bf8f01.
-        assert_eq!(
-            secret.metadata.name.as_deref(),
-            Some("mnist-progress-ba7816bf8f01")
-        );
-        let data = secret.string_data.unwrap_or_default();
-        assert_eq!(
-            (data.get(TOKEN_KEY), data.get(GANG_KEY)),
-            (Some(&"abc".to_string()), Some(&"def".to_string()))
         );
     }
 

@@ -17,8 +17,10 @@ use kube::{Client, ResourceExt};
 
 use crate::cluster::apply::PROGRESS_MANAGER;
 use crate::cluster::cache::PodIndex;
-use crate::cluster::children::{self, LABEL_JOB, Settings};
+use crate::cluster::children::Settings;
 use crate::cluster::hub::{JobDirectory, JobInfo, ProgressHub};
+use crate::cluster::job_secret;
+use crate::cluster::labels::LABEL_JOB;
 use crate::cluster::observe;
 use crate::cluster::reconcile::{Context, error_policy, reconcile};
 
@@ -37,8 +39,9 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "pods", &["list", "watch", "create", "delete"]),
     // get: a name that another owner holds is never written (ownership is checked first).
     ("", "services", &["get", "create", "patch"]),
-    // Write-only: the progress endpoint checks tokens against the digest on the job.
-    ("", "secrets", &["create"]),
+    // Never read: the progress endpoint checks tokens against the digest on the job. delete: the
+    // previous attempt's Secret, by its UID.
+    ("", "secrets", &["create", "delete"]),
     // The per-job NetworkPolicy (get: ownership is checked first).
     (
         "networking.k8s.io",
@@ -115,7 +118,7 @@ impl JobDirectory for KubeDirectory {
         let job = self.jobs.get(&ObjectRef::new(name).within(namespace))?;
         Some(JobInfo {
             uid: job.metadata.uid.clone()?,
-            token_sha256: children::token_sha256_of(&job)?.to_string(),
+            token_sha256: job_secret::token_sha256_of(&job)?.to_string(),
             attempt: job
                 .status
                 .as_ref()

@@ -10,6 +10,8 @@ pub mod error;
 #[cfg(test)]
 mod fixtures;
 pub mod hub;
+pub mod job_secret;
+pub mod labels;
 pub mod leader;
 pub mod network_policy;
 pub mod observe;

@@ -11,7 +11,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Resource;
 
-use crate::cluster::children::{LABEL_JOB, base_labels};
+use crate::cluster::labels::{LABEL_JOB, base_labels};
 
 /// The NetworkPolicy of `job`, named after it.
 pub fn worker_network_policy(job: &TrainingJob) -> NetworkPolicy {

@@ -5,7 +5,7 @@
 use ferrotrain_crds::env;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
-use crate::cluster::children::{LABEL_ATTEMPT, LABEL_RANK};
+use crate::cluster::labels::{LABEL_ATTEMPT, LABEL_RANK};
 use crate::decide::job::{FailureCause, StuckReason, WorkerState, WorkerView};
 use crate::vocabulary::{MAX_FAILURE_MESSAGE, last_error, shorten};
 

@@ -187,8 +187,10 @@ async fn reconcile_as_leader(
     let mut refused: Option<CreationRefused> = None;
     for action in &decision.actions {
         match action {
-            Action::EnsureSupport => {
-                if let Some(annotated) = ensure_support(&job, &ctx.client, &ctx.settings).await? {
+            Action::EnsureSupport { attempt } => {
+                if let Some(annotated) =
+                    ensure_support(&job, &ctx.client, &ctx.settings, *attempt).await?
+                {
                     ctx.own_writes.record(key.clone(), &annotated);
                     job = std::borrow::Cow::Owned(annotated);
                 }

@@ -229,7 +229,7 @@ pub fn run(
         }
         for action in &decision.actions {
             match action {
-                Action::EnsureSupport | Action::DeleteJob => {}
+                Action::EnsureSupport { .. } | Action::DeleteJob => {}
                 Action::CreateWorkers {
                     attempt,
                     world_size,

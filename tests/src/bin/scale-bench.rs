@@ -433,7 +433,7 @@ async fn bench(jobs: usize, steady: Duration) {
             let token = s
                 .data
                 .as_ref()?
-                .get(ferrotrain::cluster::children::TOKEN_KEY)?;
+                .get(ferrotrain::cluster::job_secret::TOKEN_KEY)?;
             Some((s.name_any(), String::from_utf8_lossy(&token.0).into_owned()))
         })
         .collect();
@@ -441,8 +441,8 @@ async fn bench(jobs: usize, steady: Duration) {
         .state()
         .iter()
         .filter_map(|j| {
-            let digest = ferrotrain::cluster::children::token_sha256_of(j)?;
-            let secret = ferrotrain::cluster::children::token_secret_name(&j.name_any(), digest);
+            let digest = ferrotrain::cluster::job_secret::token_sha256_of(j)?;
+            let secret = ferrotrain::cluster::job_secret::token_secret_name(&j.name_any(), digest);
             Some((j.name_any(), by_name.get(&secret)?.clone()))
         })
         .collect();

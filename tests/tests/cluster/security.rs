@@ -245,3 +245,91 @@ async fn a_sweep_adopts_no_job_it_did_not_create() {
     })
     .await;
 }
+
+/// Every attempt has its own progress token and gang key: after a restart the old token is
+/// refused, the old Secret is gone, and the new workers mount the new one.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn each_attempt_has_its_own_token_and_gang_key() {
+    let Scenario {
+        cluster: _cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("rotate", "restricted").await;
+    create_job(&client, &namespace, &job_manifest("rotate", 2, "")).await;
+    wait_phase(&client, &namespace, "rotate", "Running", 60).await;
+    let first_secret = token_secret_name(&client, &namespace, "rotate")
+        .await
+        .expect("secret of attempt 1");
+    let first = job_token(&client, &namespace, "rotate")
+        .await
+        .expect("token of attempt 1");
+    let report = |attempt: u32, step: u64| {
+        serde_json::json!({"attempt": attempt, "worldSize": 2, "step": step, "totalSteps": 1000, "epoch": 0})
+            .to_string()
+    };
+    let address = &installed.operator.address;
+    assert_eq!(
+        post_progress(address, &namespace, "rotate", &first, &report(1, 10)),
+        204
+    );
+    terminate_container(&client, &namespace, "rotate-worker-1", 1).await;
+    wait_for("attempt 2 running", Duration::from_secs(60), || async {
+        let job = job_status(&client, &namespace, "rotate").await?;
+        (job.status.as_ref()?.attempt == Some(2) && phase_name(&job).as_deref() == Some("Running"))
+            .then_some(())
+    })
+    .await;
+    let second_secret = token_secret_name(&client, &namespace, "rotate")
+        .await
+        .expect("secret of attempt 2");
+    assert_ne!(first_secret, second_secret);
+    let second = job_token(&client, &namespace, "rotate")
+        .await
+        .expect("token of attempt 2");
+    assert_ne!(first, second);
+    let code = wait_for(
+        "the new token accepted",
+        Duration::from_secs(20),
+        || async {
+            let code = post_progress(address, &namespace, "rotate", &second, &report(2, 10));
+            (code == 204).then_some(code)
+        },
+    )
+    .await;
+    assert_eq!(code, 204);
+    assert_eq!(
+        post_progress(address, &namespace, "rotate", &first, &report(2, 20)),
+        401,
+        "the token of attempt 1 is refused"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    wait_for(
+        "the old Secret deleted",
+        Duration::from_secs(20),
+        || async {
+            secrets
+                .get_opt(&first_secret)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    for pod in job_pods(&client, &namespace, "rotate").await {
+        let mounted = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .find(|v| v.name == "progress-token")
+            .and_then(|v| v.secret.as_ref()?.secret_name.clone());
+        assert_eq!(mounted.as_deref(), Some(second_secret.as_str()));
+    }
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
+}

@@ -8,8 +8,12 @@ use ferrotrain_crds::TrainingJobStatus;
 /// A change to make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Create or update the headless Service and the progress-token Secret.
-    EnsureSupport,
+    /// Create or update the headless Service and NetworkPolicy, and make the Secret of `attempt`
+    /// (its progress token and gang key) unless the job has it already.
+    EnsureSupport {
+        /// The attempt the Secret is for.
+        attempt: u32,
+    },
     /// Create the workers of `attempt`, ranks `0..world_size`.
     CreateWorkers {
         /// Attempt number.

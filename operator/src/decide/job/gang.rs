@@ -21,7 +21,9 @@ pub const MAX_GANG_BACKOFF: Duration = Duration::from_secs(300);
 impl Decider<'_> {
     /// Creates the gang once every older worker is gone (worker names repeat across attempts).
     pub(super) fn start_gang(&mut self, observed: &Observed) {
-        self.actions.push(Action::EnsureSupport);
+        self.actions.push(Action::EnsureSupport {
+            attempt: self.attempt(),
+        });
         if observed.workers.iter().any(|w| w.attempt != self.attempt()) {
             // Old workers still exiting (worker names repeat across attempts): look again soon.
             self.requeue_in(2.0);

@@ -6,7 +6,7 @@ use super::*;
 fn new_job_creates_support_and_the_first_gang() {
     let mut j = job("", 3, None);
     let d = step(&mut j, vec![], 0);
-    assert_eq!(d.actions[0], Action::EnsureSupport);
+    assert_eq!(d.actions[0], Action::EnsureSupport { attempt: 1 });
     assert_eq!(created(&d), Some((1, 3)));
     assert_eq!(phase(&d), Phase::Scheduling);
     assert_eq!(d.requeue_after, Some(Duration::from_secs(300)));
@@ -40,7 +40,7 @@ fn a_name_held_by_another_owner_creates_nothing_until_it_is_free() {
     assert!(decide(&j, &conflicts, at(10)).events.is_empty());
     // The name is free: the gang starts.
     let d = step(&mut j, vec![], 20);
-    assert_eq!(d.actions[0], Action::EnsureSupport);
+    assert_eq!(d.actions[0], Action::EnsureSupport { attempt: 1 });
     assert_eq!(created(&d), Some((1, 2)));
 }
 
