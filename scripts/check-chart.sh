@@ -17,7 +17,7 @@ fi
 chart=charts/ferrotrain
 value_sets=(
   ""
-  "--set minio.enabled=true --set serviceMonitor.enabled=true --set replicaCount=3 --set admissionPolicy.enabled=true --set admissionPolicy.namespaceSelector.matchLabels.team=ml"
+  "--set minio.enabled=true --set serviceMonitor.enabled=true --set replicaCount=3 --set admissionPolicy.enabled=true --set admissionPolicy.namespaceSelector.matchLabels.team=ml --set progressTLS.enabled=true --set progressTLS.secretName=ferrotrain-tls"
   "--set watchNamespace=ml --set networkPolicy.enabled=false --set podDisruptionBudget.enabled=false --set workerNetworkPolicy.enabled=false --set aggregateToDefaultRoles=false"
 )
 for helm in "$tools/helm3" "$tools/helm4"; do

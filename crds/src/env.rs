@@ -31,6 +31,8 @@ pub const CHECKPOINT_CONFIG: &str = "FERROTRAIN_CHECKPOINT_CONFIG";
 pub const PROGRESS_URL: &str = "FERROTRAIN_PROGRESS_URL";
 /// File holding the bearer token for progress reports.
 pub const PROGRESS_TOKEN_PATH: &str = "FERROTRAIN_PROGRESS_TOKEN_PATH";
+/// CA bundle (PEM) to verify the progress endpoint's certificate with, when it serves TLS.
+pub const PROGRESS_CA: &str = "FERROTRAIN_PROGRESS_CA";
 /// File holding the job's gang key: every connection between ranks proves it holds it.
 pub const GANG_KEY_PATH: &str = "FERROTRAIN_GANG_KEY_PATH";
 /// Writable scratch directory (an emptyDir in a pod).
@@ -101,6 +103,8 @@ pub struct WorkerEnv {
     pub progress_token_path: Option<String>,
     /// Path of the gang key file (required with more than one rank).
     pub gang_key_path: Option<String>,
+    /// CA bundle (PEM) of the progress endpoint, when it serves TLS.
+    pub progress_ca: Option<String>,
     /// Scratch directory.
     pub scratch_dir: Option<String>,
 }
@@ -145,6 +149,7 @@ impl WorkerEnv {
             (PROGRESS_URL, self.progress_url.clone()),
             (PROGRESS_TOKEN_PATH, self.progress_token_path.clone()),
             (GANG_KEY_PATH, self.gang_key_path.clone()),
+            (PROGRESS_CA, self.progress_ca.clone()),
             (SCRATCH_DIR, self.scratch_dir.clone()),
         ];
         vars.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
@@ -189,6 +194,7 @@ impl WorkerEnv {
             progress_url: lookup(PROGRESS_URL),
             progress_token_path: lookup(PROGRESS_TOKEN_PATH),
             gang_key_path: lookup(GANG_KEY_PATH),
+            progress_ca: lookup(PROGRESS_CA),
             scratch_dir: lookup(SCRATCH_DIR),
         })
     }
@@ -252,6 +258,7 @@ mod tests {
             progress_url: Some("http://ferrotrain:8080/v1/namespaces/ml/trainingjobs/mnist/progress".into()),
             progress_token_path: Some("/var/run/ferrotrain/token".into()),
             gang_key_path: Some("/var/run/ferrotrain/gang-key".into()),
+            progress_ca: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
             scratch_dir: Some("/scratch".into()),
         }
     }
@@ -272,6 +279,7 @@ mod tests {
         env.progress_url = None;
         env.progress_token_path = None;
         env.gang_key_path = None;
+        env.progress_ca = None;
         env.scratch_dir = None;
         let vars: HashMap<String, String> = env.to_env().into_iter().collect();
         assert!(!vars.contains_key(CHECKPOINT_CONFIG));

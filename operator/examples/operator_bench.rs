@@ -88,6 +88,7 @@ fn stores(slim: bool) {
         default_image: "ferrotrain-trainer:0.1.0".into(),
         progress_base_url: "http://ferrotrain.ferrotrain-system.svc:8080".into(),
         worker_network_policy: true,
+        progress_ca: None,
     };
     for i in 0..1000 {
         let j = job(i);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ferrotrain::cli::operator::{Limits, OperatorOptions};
+use ferrotrain::cli::operator::{Limits, OperatorOptions, ProgressTls};
 use ferrotrain::cli::{local, operator, validate};
 use ferrotrain::cluster::children::Settings;
 use ferrotrain::cluster::controller::RunOptions;
@@ -100,6 +100,17 @@ enum Command {
             action = clap::ArgAction::Set
         )]
         worker_network_policy: bool,
+        /// Serve the progress endpoint (and metrics and probes) over TLS with this certificate
+        /// chain (PEM; `tls.crt` of a kubernetes.io/tls Secret). Read again when it changes.
+        #[arg(long, env = "OPERATOR_TLS_CERT_FILE", requires_all = ["tls_key_file", "tls_ca_file"])]
+        tls_cert_file: Option<PathBuf>,
+        /// The private key of --tls-cert-file (PEM; `tls.key`).
+        #[arg(long, env = "OPERATOR_TLS_KEY_FILE", requires = "tls_cert_file")]
+        tls_key_file: Option<PathBuf>,
+        /// The CA bundle (PEM; `ca.crt`) workers and the other replicas verify the certificate
+        /// with; it is passed to every worker pod.
+        #[arg(long, env = "OPERATOR_TLS_CA_FILE", requires = "tls_cert_file")]
+        tls_ca_file: Option<PathBuf>,
         /// Watch only this namespace (default: all namespaces).
         #[arg(long, env = "WATCH_NAMESPACE")]
         namespace: Option<String>,
@@ -192,6 +203,9 @@ fn main() -> anyhow::Result<ExitCode> {
             trainer_image,
             progress_base_url,
             worker_network_policy,
+            tls_cert_file,
+            tls_key_file,
+            tls_ca_file,
             namespace,
             listen,
             lease_namespace,
@@ -215,6 +229,11 @@ fn main() -> anyhow::Result<ExitCode> {
                     default_image: trainer_image,
                     progress_base_url,
                     worker_network_policy,
+                    progress_ca: None,
+                },
+                tls: match (tls_cert_file, tls_key_file, tls_ca_file) {
+                    (Some(cert), Some(key), Some(ca)) => Some(ProgressTls { cert, key, ca }),
+                    _ => None,
                 },
                 run: RunOptions {
                     namespace,

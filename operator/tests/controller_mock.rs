@@ -254,6 +254,7 @@ async fn run_with(job: Arc<TrainingJob>, pods: Vec<Value>, script: Vec<Expect>) 
         default_image: "trainer:test".into(),
         progress_base_url: "http://op:8080".into(),
         worker_network_policy: false,
+        progress_ca: None,
     };
     // The pod cache holds what the watch delivered: reconciling never lists pods.
     let pods = PodIndex::listed_with(

@@ -376,6 +376,16 @@ impl Operator {
         let address = format!("127.0.0.1:{port}");
         let log = kubeconfig.with_extension(format!("{identity}.log"));
         let file = std::fs::File::create(&log).expect("operator log");
+        // With TLS the workers and the other replicas verify the certificate for `localhost`
+        // (see [`tls_files`]).
+        let (base, advertise) = if extra.contains(&"--tls-cert-file") {
+            (
+                format!("https://localhost:{port}"),
+                format!("https://{address}"),
+            )
+        } else {
+            (format!("http://{address}"), format!("http://{address}"))
+        };
         let child = Command::new(ferrotrain_binary())
             .args([
                 "operator",
@@ -386,9 +396,9 @@ impl Operator {
                 "--identity",
                 identity,
                 "--progress-base-url",
-                &format!("http://{address}"),
+                &base,
             ])
-            .env("OPERATOR_ADVERTISE_URL", format!("http://{address}"))
+            .env("OPERATOR_ADVERTISE_URL", advertise)
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
@@ -519,26 +529,6 @@ pub async fn terminate_container_saying(
         .map(|_| ())
 }
 
-/// POSTs a progress report to an operator's endpoint; returns the HTTP status code.
-pub fn post_progress(address: &str, namespace: &str, job: &str, token: &str, body: &str) -> u16 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to operator");
-    let request = format!(
-        "POST /v1/namespaces/{namespace}/trainingjobs/{job}/progress HTTP/1.1\r\nHost: {address}\r\n\
-         Authorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The finalizer a test puts on a pod to keep it Terminating, as a kubelet does during the grace
 /// period (kwok would delete it at once).
 pub const HOLD_FINALIZER: &str = "ferrotrain.io/test-hold";
@@ -614,60 +604,4 @@ pub fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
         .status();
-}
-
-/// The name of a job's progress-token Secret, from the digest the operator recorded on the job.
-pub async fn token_secret_name(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-) -> Result<String, String> {
-    let job = Api::<ferrotrain_crds::TrainingJob>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .map_err(|e| format!("job {name}: {e}"))?;
-    let digest = ferrotrain::cluster::job_secret::token_sha256_of(&job)
-        .ok_or_else(|| format!("job {name} has no token digest"))?;
-    Ok(ferrotrain::cluster::job_secret::token_secret_name(
-        name, digest,
-    ))
-}
-
-/// A job's progress token, as its workers read it; checked against the digest on the job.
-pub async fn job_token(client: &Client, namespace: &str, job: &str) -> Result<String, String> {
-    let name = token_secret_name(client, namespace, job).await?;
-    let token = secret_value(
-        client,
-        namespace,
-        &name,
-        ferrotrain::cluster::job_secret::TOKEN_KEY,
-    )
-    .await?;
-    let digest = ferrotrain::progress::token_sha256(&token);
-    if ferrotrain::cluster::job_secret::token_secret_name(job, &digest) != name {
-        return Err(format!(
-            "the token in {name} does not match the job's digest"
-        ));
-    }
-    Ok(token)
-}
-
-/// The value of `key` in a Secret, as text.
-pub async fn secret_value(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-) -> Result<String, String> {
-    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
-        .get(name)
-        .await
-        .map_err(|e| format!("secret {name}: {e}"))?;
-    secret
-        .data
-        .and_then(|d| {
-            d.get(key)
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        })
-        .ok_or_else(|| format!("secret {name} has no key {key}"))
 }

@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::cluster::{secret_value, send_signal, terminate_container};
+use crate::cluster::{send_signal, terminate_container};
+use crate::credentials::secret_value;
 
 /// What the kubelet needs to know besides the pods themselves.
 #[derive(Clone, Debug)]

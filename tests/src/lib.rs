@@ -3,6 +3,7 @@
 //! fuzz targets' properties.
 
 pub mod cluster;
+pub mod credentials;
 pub mod faultproxy;
 pub mod fuzz;
 pub mod kubelet;

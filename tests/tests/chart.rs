@@ -153,6 +153,7 @@ fn every_pod_meets_the_restricted_pod_security_standard() {
         default_image: "ferrotrain-trainer:0.1.0".into(),
         progress_base_url: "http://ferrotrain:8080".into(),
         worker_network_policy: true,
+        progress_ca: None,
     };
     let pod = serde_json::to_value(worker_pod(&job, &settings, 1, 4, 0)).expect("json");
     assert_eq!(

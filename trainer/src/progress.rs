@@ -9,6 +9,17 @@ use ferrotrain_crds::progress::ProgressReport;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+/// The operator's progress endpoint.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Where to POST.
+    pub url: String,
+    /// The job's bearer token.
+    pub token: String,
+    /// CA bundle (PEM) to verify an https endpoint with; `None`: the system's roots.
+    pub ca_pem: Option<String>,
+}
+
 /// Where reports go.
 pub struct Reporter {
     runtime: Handle,
@@ -19,12 +30,26 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter; `endpoint` is the progress URL and bearer token, if any.
-    pub fn new(runtime: Handle, endpoint: Option<(String, String)>) -> Self {
+    /// A reporter that posts to `endpoint`, if any.
+    pub fn new(runtime: Handle, endpoint: Option<Endpoint>) -> Self {
         crate::tls::install_crypto_provider();
         // No proxy: the operator's Service is inside the cluster, and a proxy named by the pod's
         // environment (HTTP_PROXY, ALL_PROXY) must never see the job's bearer token.
-        let (client, endpoint) = match reqwest::Client::builder().no_proxy().build() {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(pem) = endpoint.as_ref().and_then(|e| e.ca_pem.as_deref()) {
+            match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+                // Only the operator's CA: a certificate from any other CA is refused.
+                Ok(roots) if !roots.is_empty() => builder = builder.tls_certs_only(roots),
+                _ => {
+                    tracing::warn!(
+                        "the progress endpoint's CA bundle holds no certificate; reports go to stdout only"
+                    );
+                    return Self::stdout_only(runtime);
+                }
+            }
+        }
+        let endpoint = endpoint.map(|e| (e.url, e.token));
+        let (client, endpoint) = match builder.build() {
             Ok(client) => (client, endpoint),
             Err(problem) => {
                 tracing::warn!(%problem, "no HTTP client for progress reports; they go to stdout only");
@@ -35,6 +60,16 @@ impl Reporter {
             runtime,
             endpoint,
             client,
+            in_flight: None,
+            warned: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn stdout_only(runtime: Handle) -> Self {
+        Self {
+            runtime,
+            endpoint: None,
+            client: reqwest::Client::new(),
             in_flight: None,
             warned: Arc::new(AtomicBool::new(false)),
         }
@@ -91,6 +126,14 @@ mod tests {
 
     use super::*;
 
+    fn endpoint(url: String, token: &str) -> Endpoint {
+        Endpoint {
+            url,
+            token: token.into(),
+            ca_pem: None,
+        }
+    }
+
     /// Accepts one HTTP request and answers `status`; returns the raw request.
     fn one_request_server(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -140,7 +183,7 @@ mod tests {
             .build()
             .expect("runtime");
         let (url, server) = one_request_server("200 OK");
-        let mut reporter = Reporter::new(runtime.handle().clone(), Some((url, "s3cret".into())));
+        let mut reporter = Reporter::new(runtime.handle().clone(), Some(endpoint(url, "s3cret")));
         let report = ProgressReport {
             attempt: 2,
             world_size: 3,
@@ -226,7 +269,7 @@ mod tests {
             .build()
             .expect("runtime");
         let (url, server) = one_request_server("500 Internal Server Error");
-        let mut reporter = Reporter::new(runtime.handle().clone(), Some((url, "t".into())));
+        let mut reporter = Reporter::new(runtime.handle().clone(), Some(endpoint(url, "t")));
         reporter.report(&ProgressReport {
             done: true,
             ..ProgressReport::default()

@@ -17,7 +17,7 @@ use crate::dist::rendezvous::RendezvousConfig;
 use crate::dist::ring::Ring;
 use crate::engine::device::{self, Compute};
 use crate::nn::model::Network;
-use crate::progress::Reporter;
+use crate::progress::{Endpoint, Reporter};
 use crate::storage::{self, S3Options};
 use crate::train::job::{CheckpointPlan, Job, Outcome, TrainError, WarmStart};
 use crate::train::steps::train;
@@ -107,7 +107,11 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             };
             let progress = match (&env.progress_url, &env.progress_token_path) {
                 (Some(url), Some(path)) if env.rank == 0 => match std::fs::read_to_string(path) {
-                    Ok(token) => Some((url.clone(), token.trim().to_string())),
+                    Ok(token) => Some(Endpoint {
+                        url: url.clone(),
+                        token: token.trim().to_string(),
+                        ca_pem: env.progress_ca.clone(),
+                    }),
                     Err(e) => {
                         tracing::warn!(path = %path, error = %e, "progress token unreadable; reports go to stdout only");
                         None

@@ -46,6 +46,7 @@ fn worker_env(rank: u32, world: u32, port: u16, trainer_yaml: &str) -> WorkerEnv
         progress_url: None,
         progress_token_path: None,
         gang_key_path: None,
+        progress_ca: None,
         scratch_dir: None,
     }
 }

@@ -1,6 +1,7 @@
 //! `ferrotrain operator`: the Kubernetes controllers with their HTTP server (progress endpoint,
 //! metrics, probes) and leader election, each with its own client and rate limit.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cli::error::{CommandError, doing};
@@ -22,6 +23,18 @@ pub struct Limits {
     pub progress_qps: f64,
 }
 
+/// The progress endpoint's TLS: PEM files as a kubernetes.io/tls Secret (cert-manager's too)
+/// holds them.
+#[derive(Clone, Debug)]
+pub struct ProgressTls {
+    /// Certificate chain (`tls.crt`).
+    pub cert: PathBuf,
+    /// Private key (`tls.key`).
+    pub key: PathBuf,
+    /// CA bundle (`ca.crt`) the workers and the other replicas verify the certificate with.
+    pub ca: PathBuf,
+}
+
 /// Everything the operator is run with.
 #[derive(Clone, Debug)]
 pub struct OperatorOptions {
@@ -37,19 +50,58 @@ pub struct OperatorOptions {
     pub lease_namespace: String,
     /// This replica in the Lease.
     pub candidate: Candidate,
+    /// TLS for the HTTP server; `None` serves plain HTTP.
+    pub tls: Option<ProgressTls>,
+}
+
+/// The server configuration and the forwarding client of the TLS endpoint; records the CA bundle
+/// in `settings` for the workers. The certificate is verified, by the workers and the other
+/// replicas alike, for the host name of the progress base URL.
+fn serving_tls(
+    files: &ProgressTls,
+    settings: &mut Settings,
+) -> Result<(Arc<rustls::ServerConfig>, reqwest::Client), CommandError> {
+    let config = crate::tls::server_config(&files.cert, &files.key)
+        .map_err(doing("loading the progress endpoint's certificate"))?;
+    let ca = crate::tls::read_certificates(&files.ca).map_err(doing("loading the CA bundle"))?;
+    let pem = std::fs::read_to_string(&files.ca)
+        .map_err(doing(format!("reading {}", files.ca.display())))?;
+    let base = reqwest::Url::parse(&settings.progress_base_url)
+        .map_err(doing("parsing --progress-base-url"))?;
+    let host = base.host_str().unwrap_or_default().to_string();
+    if base.scheme() != "https" {
+        let url = settings.progress_base_url.clone();
+        return Err(doing("checking --progress-base-url")(format!(
+            "{url} must be https:// when the endpoint serves TLS"
+        )));
+    }
+    let client_config = crate::tls::forwarding_client_config(&ca, &host)
+        .map_err(doing("configuring the forwarding client"))?;
+    let forwarder = reqwest::Client::builder()
+        .no_proxy()
+        .tls_backend_preconfigured(client_config)
+        .build()
+        .map_err(doing("building the forwarding client"))?;
+    settings.progress_ca = Some(pem);
+    Ok((config, forwarder))
 }
 
 /// Runs the operator until SIGTERM, then hands over the lease.
 pub async fn run(options: OperatorOptions) -> Result<(), CommandError> {
     let OperatorOptions {
-        settings,
+        mut settings,
         run,
         limits,
         listen,
         lease_namespace,
         candidate,
+        tls,
     } = options;
     crate::tls::install_crypto_provider();
+    let tls = match tls {
+        Some(files) => Some(serving_tls(&files, &mut settings)?),
+        None => None,
+    };
     let config = kube::Config::infer().await.map_err(doing(
         "finding the Kubernetes API (in-cluster or kubeconfig)",
     ))?;
@@ -80,12 +132,26 @@ pub async fn run(options: OperatorOptions) -> Result<(), CommandError> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(doing(format!("listening on {listen}")))?;
-    let app = server::router(Arc::clone(&hub), directory);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
+    match tls {
+        Some((config, forwarder)) => {
+            let app = server::router_with_forwarder(Arc::clone(&hub), directory, Some(forwarder));
+            let listener = crate::tls::TlsListener::new(listener, config)
+                .map_err(doing(format!("listening on {listen}")))?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTPS server stopped");
+                }
+            });
         }
-    });
+        None => {
+            let app = server::router(Arc::clone(&hub), directory);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP server stopped");
+                }
+            });
+        }
+    }
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(lease_client, &lease_namespace);
     let election = tokio::spawn(leader::run(

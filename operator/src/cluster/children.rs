@@ -39,6 +39,9 @@ pub struct Settings {
     pub progress_base_url: String,
     /// Whether each job gets a NetworkPolicy that admits only its own pods to its workers.
     pub worker_network_policy: bool,
+    /// CA bundle (PEM) the workers verify the progress endpoint's certificate with, when it
+    /// serves TLS.
+    pub progress_ca: Option<String>,
 }
 
 /// Name of a worker pod.
@@ -101,6 +104,7 @@ pub fn worker_pod(
         )),
         progress_token_path: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}")),
         gang_key_path: Some(format!("{TOKEN_DIR}/{GANG_KEY}")),
+        progress_ca: settings.progress_ca.clone(),
         scratch_dir: Some(SCRATCH_DIR.into()),
     };
     let mut env: Vec<EnvVar> = contract
@@ -574,6 +578,7 @@ mod tests {
             default_image: "t".into(),
             progress_base_url: "http://op".into(),
             worker_network_policy: true,
+            progress_ca: None,
         };
         let pod = worker_pod(&annotated, &settings, 1, 2, 0);
         let mounted = pod

@@ -19,5 +19,6 @@ pub(crate) fn settings() -> Settings {
         default_image: "ferrotrain/trainer:test".into(),
         progress_base_url: "http://ferrotrain.ferrotrain-system:8080/".into(),
         worker_network_policy: true,
+        progress_ca: None,
     }
 }

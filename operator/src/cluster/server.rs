@@ -37,9 +37,20 @@ impl<D> Clone for AppState<D> {
     }
 }
 
-/// The HTTP routes.
+/// The HTTP routes; a follower forwards over plain HTTP.
 pub fn router<D: JobDirectory>(hub: Arc<ProgressHub>, directory: Arc<D>) -> Router {
     crate::tls::install_crypto_provider();
+    // No proxy: reports carry a job's bearer token, and the leader is a pod next door.
+    let forwarder = reqwest::Client::builder().no_proxy().build().ok();
+    router_with_forwarder(hub, directory, forwarder)
+}
+
+/// The HTTP routes, forwarding with `forwarder` (`None`: nothing is forwarded, 503).
+pub fn router_with_forwarder<D: JobDirectory>(
+    hub: Arc<ProgressHub>,
+    directory: Arc<D>,
+    forwarder: Option<reqwest::Client>,
+) -> Router {
     Router::new()
         .route(
             "/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
@@ -53,8 +64,7 @@ pub fn router<D: JobDirectory>(hub: Arc<ProgressHub>, directory: Arc<D>) -> Rout
         .with_state(AppState {
             hub,
             directory,
-            // No proxy: reports carry a job's bearer token, and the leader is a pod next door.
-            forwarder: reqwest::Client::builder().no_proxy().build().ok(),
+            forwarder,
         })
 }
 

@@ -262,6 +262,7 @@ pub fn run(
                             progress_url: Some(progress_url.clone()),
                             progress_token_path: Some(token_path.display().to_string()),
                             gang_key_path: Some(gang_key_path.display().to_string()),
+                            progress_ca: None,
                             scratch_dir: None,
                         };
                         // Appended: a run resumed after a suspension numbers its attempts from 1

@@ -9,9 +9,10 @@ use ferrotrain::manifest::{Admission, Layer, parse_documents};
 use ferrotrain_crds::TrainingJob;
 use ferrotrain_tests::cluster::{
     Cluster, Installed, Operator, dedicated_node, delete_namespace, hold_pod, install_crd,
-    install_operator, job_pods, job_token, post_progress, release_pod, render_chart, send_signal,
-    terminate_container, terminate_container_saying, test_namespace, token_secret_name, wait_for,
+    install_operator, job_pods, release_pod, render_chart, send_signal, terminate_container,
+    terminate_container_saying, test_namespace, wait_for,
 };
+use ferrotrain_tests::credentials::{job_token, post_progress, token_secret_name};
 use ferrotrain_tests::workspace_root;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};

@@ -333,3 +333,169 @@ async fn each_attempt_has_its_own_token_and_gang_key() {
         "403s with the chart's RBAC: {refused:#?}"
     );
 }
+
+/// The progress endpoint over TLS: the operator serves its certificate, passes the CA bundle to
+/// the workers, and real trainer processes report through it; plain HTTP and a client that
+/// trusts another CA get nowhere.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn workers_report_progress_over_tls() {
+    use ferrotrain_tests::credentials::tls_files;
+    use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
+    let cluster = Cluster::from_env();
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let namespace = test_namespace(&client, "tls", "restricted").await;
+    let (cert, key, ca) = tls_files(&cluster.dir.join(&namespace).join("tls"));
+    let (_, _, other_ca) = tls_files(&cluster.dir.join(&namespace).join("other-ca"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (cert, key, ca_arg) = (path(&cert), path(&key), path(&ca));
+    let installed = install_operator(
+        &cluster,
+        &[],
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-file",
+            &ca_arg,
+        ],
+    )
+    .await;
+    let port = installed
+        .operator
+        .address
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    ferrotrain::tls::install_crypto_provider();
+    let trusting = |pem: &std::path::Path| {
+        let roots =
+            reqwest::Certificate::from_pem_bundle(&std::fs::read(pem).expect("CA")).expect("PEM");
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only(roots)
+            .build()
+            .expect("client")
+    };
+    let healthz = format!("https://localhost:{port}/healthz");
+    let ok = wait_for("the TLS endpoint", Duration::from_secs(30), || async {
+        trusting(&ca)
+            .get(&healthz)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status())
+    })
+    .await;
+    assert_eq!(ok.as_u16(), 200);
+    assert!(
+        trusting(&other_ca).get(&healthz).send().await.is_err(),
+        "a client that trusts another CA must not connect"
+    );
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let refused = plain
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(
+        refused.as_ref().map_or(true, |r| !r.status().is_success()),
+        "plain HTTP is not served: {refused:?}"
+    );
+
+    let mut manifest = job_with("tls", "replicas: 2", "gang: {scheduleTimeoutSeconds: 60}");
+    manifest["spec"]
+        .as_object_mut()
+        .expect("spec")
+        .remove("checkpoint");
+    manifest["spec"]["trainer"]["maxSteps"] = serde_json::json!(300);
+    create_job(&client, &namespace, &manifest).await;
+    let kubelet = Kubelet::start(
+        client.clone(),
+        &namespace,
+        "tls",
+        KubeletConfig {
+            binary: ferrotrain_tests::cluster::ferrotrain_binary(),
+            data_dir: workspace_root().join("data"),
+            work_dir: cluster.dir.join(&namespace),
+            threads: 1,
+        },
+    );
+    let job = wait_phase(&client, &namespace, "tls", "Succeeded", 300).await;
+    drop(kubelet);
+    let pods = job_pods(&client, &namespace, "tls").await;
+    let env: Vec<String> = pods
+        .iter()
+        .flat_map(|p| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.containers[0].env.iter().flatten())
+        })
+        .filter(|v| v.name == "FERROTRAIN_PROGRESS_CA")
+        .filter_map(|v| v.value.clone())
+        .collect();
+    let ca_pem = std::fs::read_to_string(&ca).expect("CA");
+    assert!(
+        !env.is_empty() && env.iter().all(|v| *v == ca_pem),
+        "the workers get the CA bundle"
+    );
+    // The reports went through TLS: the final one is in status.
+    let progress = wait_for("the final progress", Duration::from_secs(30), || async {
+        let job = job_status(&client, &namespace, "tls").await?;
+        let progress = job.status?.progress?;
+        (progress.step == 300).then_some(progress)
+    })
+    .await;
+    assert_eq!(progress.total_steps, Some(300), "{progress:?}");
+    drop(job);
+    // A second replica forwards what it receives to the leader over TLS, verified with the same
+    // CA: the leader's answer to a wrong token comes back through it (a follower that cannot
+    // reach the leader answers 502 or 503, never 401).
+    let kubeconfig = cluster
+        .service_account_kubeconfig(&installed.namespace, "ferrotrain")
+        .await;
+    let follower = Operator::start(
+        &kubeconfig,
+        &installed.namespace,
+        "operator-1",
+        &[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-file",
+            &ca_arg,
+        ],
+    );
+    let follower_port = follower
+        .address
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let url = format!(
+        "https://localhost:{follower_port}/v1/namespaces/{namespace}/trainingjobs/tls/progress"
+    );
+    let code = wait_for("the follower forwards", Duration::from_secs(30), || async {
+        let response = trusting(&ca)
+            .post(&url)
+            .bearer_auth("not-the-token")
+            .body(r#"{"attempt":1,"worldSize":2,"step":1,"totalSteps":300,"epoch":0}"#)
+            .send()
+            .await
+            .ok()?;
+        (response.status().as_u16() == 401).then_some(401)
+    })
+    .await;
+    assert_eq!(code, 401);
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
+}
