@@ -47,7 +47,12 @@ pub struct TrainingJobStatus {
     /// When the current attempt's workers were created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_start_time: Option<Time>,
-    /// Earliest time the next gang may be created (backoff after a gang-schedule timeout).
+    /// Ranks of the current attempt that exited 0: they stay done when their pods are deleted
+    /// afterwards (pod garbage collection, a drain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed_ranks: Vec<i32>,
+    /// Earliest time the next gang may be created (backoff after a gang-schedule timeout or
+    /// after failures in a row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<Time>,
     /// When the job reached Succeeded or Failed.
@@ -115,6 +120,10 @@ pub struct RestartCounts {
     /// Restarts a `RestartGangWithoutBudget` failure-policy rule allowed (no budget).
     #[serde(default)]
     pub uncharged: i32,
+    /// Failures in a row of attempts that ran less than 10 minutes (preemptions aside): from the
+    /// second on, the next attempt waits 10 s, doubling up to 5 min (`notBefore`).
+    #[serde(default)]
+    pub consecutive_failures: i32,
 }
 
 /// Training progress.

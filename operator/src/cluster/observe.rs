@@ -25,7 +25,14 @@ pub fn worker_view(pod: &Pod, node_ready: impl Fn(&str) -> bool) -> Option<Worke
             .find(|c| c.type_ == kind && c.status == "True")
     };
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let state = if let Some(deleted) = &pod.metadata.deletion_timestamp {
+    // A pod that exited 0 stays a success when it is deleted afterwards (pod GC, a drain).
+    let finished = status.phase.as_deref() == Some("Succeeded");
+    let state = if let Some(deleted) = pod
+        .metadata
+        .deletion_timestamp
+        .as_ref()
+        .filter(|_| !finished)
+    {
         // The deletion timestamp is when the grace period ends, not when deletion began.
         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
         let disrupted = disruption_cause(&status);
@@ -159,13 +166,18 @@ fn slim_state(
 
 /// The cause a `DisruptionTarget` condition names: set by the scheduler (preemption), the
 /// Eviction API (drain), the taint manager and PodGC (node loss) and the kubelet before they
-/// delete or stop a pod.
+/// delete or stop a pod. Kueue marks the pods of a pod group it stops (preempted, or past its
+/// PodsReady timeout) with a condition of its own, `TerminationTarget`: a preemption too.
 fn disruption_cause(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<FailureCause> {
-    let disruption = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")?;
+    let conditions = status.conditions.iter().flatten();
+    let mut conditions = conditions.filter(|c| c.status == "True");
+    if conditions
+        .clone()
+        .any(|c| c.type_ == "TerminationTarget" && c.reason.as_deref() == Some("StoppedByKueue"))
+    {
+        return Some(FailureCause::Preempted);
+    }
+    let disruption = conditions.find(|c| c.type_ == "DisruptionTarget")?;
     Some(match disruption.reason.as_deref() {
         Some("PreemptionByScheduler" | "PreemptionByKubeScheduler") => FailureCause::Preempted,
         Some("DeletionByTaintManager" | "DeletionByPodGC") => FailureCause::NodeLost,
@@ -290,6 +302,27 @@ mod tests {
                 since: jiff::Timestamp::UNIX_EPOCH,
                 node_ready: true,
                 cause: Some(FailureCause::DisruptionTarget),
+            })
+        );
+        let mut collected = pod("Succeeded", "");
+        collected.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
+        assert_eq!(
+            worker_view(&collected, ready).map(|w| w.state),
+            Some(WorkerState::Succeeded)
+        );
+        // Kueue stops an admitted pod group (preemption by a higher-priority workload, the
+        // PodsReady timeout) with its own condition type, then deletes the pods: a preemption.
+        let mut stopped = pod(
+            "Running",
+            ", conditions: [{type: TerminationTarget, status: 'True', reason: StoppedByKueue, message: Preempted to accommodate a higher priority Workload}]",
+        );
+        stopped.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
+        assert_eq!(
+            worker_view(&stopped, ready).map(|w| w.state),
+            Some(WorkerState::Terminating {
+                since: jiff::Timestamp::UNIX_EPOCH,
+                node_ready: true,
+                cause: Some(FailureCause::Preempted),
             })
         );
         let gated = pod(

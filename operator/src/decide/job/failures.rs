@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ferrotrain_crds::defaults::RuleSource;
 use ferrotrain_crds::{FailureAction, Phase, RestartCounts};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::Decider;
 use super::observed::{FailureCause, Observed, WorkerState, WorkerView};
@@ -12,6 +13,16 @@ use crate::decide::status::seconds_between;
 
 /// How long a worker's "peer lost" exit waits for the failure that caused it to be reported.
 pub const PEER_LOST_GRACE: Duration = Duration::from_secs(30);
+
+/// An attempt that ran this long before failing was stable: the backoff starts over.
+pub const STABLE_RUN: Duration = Duration::from_secs(600);
+
+/// The wait before the attempt after the second failure in a row; it doubles with each further
+/// one, up to [`MAX_FAILURE_BACKOFF`] (the Job controller's pod-failure backoff).
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The longest wait between failed attempts.
+pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
 
 impl Decider<'_> {
     /// A worker that exited because it lost its peer is a consequence, and kubelets report pods
@@ -124,14 +135,54 @@ impl Decider<'_> {
             "WorkerFailed",
             &format!("{message}; restarting the gang from the latest checkpoint{uncharged}"),
         );
+        let backoff = (!cause.is_preemption())
+            .then(|| self.failure_backoff())
+            .flatten();
         self.account_attempt_end(false);
-        self.set_condition("Running", false, &cause.reason(), &message);
+        let next = match backoff {
+            Some(wait) => {
+                self.status.not_before =
+                    Some(Time(self.now + jiff::SignedDuration::from_secs_f64(wait)));
+                format!("; next attempt in {wait}s (failures in a row back off)")
+            }
+            None => String::new(),
+        };
+        self.set_condition(
+            "Running",
+            false,
+            &cause.reason(),
+            &format!("{message}{next}"),
+        );
         self.release_gang(observed, self.replicas());
         self.transition(
             Phase::Restarting,
             &cause.reason(),
-            "restarting the gang from the latest checkpoint",
+            &format!("restarting the gang from the latest checkpoint{next}"),
         );
+    }
+
+    /// Counts this failure in the run of quick failures and returns the wait before the next
+    /// attempt: none for the first, then 10 s doubling up to 5 min. An attempt that ran for
+    /// [`STABLE_RUN`] starts the count over.
+    fn failure_backoff(&mut self) -> Option<f64> {
+        let ran = self
+            .status
+            .attempt_start_time
+            .as_ref()
+            .and_then(|t| seconds_between(t.0, self.now));
+        let restarts = self
+            .status
+            .restarts
+            .get_or_insert_with(RestartCounts::default);
+        if ran.is_some_and(|ran| ran >= STABLE_RUN.as_secs_f64()) {
+            restarts.consecutive_failures = 0;
+        }
+        restarts.consecutive_failures += 1;
+        let earlier = restarts.consecutive_failures - 1;
+        (earlier > 0).then(|| {
+            let wait = FAILURE_BACKOFF.as_secs_f64() * 2f64.powi((earlier - 1).clamp(0, 16));
+            wait.min(MAX_FAILURE_BACKOFF.as_secs_f64())
+        })
     }
 
     pub(super) fn budget_exhausted(&self, infra: bool) -> bool {
@@ -170,8 +221,12 @@ impl GangFailure {
 /// deleted was disrupted (preemption, drain, node loss) or deleted by someone else. A worker that
 /// merely lost its peer (exit 4) is a consequence, never the cause while another explanation
 /// exists: in order, a failure of its own, a disruption, a worker missing from the running gang
-/// (with `desired`), then the lowest rank.
-pub(super) fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Option<GangFailure> {
+/// (with `desired`; ranks in `completed` finished and are not missing), then the lowest rank.
+pub(super) fn first_failure(
+    current: &[&WorkerView],
+    desired: Option<u32>,
+    completed: &[i32],
+) -> Option<GangFailure> {
     let peer_lost = FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST);
     let failure = |w: &WorkerView, cause| GangFailure {
         worker: w.name.clone(),
@@ -193,11 +248,11 @@ pub(super) fn first_failure(current: &[&WorkerView], desired: Option<u32>) -> Op
             _ => None,
         })
         .collect();
-    if let Some(desired) = desired
-        && (current.len() as u32) < desired
-    {
-        let present: Vec<u32> = current.iter().map(|w| w.rank).collect();
-        let missing = (0..desired).find(|r| !present.contains(r)).unwrap_or(0);
+    let present: Vec<u32> = current.iter().map(|w| w.rank).collect();
+    let missing = desired.and_then(|desired| {
+        (0..desired).find(|r| !present.contains(r) && !completed.contains(&(*r as i32)))
+    });
+    if let Some(missing) = missing {
         failed.push((
             2,
             missing,

@@ -91,7 +91,7 @@ impl Decider<'_> {
     pub(super) fn scheduling(&mut self, observed: &Observed) {
         let current = self.current(observed);
         // Workers not observed yet are still being created, not missing.
-        if let Some(failed) = first_failure(&current, None) {
+        if let Some(failed) = first_failure(&current, None, &[]) {
             if !self.wait_for_cause(&current, failed.cause) {
                 self.restart_after_failure(observed, failed);
             }
@@ -130,6 +130,11 @@ impl Decider<'_> {
                 "Admitted",
                 "the queue admitted the gang; waiting for every worker to run",
             );
+        } else if self.status.attempt_start_time.is_none() {
+            // The write that recorded the attempt's start was lost: counting from now delays
+            // the timeout by one look at most; waiting for a start that never comes would never
+            // time out.
+            self.status.attempt_start_time = Some(Time(self.now));
         }
         let waited = self
             .status
@@ -278,6 +283,7 @@ impl Decider<'_> {
         }
         self.status.attempt = Some(self.attempt() as i32 + 1);
         self.status.attempt_start_time = None;
+        self.status.completed_ranks.clear();
         let counts = self
             .status
             .workers

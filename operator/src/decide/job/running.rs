@@ -13,18 +13,27 @@ use crate::decide::status::seconds_between;
 impl Decider<'_> {
     pub(super) fn running(&mut self, observed: &Observed) {
         let current = self.current(observed);
-        if let Some(failed) = first_failure(&current, Some(self.desired())) {
+        // A rank that exited 0 is done for this attempt, whatever happens to its pod later.
+        for worker in current.iter().filter(|w| w.state == WorkerState::Succeeded) {
+            let rank = worker.rank as i32;
+            if !self.status.completed_ranks.contains(&rank) {
+                self.status.completed_ranks.push(rank);
+                self.status.completed_ranks.sort_unstable();
+            }
+        }
+        let completed = self.status.completed_ranks.clone();
+        let current: Vec<_> = current
+            .into_iter()
+            .filter(|w| !completed.contains(&(w.rank as i32)) || w.state == WorkerState::Succeeded)
+            .collect();
+        if let Some(failed) = first_failure(&current, Some(self.desired()), &completed) {
             if !self.wait_for_cause(&current, failed.cause) {
                 self.restart_after_failure(observed, failed);
             }
             return;
         }
         let desired = self.desired() as usize;
-        let succeeded = current
-            .iter()
-            .filter(|w| w.state == WorkerState::Succeeded)
-            .count();
-        if succeeded >= desired {
+        if completed.len() >= desired {
             self.account_attempt_end(true);
             self.status.completion_time = Some(Time(self.now));
             self.set_condition("Running", false, "Completed", "training finished");

@@ -396,3 +396,68 @@ fn a_peer_lost_exit_without_a_cause_is_decided_after_the_grace() {
     assert_eq!(phase(&d), Phase::Restarting);
     assert_eq!((restarts(&d).app, restarts(&d).infra), (1, 0));
 }
+
+/// A trainer that fails soon after each start is a crash loop: the first failure restarts at
+/// once, each further quick one waits twice as long (10 s, 20 s, … up to 5 min, shown in
+/// status.notBefore and the Running condition), and an attempt that ran stably resets the wait.
+#[test]
+fn a_crash_loop_backs_off_between_attempts_and_a_stable_run_resets_it() {
+    let mut j = running_job("maxAppRestarts: 50", 2);
+    let mut now = 20;
+    let mut waits = Vec::new();
+    for attempt in 1..=4u32 {
+        let d = step(
+            &mut j,
+            vec![
+                w(0, attempt, RUNNING),
+                w(1, attempt, WorkerState::Failed(FailureCause::ExitCode(1))),
+            ],
+            now,
+        );
+        assert_eq!(phase(&d), Phase::Restarting);
+        let wait = d
+            .status
+            .not_before
+            .as_ref()
+            .and_then(|t| seconds_between(at(now), t.0))
+            .unwrap_or(0.0);
+        waits.push(wait);
+        // Nothing is created before the wait is over, and the next gang is created after it.
+        if wait > 0.0 {
+            let d = step(&mut j, vec![], now + 1);
+            assert_eq!(
+                created(&d),
+                None,
+                "attempt {} created during the backoff",
+                attempt + 1
+            );
+            let message = condition(&d, "Running")
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            assert!(message.contains("next attempt in"), "{message}");
+        }
+        now += wait as i64 + 2;
+        let d = step(&mut j, vec![], now);
+        assert_eq!(created(&d), Some((attempt + 1, 2)));
+        now += 5;
+        step(&mut j, gang(2, attempt + 1, RUNNING), now);
+        now += 5;
+    }
+    assert_eq!(waits, vec![0.0, 10.0, 20.0, 40.0]);
+    // Attempt 5 trains for an hour, then fails: a new crash, restarted at once.
+    now += 3600;
+    let d = step(
+        &mut j,
+        vec![
+            w(0, 5, RUNNING),
+            w(1, 5, WorkerState::Failed(FailureCause::ExitCode(1))),
+        ],
+        now,
+    );
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert!(
+        d.status.not_before.as_ref().is_none_or(|t| t.0 <= at(now)),
+        "{:?}",
+        d.status.not_before
+    );
+}

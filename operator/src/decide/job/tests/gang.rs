@@ -84,6 +84,28 @@ fn the_full_gang_running_means_running() {
     assert_eq!(g.lost_seconds, 7.0, "scheduling time is lost time");
 }
 
+/// The write that moved the job to Scheduling carried the attempt's start; when it is lost (a
+/// conflict, a timeout, a leader change) the next reconcile sees Scheduling without one. The
+/// gang timeout must still fire: the start is re-established, never waited on forever.
+#[test]
+fn the_gang_timeout_fires_after_the_write_of_the_attempt_start_was_lost() {
+    let mut j = job("gang: {scheduleTimeoutSeconds: 60}", 2, None);
+    step(&mut j, vec![], 0);
+    let lost = j.status.as_mut().expect("status");
+    assert_eq!(lost.phase, Some(Phase::Scheduling));
+    lost.attempt_start_time = None;
+    let d = step(&mut j, vec![w(0, 1, RUNNING), w(1, 1, PENDING)], 5);
+    assert_eq!(phase(&d), Phase::Scheduling);
+    assert_eq!(d.status.attempt_start_time, Some(Time(at(5))));
+    assert!(
+        d.requeue_after
+            .is_some_and(|r| r <= Duration::from_secs(60))
+    );
+    let d = step(&mut j, vec![w(0, 1, RUNNING), w(1, 1, PENDING)], 66);
+    assert_eq!(phase(&d), Phase::Restarting, "the gang timeout fired");
+    assert_eq!(restarts(&d).schedule_timeouts, 1);
+}
+
 #[test]
 fn gang_timeout_releases_the_gang_and_backs_off_without_charging_a_budget() {
     let mut j = job("gang: {scheduleTimeoutSeconds: 60}", 2, None);

@@ -95,3 +95,24 @@ fn time_after_the_last_checkpoint_of_a_failed_attempt_is_lost() {
     );
     assert!((g.ratio - 30.0 / 70.0).abs() < 1e-9);
 }
+
+/// A rank that exited 0 stays done when its pod is deleted afterwards (pod garbage collection at
+/// its threshold, a drain, a user): the gang is not restarted, and the job succeeds when the
+/// others finish.
+#[test]
+fn a_rank_that_succeeded_and_was_then_deleted_stays_completed() {
+    let mut j = running_job("", 2);
+    let d = step(
+        &mut j,
+        vec![w(0, 1, RUNNING), w(1, 1, WorkerState::Succeeded)],
+        20,
+    );
+    assert_eq!(phase(&d), Phase::Running);
+    assert_eq!(d.status.completed_ranks, vec![1]);
+    let d = step(&mut j, vec![w(0, 1, RUNNING)], 30);
+    assert_eq!(phase(&d), Phase::Running, "the deleted rank had finished");
+    assert!(deleted(&d).is_empty());
+    assert_eq!(restarts(&d), RestartCounts::default());
+    let d = step(&mut j, vec![w(0, 1, WorkerState::Succeeded)], 40);
+    assert_eq!(phase(&d), Phase::Succeeded);
+}
