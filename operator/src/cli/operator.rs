@@ -170,7 +170,7 @@ pub async fn run(options: OperatorOptions) -> Result<(), CommandError> {
     futures::future::join(jobs, sweeps).await;
     // Hand over at once instead of leaving the others to wait for the lease to expire.
     election.abort();
-    hub.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+    hub.lead_until(None);
     leader::release(&leases, &candidate).await;
     Ok(())
 }

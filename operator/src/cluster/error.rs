@@ -25,6 +25,9 @@ pub enum Error {
     /// An object the job would write is held by another owner under the same name.
     #[error("{0} exists and is not controlled by this TrainingJob; it is left alone")]
     NameConflict(String),
+    /// This replica's leadership lapsed (its renew deadline passed) while it reconciled.
+    #[error("no longer the leader; the new leader reconciles")]
+    NotLeader,
 }
 
 impl Error {
@@ -36,6 +39,7 @@ impl Error {
             Error::Conflict => "conflict",
             Error::CacheNotReady => "cache_not_ready",
             Error::NameConflict(_) => "name_conflict",
+            Error::NotLeader => "not_leader",
         }
     }
 
@@ -45,6 +49,7 @@ impl Error {
             // The watch delivers the newer object within moments.
             Error::Conflict => Duration::from_millis(500),
             Error::CacheNotReady => Duration::from_secs(1),
+            Error::NotLeader => crate::cluster::leader::RENEW_EVERY,
             Error::Kube { .. } | Error::Incomplete(_) | Error::NameConflict(_) => {
                 Duration::from_secs(15)
             }

@@ -71,8 +71,12 @@ struct Counters {
 pub struct ProgressHub {
     jobs: Mutex<HashMap<(String, String), JobProgress>>,
     counters: Mutex<Counters>,
-    /// Whether this replica holds the leader lease.
+    /// Whether this replica holds the leader lease (as of its last election round; writers ask
+    /// [`ProgressHub::is_leading`], which also checks the renew deadline).
     pub leader: AtomicBool,
+    /// Until when this replica's leadership is good without another renewal; `None`: no limit
+    /// (a replica that leads from the start, as in tests and `ferrotrain run`).
+    leading_until: Mutex<Option<std::time::Instant>>,
     /// Whether the controller has started (readiness).
     pub ready: AtomicBool,
     /// The leader's progress endpoint while another replica leads (from the Lease).
@@ -87,6 +91,25 @@ impl ProgressHub {
         let hub = Self::default();
         hub.leader.store(true, Ordering::SeqCst);
         hub
+    }
+
+    /// Whether this replica may act as the leader now: it holds the lease and its last renewal
+    /// is within the renew deadline. A leader that was paused (SIGSTOP, a frozen node) past the
+    /// deadline stops writing the moment it resumes, before its election loop runs again; the
+    /// monotonic clock counts the paused time.
+    pub fn is_leading(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+            && self
+                .leading_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none_or(|until| std::time::Instant::now() < until)
+    }
+
+    /// Records the outcome of an election round: leading until `until`, or not leading.
+    pub fn lead_until(&self, until: Option<std::time::Instant>) {
+        *self.leading_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        self.leader.store(until.is_some(), Ordering::SeqCst);
     }
 
     /// Reports a rate-limited API client's throttling in `/metrics` under `client`.
@@ -108,7 +131,7 @@ impl ProgressHub {
 
     /// Where to forward progress reports, while another replica leads.
     pub fn leader_url(&self) -> Option<String> {
-        if self.leader.load(Ordering::SeqCst) {
+        if self.is_leading() {
             return None;
         }
         self.leader_url
@@ -181,7 +204,7 @@ impl ProgressHub {
     /// Jobs whose progress should be written now, each (namespace, name, UID) with the status
     /// fields to apply; marks them written. Nothing while this replica does not lead.
     pub fn due_writes(&self, now: Timestamp) -> Vec<((String, String, String), TrainingJobStatus)> {
-        if !self.leader.load(Ordering::SeqCst) {
+        if !self.is_leading() {
             return Vec::new();
         }
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());

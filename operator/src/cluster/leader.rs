@@ -178,7 +178,14 @@ pub async fn run(leases: Api<Lease>, me: Candidate, hub: Arc<ProgressHub>) {
                 still_within_deadline()
             }
         };
-        if hub.leader.swap(leading, Ordering::SeqCst) != leading {
+        let was_leading = hub.leader.load(Ordering::SeqCst);
+        // Good until the renew deadline after the last renewal, on the monotonic clock.
+        hub.lead_until(
+            leading
+                .then(|| last_renewal.map(|t| t + RENEW_DEADLINE))
+                .flatten(),
+        );
+        if was_leading != leading {
             tracing::info!(leading, identity = %me.identity, "leadership changed");
         }
         tokio::time::sleep(RENEW_EVERY).await;

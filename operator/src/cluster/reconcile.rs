@@ -70,7 +70,7 @@ impl Context {
 
 /// One reconcile of one job; replicas that do not lead only wait.
 pub async fn reconcile(job: Arc<TrainingJob>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
+    if !ctx.hub.is_leading() {
         return Ok(Requeue::requeue(crate::cluster::leader::RENEW_EVERY));
     }
     let started = std::time::Instant::now();
@@ -182,7 +182,12 @@ async fn reconcile_as_leader(
     // Decide.
     let mut decision = decide(job, &observed, now);
 
-    // Apply. Recording the token's digest changes the job: what follows uses the new copy.
+    // Apply, only while still the leader: a replica paused past its renew deadline must not act
+    // on what it decided before the pause.
+    if !ctx.hub.is_leading() {
+        return Err(Error::NotLeader);
+    }
+    // Recording the token's digest changes the job: what follows uses the new copy.
     let mut job = std::borrow::Cow::Borrowed(job);
     let mut refused: Option<CreationRefused> = None;
     for action in &decision.actions {
@@ -288,6 +293,9 @@ async fn reconcile_as_leader(
     if !decision.actions.contains(&Action::DeleteJob)
         && job.status.as_ref() != Some(&decision.status)
     {
+        if !ctx.hub.is_leading() {
+            return Err(Error::NotLeader);
+        }
         let written = write_status(&jobs, &job, &decision.status).await?;
         ctx.own_writes.record(key, &written);
     }

@@ -82,7 +82,7 @@ async fn progress<D: JobDirectory>(
     if !is_dns_label(&namespace) || !is_dns_subdomain(&name) {
         return StatusCode::NOT_FOUND;
     }
-    if !state.hub.leader.load(Ordering::SeqCst) {
+    if !state.hub.is_leading() {
         let leader = state.hub.leader_url();
         let status = match leader {
             Some(url) if !headers.contains_key(FORWARDED_HEADER) => match &state.forwarder {
@@ -302,6 +302,44 @@ mod tests {
             StatusCode::CONFLICT,
             "attempt 1 is over"
         );
+    }
+
+    /// Leadership is good until the renew deadline after the last renewal: a leader paused past
+    /// it (its monotonic clock ran on) writes nothing when it resumes, before its next round.
+    #[test]
+    fn a_leader_past_its_renew_deadline_writes_nothing() {
+        let hub = ProgressHub::default();
+        hub.lead_until(Some(std::time::Instant::now() + Duration::from_secs(10)));
+        assert!(hub.is_leading());
+        hub.accept(
+            ("ml".into(), "mnist".into()),
+            Some(&JobInfo {
+                uid: "u".into(),
+                token_sha256: crate::progress::token_sha256("t"),
+                attempt: 1,
+                batch_size: 8,
+            }),
+            Some("t"),
+            &report(1, 5),
+            Timestamp::now(),
+        );
+        let lapsed = std::time::Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .expect("instant");
+        hub.lead_until(Some(lapsed));
+        assert!(
+            hub.leader.load(Ordering::SeqCst),
+            "the election loop has not run again"
+        );
+        assert!(!hub.is_leading());
+        assert!(
+            hub.due_writes(Timestamp::now()).is_empty(),
+            "no progress write"
+        );
+        hub.lead_until(Some(std::time::Instant::now() + Duration::from_secs(10)));
+        assert_eq!(hub.due_writes(Timestamp::now()).len(), 1);
+        hub.lead_until(None);
+        assert!(!hub.is_leading());
     }
 
     /// A job deleted and created again under its name is another job: its reports start from

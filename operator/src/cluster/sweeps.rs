@@ -81,7 +81,7 @@ pub fn observe(job: &TrainingJob) -> TrialObservation {
 
 /// One reconcile of one sweep; replicas that do not lead only wait.
 pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<Requeue, Error> {
-    if !ctx.hub.leader.load(std::sync::atomic::Ordering::SeqCst) {
+    if !ctx.hub.is_leading() {
         return Ok(Requeue::requeue(crate::cluster::leader::RENEW_EVERY));
     }
     let namespace = sweep
