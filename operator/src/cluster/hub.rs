@@ -45,6 +45,8 @@ struct JobProgress {
     /// The UID of the job this progress is of.
     uid: String,
     tracker: ProgressTracker,
+    /// When the last report was accepted, and of which attempt.
+    received: Option<(u32, Timestamp)>,
     batch_size: u64,
     dirty: bool,
     last_write: Option<Timestamp>,
@@ -77,6 +79,8 @@ pub struct ProgressHub {
     /// Until when this replica's leadership is good without another renewal; `None`: no limit
     /// (a replica that leads from the start, as in tests and `ferrotrain run`).
     leading_until: Mutex<Option<std::time::Instant>>,
+    /// When this replica last became leader: it has seen no report from before.
+    leading_since: Mutex<Option<Timestamp>>,
     /// Whether the controller has started (readiness).
     pub ready: AtomicBool,
     /// The leader's progress endpoint while another replica leads (from the Lease).
@@ -109,7 +113,34 @@ impl ProgressHub {
     /// Records the outcome of an election round: leading until `until`, or not leading.
     pub fn lead_until(&self, until: Option<std::time::Instant>) {
         *self.leading_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
-        self.leader.store(until.is_some(), Ordering::SeqCst);
+        let was = self.leader.swap(until.is_some(), Ordering::SeqCst);
+        if until.is_some() && !was {
+            *self.leading_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Timestamp::now());
+        }
+    }
+
+    /// When this replica last received a report of `attempt` of the job with `uid`; never
+    /// earlier than when it became leader, which has seen no report from before.
+    pub fn last_report(
+        &self,
+        key: &(String, String),
+        uid: &str,
+        attempt: u32,
+    ) -> Option<Timestamp> {
+        let received = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|job| job.uid == uid)
+            .and_then(|job| job.received)
+            .filter(|(of, _)| *of == attempt)
+            .map(|(_, at)| at);
+        let since = *self.leading_since.lock().unwrap_or_else(|e| e.into_inner());
+        match (received, since) {
+            (Some(r), Some(s)) => Some(r.max(s)),
+            (r, s) => r.or(s),
+        }
     }
 
     /// Reports a rate-limited API client's throttling in `/metrics` under `client`.
@@ -176,7 +207,11 @@ impl ProgressHub {
                         };
                     }
                     entry.batch_size = info.batch_size;
+                    let attempt = report.attempt;
                     let result = entry.tracker.admit(report, info.attempt, now);
+                    if result.is_ok() {
+                        entry.received = Some((attempt, now));
+                    }
                     entry.dirty |= result.is_ok();
                     result
                 })

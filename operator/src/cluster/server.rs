@@ -342,6 +342,37 @@ mod tests {
         assert!(!hub.is_leading());
     }
 
+    /// The stall clock's input: when a report of the current attempt of this very job (by UID)
+    /// was last received, never earlier than when this replica became leader.
+    #[test]
+    fn the_last_report_received_is_kept_per_job_and_attempt() {
+        let hub = ProgressHub::default();
+        let key = ("ml".to_string(), "mnist".to_string());
+        let became_leader = Timestamp::now();
+        hub.lead_until(Some(std::time::Instant::now() + Duration::from_secs(10)));
+        let since = hub.last_report(&key, "u", 1).expect("leader since");
+        assert!(since >= became_leader);
+        let info = JobInfo {
+            uid: "u".into(),
+            token_sha256: crate::progress::token_sha256("t"),
+            attempt: 1,
+            batch_size: 8,
+        };
+        let later = since + jiff::SignedDuration::from_secs(60);
+        hub.accept(key.clone(), Some(&info), Some("t"), &report(1, 5), later);
+        assert_eq!(hub.last_report(&key, "u", 1), Some(later));
+        assert_eq!(
+            hub.last_report(&key, "u", 2),
+            Some(since),
+            "another attempt's report"
+        );
+        assert_eq!(
+            hub.last_report(&key, "other", 1),
+            Some(since),
+            "another job's report"
+        );
+    }
+
     /// A job deleted and created again under its name is another job: its reports start from
     /// nothing (attempt 1, step 1 is accepted after the old job's attempt 2, step 30), and what
     /// is written names the new UID, so a late write of the old job's progress cannot land.

@@ -191,6 +191,8 @@ pub fn run(
         reap(&mut workers, &display);
         kill_past_grace(&mut workers, now);
         let observed = Observed {
+            // The runner writes every report into the status it decides on: nothing lags.
+            last_report: None,
             workers: workers
                 .iter()
                 .map(|w| WorkerView {

@@ -39,6 +39,7 @@ pub fn decide(job: &TrainingJob, observed: &Observed, now: Timestamp) -> Decisio
         job,
         policy,
         now,
+        last_report: observed.last_report,
         status: job.status.clone().unwrap_or_default(),
         actions: Vec::new(),
         events: Vec::new(),
@@ -59,6 +60,8 @@ struct Decider<'a> {
     job: &'a TrainingJob,
     policy: RunPolicy,
     now: Timestamp,
+    /// When the operator last received a progress report (see [`Observed::last_report`]).
+    last_report: Option<Timestamp>,
     status: TrainingJobStatus,
     actions: Vec<Action>,
     events: Vec<Event>,

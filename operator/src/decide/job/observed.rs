@@ -190,4 +190,8 @@ pub struct Observed {
     /// Objects the job would create under names that something else holds (kind and
     /// namespace/name, for example "Service team-a/web"): the job touches none of them.
     pub name_conflicts: Vec<String>,
+    /// When the operator last received a progress report of the current attempt (kept in
+    /// memory; the written status lags it); for a replica that has led for less time than that
+    /// silence, when it became leader. `None`: no report seen.
+    pub last_report: Option<Timestamp>,
 }

@@ -85,19 +85,19 @@ impl Decider<'_> {
         self.stall_requeue();
     }
 
-    /// When progress was last seen: the latest report, or the start of this Running stretch.
+    /// When progress was last seen: the latest report written or received (the write lags),
+    /// or the start of this Running stretch.
     pub(super) fn last_progress(&self) -> Option<Timestamp> {
-        let report = self
+        let written = self
             .status
             .progress
             .as_ref()
             .and_then(|p| p.last_update_time.as_ref())
             .map(|t| t.0);
-        let running_since = self.condition_since("Running");
-        match (report, running_since) {
-            (Some(r), Some(s)) => Some(r.max(s)),
-            (r, s) => r.or(s),
-        }
+        [written, self.last_report, self.condition_since("Running")]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     pub(super) fn stall_requeue(&mut self) {

@@ -116,3 +116,33 @@ fn a_rank_that_succeeded_and_was_then_deleted_stays_completed() {
     let d = step(&mut j, vec![w(0, 1, WorkerState::Succeeded)], 40);
     assert_eq!(phase(&d), Phase::Succeeded);
 }
+
+/// Progress writes are rate-limited over all jobs, so the written `lastUpdateTime` can lag the
+/// reports by more than a short deadline. The stall clock is when the operator last received a
+/// report (`Observed::last_report`), and a replica that just became leader, having received none,
+/// counts from its first look: a healthy job is never restarted as stalled.
+#[test]
+fn the_stall_clock_is_the_last_report_received_not_the_last_written() {
+    let mut j = running_job("progressDeadlineSeconds: 30", 2);
+    with_progress(&mut j, 10);
+    // The written status says 10; the operator received a report at 55.
+    let observed = Observed {
+        workers: gang(2, 1, RUNNING),
+        last_report: Some(at(55)),
+        ..Observed::default()
+    };
+    let d = decide(&j, &observed, at(60));
+    assert_eq!(
+        phase(&d),
+        Phase::Running,
+        "reports arrive; only their write lags"
+    );
+    assert!(
+        d.requeue_after
+            .is_some_and(|r| r <= Duration::from_secs(25))
+    );
+    // Silent since 55: stalled at 85.
+    let d = decide(&j, &observed, at(86));
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!(restarts(&d).stall, 1);
+}
