@@ -143,8 +143,10 @@ YAML
 
 # kwok plays the kubelet with the stages its own release ships (read from the pinned module, not
 # copied): nodes become Ready and keep a Lease; bound pods become Running; terminating pods are
-# deleted at once. A test that must hold a pod Terminating (as a kubelet does during the grace
-# period) annotates it kwok.x-k8s.io/status=custom and gives it a finalizer: the pod stages skip it.
+# deleted at once, and those that carry a finalizer (Kueue's) first stop as a kubelet stops them:
+# their container ends (exit 143) and the pod turns Failed, which is what lets Kueue remove its
+# finalizer. A test that must hold a pod Terminating (as a kubelet does during the grace period)
+# annotates it kwok.x-k8s.io/status=custom and gives it a finalizer: the pod stages skip it.
 kwok_config() {
   local stages
   stages="$(cd "$module" && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage"
@@ -156,11 +158,52 @@ kwok_config() {
     echo "---"
     cat "$stages/$file"
   done
-  for file in pod/fast/pod-ready.yaml pod/fast/pod-delete.yaml; do
-    echo "---"
-    sed "s|^    matchExpressions:|    matchExpressions:\n    - key: '.metadata.annotations[\"kwok.x-k8s.io/status\"]'\n      operator: 'DoesNotExist'|" \
-      "$stages/$file"
-  done
+  local unheld="    - key: '.metadata.annotations[\"kwok.x-k8s.io/status\"]'\n      operator: 'DoesNotExist'"
+  echo "---"
+  sed "s|^    matchExpressions:|    matchExpressions:\n$unheld|" "$stages/pod/fast/pod-ready.yaml"
+  echo "---"
+  sed "s|^    matchExpressions:|    matchExpressions:\n$unheld\n    - key: '.metadata.finalizers'\n      operator: 'DoesNotExist'|" \
+    "$stages/pod/fast/pod-delete.yaml"
+  cat <<'YAML'
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: pod-stop-for-finalizer
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.annotations["kwok.x-k8s.io/status"]'
+      operator: 'DoesNotExist'
+    - key: '.metadata.deletionTimestamp'
+      operator: 'Exists'
+    - key: '.metadata.finalizers'
+      operator: 'Exists'
+    - key: '.status.phase'
+      operator: 'In'
+      values: ['Pending', 'Running']
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      containerStatuses:
+      {{ range .spec.containers }}
+      - image: {{ .image | Quote }}
+        name: {{ .name | Quote }}
+        ready: false
+        restartCount: 0
+        started: false
+        state:
+          terminated:
+            exitCode: 143
+            finishedAt: {{ $now | Quote }}
+            reason: Error
+            startedAt: {{ $now | Quote }}
+      {{ end }}
+      phase: Failed
+YAML
 }
 
 # Fake nodes for kwok: 16 CPUs, 64 GiB, 8 GPUs each; the even ones labelled as GPU nodes.

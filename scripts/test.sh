@@ -53,22 +53,25 @@ step "kind e2e suite (runs only where Docker and kind exist)"
 bash tests/e2e/run.sh
 
 step "S3 tests against a local SeaweedFS, faults through the proxy, a full disk"
-trap 'scripts/s3-server.sh stop; scripts/node.sh stop; scripts/cluster.sh stop' EXIT
+trap 'scripts/s3-server.sh stop; scripts/kueue.sh stop; scripts/node.sh stop; scripts/cluster.sh stop' EXIT
 eval "$(scripts/s3-server.sh start)"
 cargo test --workspace --locked "${test_features[@]}" --test s3 --test local_run --test s3_faults \
   --test full_disk -- --ignored
 
 # etcd, kube-apiserver, kube-scheduler, kube-controller-manager and kwok, built from their
 # released sources (cached outside the clone by the hash of tests/cluster/*/go.sum).
-step "control plane: build or reuse the components"
+step "control plane: build or reuse the components, and Kueue"
 bash scripts/cluster.sh build
+bash scripts/kueue.sh build
 step "real node: containerd, runc, CNI plugins (apt)"
 bash scripts/node.sh deps
 # The API server listens on the node address, which the real node's pods can reach.
 node_address=10.250.0.1
 step "control plane: start"
 eval "$(FERROTRAIN_CLUSTER_ADDRESS=$node_address scripts/cluster.sh start)"
-step "cluster suites (the real ferrotrain operator against the control plane)"
+# Kueue manages only the namespaces of the queue scenarios (label ferrotrain.io/kueue=enabled).
+eval "$(scripts/kueue.sh start)"
+step "cluster suites (the real ferrotrain operator against the control plane, Kueue's queues)"
 # One at a time: the scenarios share the fake nodes, and some take a node away.
 cargo test --workspace --locked "${test_features[@]}" --test cluster -- --ignored --test-threads=1
 
@@ -84,6 +87,7 @@ step "real-node suite: helm install, training in containers, kills, OOM, image p
 cargo test --workspace --locked "${test_features[@]}" --test images --test node -- --ignored --nocapture \
   --test-threads=1
 scripts/node.sh stop
+scripts/kueue.sh stop
 scripts/cluster.sh stop
 
 step "done"

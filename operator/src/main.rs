@@ -24,6 +24,8 @@ struct Args {
     command: Command,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a TrainingJob manifest on this machine as local worker processes.

@@ -580,3 +580,25 @@ async fn a_copy_older_than_the_last_status_write_is_not_decided_on() {
         .expect("no request was made")
         .expect("the stale copy is put off, not failed");
 }
+
+/// Old workers terminating on a node: their node's readiness comes from the node watch, not a
+/// GET per pod per reconcile (thousands of calls when a node with many pods is lost). Nothing but
+/// the attempt's support objects is requested while the old workers exit.
+#[tokio::test]
+async fn terminating_workers_cost_no_node_reads() {
+    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    let job = job(restarting);
+    let terminating = |rank| {
+        let mut pod = pod(rank, 1, "Running", None);
+        pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        pod["spec"]["nodeName"] = json!("n1");
+        pod
+    };
+    let mut script = vec![
+        service_name_free(),
+        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
+    ];
+    script.extend(rotated_token(&job));
+    script.push(expect(Method::PATCH, STATUS));
+    run(job, vec![terminating(0), terminating(1)], script).await;
+}

@@ -57,13 +57,20 @@ impl Drop for Scratch {
     }
 }
 
+/// The final status of a `--output json` run: its last stdout line, `{"event":"finalStatus",…}`.
 fn status_of(output: &Output) -> serde_yaml::Value {
-    let text = String::from_utf8_lossy(&output.stdout);
-    let yaml = &text[text
-        .find("status:\n")
-        .unwrap_or_else(|| panic!("no final status in:\n{text}"))..];
-    let doc: serde_yaml::Value = serde_yaml::from_str(yaml).expect("status YAML");
-    doc["status"].clone()
+    final_status(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn final_status(text: &str) -> serde_yaml::Value {
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output in:\n{text}"));
+    let line: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}"));
+    assert_eq!(line["event"], "finalStatus", "{last}");
+    serde_yaml::to_value(&line["status"]).expect("status")
 }
 
 fn accuracy(status: &serde_yaml::Value) -> f64 {
@@ -162,6 +169,12 @@ fn a_small_job_succeeds_with_a_complete_status() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // JSON lines: every line of stdout is one JSON object, the final status included (jq works).
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let object = serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(object.is_object(), "{line}");
+    }
     let status = status_of(&output);
     assert_eq!(status["phase"].as_str(), Some("Succeeded"));
     assert_eq!(status["progress"]["step"].as_i64(), Some(1200));
@@ -465,10 +478,8 @@ fn ctrl_c_suspends_and_the_same_command_resumes() {
         .collect();
     let status = child.wait().expect("exits");
     assert_eq!(status.code(), Some(130), "{lines:?}");
-    let text = lines.join("\n");
-    let suspended: serde_yaml::Value =
-        serde_yaml::from_str(&text[text.find("status:\n").expect("final status")..]).expect("yaml");
-    assert_eq!(suspended["status"]["phase"].as_str(), Some("Suspended"));
+    let suspended = final_status(&lines.join("\n"));
+    assert_eq!(suspended["phase"].as_str(), Some("Suspended"));
     let steps: Vec<u64> = std::fs::read_dir(ckpt.join("manifests"))
         .expect("manifests")
         .filter_map(|e| {

@@ -30,3 +30,14 @@ pub fn chart_crd_path() -> PathBuf {
 pub fn chart_sweep_crd_path() -> PathBuf {
     workspace_root().join("charts/ferrotrain/crds/trainingsweeps.ferrotrain.io.yaml")
 }
+
+/// The final status a `ferrotrain run --output json` printed: its `finalStatus` line (Null when
+/// there is none, for example after a crash).
+pub fn final_status(stdout: &str) -> serde_yaml::Value {
+    stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .rfind(|line| line["event"] == "finalStatus")
+        .and_then(|line| serde_yaml::to_value(&line["status"]).ok())
+        .unwrap_or_default()
+}

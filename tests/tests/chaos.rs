@@ -142,10 +142,7 @@ fn signal(name: &str, pid: u32) {
 }
 
 fn status_yaml(text: &str) -> serde_yaml::Value {
-    text.find("status:\n")
-        .and_then(|at| serde_yaml::from_str::<serde_yaml::Value>(&text[at..]).ok())
-        .map(|doc| doc["status"].clone())
-        .unwrap_or_default()
+    ferrotrain_tests::final_status(text)
 }
 
 fn write_manifest(dir: &Path, name: &str, checkpoint: &str) -> PathBuf {

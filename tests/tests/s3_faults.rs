@@ -116,11 +116,7 @@ fn run_through(
         output
     });
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let status = text
-        .find("status:\n")
-        .and_then(|at| serde_yaml::from_str::<serde_yaml::Value>(&text[at..]).ok())
-        .map(|doc| doc["status"].clone())
-        .unwrap_or_default();
+    let status = ferrotrain_tests::final_status(&text);
     Run {
         counts: proxy.counts(),
         logs: scratch.worker_logs(name),

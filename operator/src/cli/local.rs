@@ -54,7 +54,7 @@ pub fn run_job(
         status,
         ending,
         "resume from the emergency checkpoint",
-        true,
+        if json { Echo::JsonLine } else { Echo::Yaml },
     )
 }
 
@@ -93,19 +93,30 @@ pub fn run_sweep_file(
         status,
         ending,
         "resume the trials from their checkpoints",
-        false,
+        if json { Echo::JsonLine } else { Echo::No },
     )
 }
 
-/// Writes the final status to `<state dir>/<name>/status.yaml` (and, with `echo`, to stdout) and
-/// the one-line outcome to stderr; returns the exit code (0, 1, or 130 when suspended).
+/// How the final status is shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Echo {
+    /// Only in `status.yaml`.
+    No,
+    /// Also on stdout, as YAML.
+    Yaml,
+    /// Also on stdout, as one JSON line `{"event":"finalStatus","status":…}`.
+    JsonLine,
+}
+
+/// Writes the final status to `<state dir>/<name>/status.yaml` (and, as `echo` says, to stdout)
+/// and the one-line outcome to stderr; returns the exit code (0, 1, or 130 when suspended).
 fn conclude(
     state_dir: &Path,
     name: &str,
     status: &impl serde::Serialize,
     ending: Ending,
     resume: &str,
-    echo: bool,
+    echo: Echo,
 ) -> Result<ExitCode, CommandError> {
     let (code, summary) = match ending {
         Ending::Succeeded => (ExitCode::SUCCESS, "Succeeded".to_string()),
@@ -122,12 +133,22 @@ fn conclude(
         .map_err(doing("writing the final status as YAML"))?;
     let path = state_dir.join(name).join("status.yaml");
     std::fs::write(&path, &yaml).map_err(doing(format!("writing {}", path.display())))?;
-    if echo {
-        // The reader of stdout may be gone (`… | head -1`); the status is in status.yaml too.
-        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes());
-        eprintln!("{name}: {summary}");
-    } else {
-        eprintln!("{name}: {summary} (status in {})", path.display());
+    // The reader of stdout may be gone (`… | head -1`); the status is in status.yaml too.
+    let shown = match echo {
+        Echo::No => None,
+        Echo::Yaml => Some(yaml),
+        Echo::JsonLine => {
+            serde_json::to_string(&serde_json::json!({"event": "finalStatus", "status": status}))
+                .ok()
+                .map(|line| line + "\n")
+        }
+    };
+    match shown {
+        Some(text) => {
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+            eprintln!("{name}: {summary}");
+        }
+        None => eprintln!("{name}: {summary} (status in {})", path.display()),
     }
     Ok(code)
 }

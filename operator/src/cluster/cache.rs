@@ -21,6 +21,9 @@ pub type JobKey = (String, String);
 
 type PodsByJob = HashMap<JobKey, BTreeMap<String, KeptPod>>;
 
+/// Deleted pods' last states, with when they were deleted.
+type GoneByJob = HashMap<JobKey, BTreeMap<String, (KeptPod, std::time::Instant)>>;
+
 /// What the index keeps of a pod: its metadata, node and status. A `Pod` holds a `PodSpec` inline
 /// (1.4 KiB of a 2.1 KiB struct, nearly all empty options once slimmed); the node name is all of
 /// the spec the lifecycle reads.
@@ -51,10 +54,17 @@ impl KeptPod {
     }
 }
 
+/// How long the last state of a deleted pod is kept.
+pub const GONE_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The operator's pods (those labelled with [`LABEL_JOB`]), indexed by job.
 #[derive(Default)]
 pub struct PodIndex {
     pods: RwLock<PodsByJob>,
+    /// The last state of pods deleted in the last [`GONE_FOR`], by job: a pod that was stopped
+    /// and removed between two reconciles (Kueue stops a pod group and deletes it at once) still
+    /// says why it went.
+    gone: RwLock<GoneByJob>,
     /// Pods of a relist in progress; they replace `pods` once the list is complete.
     relist: RwLock<Option<PodsByJob>>,
     listed: AtomicBool,
@@ -76,7 +86,12 @@ impl PodIndex {
     /// Applies one watch event: a change, a deletion, or a step of a (re)list.
     pub fn apply(&self, event: &Event<Pod>) {
         match event {
-            Event::Apply(pod) => insert(&mut self.write(), pod.clone()),
+            Event::Apply(pod) => {
+                if let Some((job, name)) = key_of(pod) {
+                    self.forget_gone(&job, &name);
+                }
+                insert(&mut self.write(), pod.clone());
+            }
             Event::Delete(pod) => {
                 if let Some((job, name)) = key_of(pod) {
                     let mut pods = self.write();
@@ -86,6 +101,16 @@ impl PodIndex {
                             pods.remove(&job);
                         }
                     }
+                    drop(pods);
+                    let now = std::time::Instant::now();
+                    let mut gone = self.gone.write().unwrap_or_else(|e| e.into_inner());
+                    gone.retain(|_, of_job| {
+                        of_job.retain(|_, (_, at)| now.duration_since(*at) < GONE_FOR);
+                        !of_job.is_empty()
+                    });
+                    gone.entry(job)
+                        .or_default()
+                        .insert(name, (KeptPod::new(pod.clone()), now));
                 }
             }
             Event::Init => *self.relist_mut() = Some(PodsByJob::new()),
@@ -117,6 +142,31 @@ impl PodIndex {
             .get(&(namespace.to_string(), job.to_string()))
             .map(|pods| pods.values().map(KeptPod::to_pod).collect())
             .unwrap_or_default()
+    }
+
+    /// The last state of `job`'s pods deleted in the last [`GONE_FOR`].
+    pub fn gone_of(&self, namespace: &str, job: &str) -> Vec<Pod> {
+        self.gone
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(namespace.to_string(), job.to_string()))
+            .map(|pods| {
+                pods.values()
+                    .filter(|(_, at)| at.elapsed() < GONE_FOR)
+                    .map(|(pod, _)| pod.to_pod())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn forget_gone(&self, job: &JobKey, name: &str) {
+        let mut gone = self.gone.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(of_job) = gone.get_mut(job) {
+            of_job.remove(name);
+            if of_job.is_empty() {
+                gone.remove(job);
+            }
+        }
     }
 
     /// Number of pods held.
@@ -249,6 +299,22 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_deleted_pod_leaves_its_last_state_until_one_of_its_name_returns() {
+        let index = PodIndex::listed_with([]);
+        index.apply(&Event::Apply(pod("a", "a-worker-0", "Running")));
+        index.apply(&Event::Delete(pod("a", "a-worker-0", "Failed")));
+        assert!(index.pods_of("ml", "a").is_empty());
+        let gone = index.gone_of("ml", "a");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(
+            gone[0].status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Failed")
+        );
+        index.apply(&Event::Apply(pod("a", "a-worker-0", "Pending")));
+        assert!(index.gone_of("ml", "a").is_empty());
     }
 
     #[test]

@@ -207,6 +207,10 @@ pub fn worker_pod(
             "kueue.x-k8s.io/pod-group-total-count".into(),
             world_size.to_string(),
         );
+        // A gang restarts whole, as the next attempt's group: the group of an attempt that
+        // failed is over at once. (Kueue otherwise waits for replacement pods in the same group
+        // and keeps the failed pods, with their names, until then.)
+        annotations.insert("kueue.x-k8s.io/retriable-in-group".into(), "false".into());
         annotations.insert("scheduling.volcano.sh/queue-name".into(), queue.clone());
     }
     if policy.scheduler_name.as_deref() == Some("volcano") {
@@ -528,6 +532,12 @@ mod tests {
                 .get("kueue.x-k8s.io/pod-group-total-count")
                 .map(String::as_str),
             Some("4")
+        );
+        assert_eq!(
+            annotations
+                .get("kueue.x-k8s.io/retriable-in-group")
+                .map(String::as_str),
+            Some("false")
         );
         assert_eq!(
             annotations

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferrotrain_crds::TrainingJob;
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -21,6 +21,7 @@ use crate::cluster::children::Settings;
 use crate::cluster::hub::{JobDirectory, JobInfo, ProgressHub};
 use crate::cluster::job_secret;
 use crate::cluster::labels::LABEL_JOB;
+use crate::cluster::nodes::NodeReadiness;
 use crate::cluster::observe;
 use crate::cluster::reconcile::{Context, error_policy, reconcile};
 
@@ -48,7 +49,8 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
         "networkpolicies",
         &["get", "create", "patch"],
     ),
-    ("", "nodes", &["get"]),
+    // list, watch: node readiness for pods stuck on lost nodes, from one watch.
+    ("", "nodes", &["list", "watch"]),
     (
         "scheduling.volcano.sh",
         "podgroups",
@@ -190,8 +192,28 @@ pub async fn run(
             })
             .touched_objects()
     };
+    // Nodes only for an install that watches every namespace: a namespaced one may not read
+    // them, and leaves pods stuck on lost nodes to the cluster.
+    let nodes = Arc::new(NodeReadiness::default());
+    if options.namespace.is_none() {
+        let nodes = Arc::clone(&nodes);
+        let api: Api<Node> = Api::all(client.clone());
+        tokio::spawn(async move {
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .for_each(|event| {
+                    if let Ok(event) = event {
+                        nodes.apply(&event);
+                    }
+                    futures::future::ready(())
+                })
+                .await;
+        });
+    }
     hub.ready.store(true, std::sync::atomic::Ordering::SeqCst);
-    let context = Arc::new(Context::new(client, settings, Arc::clone(&hub), index));
+    let mut context = Context::new(client, settings, Arc::clone(&hub), index);
+    context.nodes = nodes;
+    let context = Arc::new(context);
     let controller = Controller::for_stream(job_events, store.clone())
         .owns_stream(pod_events)
         .with_config(

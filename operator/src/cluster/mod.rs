@@ -14,6 +14,7 @@ pub mod job_secret;
 pub mod labels;
 pub mod leader;
 pub mod network_policy;
+pub mod nodes;
 pub mod observe;
 pub mod ownership;
 pub mod ratelimit;

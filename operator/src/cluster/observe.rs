@@ -121,6 +121,40 @@ pub fn of_this_job(mut worker: WorkerView, pod: &Pod, job_uid: &str) -> WorkerVi
     worker
 }
 
+/// A deleted pod of this job and attempt, from its last state: why it went, as far as that state
+/// says (a `DisruptionTarget` or Kueue's `TerminationTarget` condition, its end), or else that
+/// someone deleted it. `None` for another job's or attempt's pod.
+pub fn gone_worker(pod: &Pod, job_uid: &str, attempt: u32) -> Option<WorkerView> {
+    let mut worker = of_this_job(worker_view(pod, |_| true)?, pod, job_uid);
+    if worker.attempt != attempt {
+        return None;
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    worker.state = match worker.state {
+        WorkerState::Succeeded => WorkerState::Succeeded,
+        WorkerState::Failed(cause) => WorkerState::Failed(cause),
+        WorkerState::Terminating {
+            cause: Some(cause), ..
+        } => WorkerState::Failed(cause),
+        _ => WorkerState::Failed(disruption_cause(&status).unwrap_or(FailureCause::Deleted)),
+    };
+    Some(worker)
+}
+
+/// The workers of the listed pods, and for each rank of `attempt` no longer listed, its last
+/// state if it was deleted lately (see [`gone_worker`]).
+pub fn with_gone(mut workers: Vec<WorkerView>, gone: Vec<WorkerView>) -> Vec<WorkerView> {
+    for worker in gone {
+        let listed = workers
+            .iter()
+            .any(|w| w.rank == worker.rank && w.attempt == worker.attempt);
+        if !listed {
+            workers.push(worker);
+        }
+    }
+    workers
+}
+
 /// Drops everything [`worker_view`] does not read (container specs, volumes, env, managed
 /// fields, annotations), so that a cache of pods stays small.
 pub fn slim_pod(pod: &mut Pod) {
@@ -166,15 +200,14 @@ fn slim_state(
 
 /// The cause a `DisruptionTarget` condition names: set by the scheduler (preemption), the
 /// Eviction API (drain), the taint manager and PodGC (node loss) and the kubelet before they
-/// delete or stop a pod. Kueue marks the pods of a pod group it stops (preempted, or past its
-/// PodsReady timeout) with a condition of its own, `TerminationTarget`: a preemption too.
+/// delete or stop a pod. Kueue marks the pods of a pod group it stops (its workload evicted:
+/// preempted, past its PodsReady timeout, deleted) with a condition of its own,
+/// `TerminationTarget` (reason `StoppedByKueue` before v0.10, `WorkloadEvictedDueTo…` since): a
+/// preemption by the queue.
 fn disruption_cause(status: &k8s_openapi::api::core::v1::PodStatus) -> Option<FailureCause> {
     let conditions = status.conditions.iter().flatten();
     let mut conditions = conditions.filter(|c| c.status == "True");
-    if conditions
-        .clone()
-        .any(|c| c.type_ == "TerminationTarget" && c.reason.as_deref() == Some("StoppedByKueue"))
-    {
+    if conditions.clone().any(|c| c.type_ == "TerminationTarget") {
         return Some(FailureCause::Preempted);
     }
     let disruption = conditions.find(|c| c.type_ == "DisruptionTarget")?;
@@ -227,6 +260,43 @@ mod tests {
             "metadata: {{name: mnist-worker-1, labels: {{ferrotrain.io/rank: '1', ferrotrain.io/attempt: '2'}}}}\nspec: {{nodeName: n1, containers: []}}\nstatus: {{phase: {phase}{extra}}}\n"
         ))
         .expect("pod")
+    }
+
+    /// Kueue stops a pod group and its pods are gone before the next reconcile: their last state
+    /// still says it was a preemption; a pod gone without a reason was deleted; a pod of another
+    /// attempt or job is no worker of this one.
+    #[test]
+    fn a_deleted_pod_of_this_attempt_says_why_it_went() {
+        let owned = |mut pod: Pod| {
+            pod.metadata.owner_references = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "ferrotrain.io/v1alpha1".into(),
+                    kind: "TrainingJob".into(),
+                    name: "mnist".into(),
+                    uid: "u1".into(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                },
+            ]);
+            pod
+        };
+        let stopped = owned(pod(
+            "Failed",
+            ", conditions: [{type: TerminationTarget, status: 'True', reason: WorkloadEvictedDueToPreempted}]",
+        ));
+        let gone = gone_worker(&stopped, "u1", 2).expect("this attempt");
+        assert_eq!(gone.state, WorkerState::Failed(FailureCause::Preempted));
+        let deleted = owned(pod("Running", ""));
+        assert_eq!(
+            gone_worker(&deleted, "u1", 2).map(|w| w.state),
+            Some(WorkerState::Failed(FailureCause::Deleted))
+        );
+        assert!(gone_worker(&deleted, "u1", 3).is_none(), "another attempt");
+        assert!(gone_worker(&deleted, "u2", 2).is_none(), "another job");
+        // A listed worker of the rank wins over the last state of a deleted one.
+        let listed = worker_view(&deleted, |_| true).expect("worker");
+        let merged = with_gone(vec![listed.clone()], vec![gone]);
+        assert_eq!(merged, vec![listed]);
     }
 
     fn cause(extra: &str) -> WorkerState {
@@ -312,9 +382,10 @@ mod tests {
         );
         // Kueue stops an admitted pod group (preemption by a higher-priority workload, the
         // PodsReady timeout) with its own condition type, then deletes the pods: a preemption.
+        // The reason as Kueue v0.17.0 writes it.
         let mut stopped = pod(
             "Running",
-            ", conditions: [{type: TerminationTarget, status: 'True', reason: StoppedByKueue, message: Preempted to accommodate a higher priority Workload}]",
+            ", conditions: [{type: TerminationTarget, status: 'True', reason: WorkloadEvictedDueToPreempted, message: Preempted to accommodate a workload}]",
         );
         stopped.metadata.deletion_timestamp = deleting.metadata.deletion_timestamp.clone();
         assert_eq!(

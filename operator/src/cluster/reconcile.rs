@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferrotrain_crds::{Phase, TrainingJob, TrainingJobStatus};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
@@ -22,6 +22,7 @@ use crate::cluster::cache::{OwnWrites, PodIndex};
 use crate::cluster::children::{self, Settings};
 use crate::cluster::error::{Error, kube_error};
 use crate::cluster::hub::ProgressHub;
+use crate::cluster::nodes::NodeReadiness;
 use crate::cluster::observe;
 use crate::cluster::ownership::held_by_another;
 use crate::decide::job::{Action, Observed, decide};
@@ -38,6 +39,8 @@ pub struct Context {
     pub hub: Arc<ProgressHub>,
     /// The operator's pods, from one watch.
     pub pods: Arc<PodIndex>,
+    /// Node readiness, from the node watch (unknown where nodes are not watched).
+    pub nodes: Arc<NodeReadiness>,
     /// The reconciler's latest write of each job, until the job cache shows it.
     pub own_writes: OwnWrites,
 }
@@ -63,6 +66,7 @@ impl Context {
             recorder,
             hub,
             pods,
+            nodes: Arc::new(NodeReadiness::default()),
             own_writes: OwnWrites::default(),
         }
     }
@@ -139,18 +143,13 @@ async fn reconcile_as_leader(
         return Err(Error::CacheNotReady);
     }
     let listed = ctx.pods.pods_of(&namespace, &name);
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let mut not_ready = Vec::new();
-    for pod in listed
+    // From the node watch: no API call per terminating pod.
+    let not_ready: Vec<String> = listed
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_some())
-    {
-        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone())
-            && node_is_ready(&nodes, &node).await? == Some(false)
-        {
-            not_ready.push(node);
-        }
-    }
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .filter(|node| ctx.nodes.is_ready(node) == Some(false))
+        .collect();
     let uid = job.metadata.uid.clone().unwrap_or_default();
     // Before support objects are applied: a name that another owner holds is never written.
     let starting = matches!(
@@ -177,16 +176,22 @@ async fn reconcile_as_leader(
     let last_report = ctx
         .hub
         .last_report(&(namespace.clone(), name.clone()), &uid, attempt);
+    let listed_workers = listed
+        .iter()
+        .filter_map(|p| {
+            observe::worker_view(p, |n| !not_ready.iter().any(|x| x == n))
+                .map(|w| observe::of_this_job(w, p, &uid))
+        })
+        .collect();
+    let gone = ctx.pods.gone_of(&namespace, &name);
+    let gone = gone
+        .iter()
+        .filter_map(|p| observe::gone_worker(p, &uid, attempt))
+        .collect();
     let observed = Observed {
         name_conflicts,
         last_report,
-        workers: listed
-            .iter()
-            .filter_map(|p| {
-                observe::worker_view(p, |n| !not_ready.iter().any(|x| x == n))
-                    .map(|w| observe::of_this_job(w, p, &uid))
-            })
-            .collect(),
+        workers: observe::with_gone(listed_workers, gone),
     };
 
     // Decide.
@@ -376,27 +381,4 @@ impl CreationRefused {
 pub fn error_policy(_job: Arc<TrainingJob>, error: &Error, _ctx: Arc<Context>) -> Requeue {
     tracing::warn!(error = %error, category = error.metric_label(), "reconcile failed");
     Requeue::requeue(error.retry_after())
-}
-
-/// Whether a node is Ready: `None` when this operator may not read nodes (a namespaced
-/// install without the nodes ClusterRole), so stuck pods are left to the cluster.
-async fn node_is_ready(nodes: &Api<Node>, name: &str) -> Result<Option<bool>, Error> {
-    let node = match nodes.get_opt(name).await {
-        Ok(node) => node,
-        Err(kube::Error::Api(status)) if status.code == 403 => {
-            tracing::warn!(
-                node = name,
-                "may not read nodes: the readiness of this pod's node is unknown, so it is not force-deleted"
-            );
-            return Ok(None);
-        }
-        Err(e) => return Err(kube_error(format!("get node {name}"))(e)),
-    };
-    Ok(Some(node.is_some_and(|n| {
-        n.status
-            .and_then(|s| s.conditions)
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-    })))
 }

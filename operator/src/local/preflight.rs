@@ -67,17 +67,16 @@ pub fn check_memory(
     replicas: i32,
     per_worker: u64,
     available: Option<u64>,
-    oversubscribe: bool,
 ) -> Result<(), RunError> {
     let Some(available) = available else {
         return Ok(());
     };
     let replicas = u64::try_from(replicas.max(0)).unwrap_or(0);
     let needed = per_worker.saturating_mul(replicas);
-    if needed > available && !oversubscribe {
+    if needed > available {
         let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
         return Err(RunError::Preflight(format!(
-            "spec.workers.replicas: {replicas} workers need about {:.1} GiB of memory (about {:.0} MiB each: every worker holds the training data and its own runtime), and this machine has {:.1} GiB available; lower replicas, or pass --oversubscribe",
+            "spec.workers.replicas: {replicas} workers need about {:.1} GiB of memory (about {:.0} MiB each: every worker holds the training data and its own runtime), and this machine has {:.1} GiB available; lower replicas (--oversubscribe lifts the CPU limit only)",
             gib(needed),
             per_worker as f64 / f64::from(1u32 << 20),
             gib(available)
@@ -239,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gang_that_needs_more_memory_than_is_available_needs_oversubscribe() {
+    fn a_gang_that_needs_more_memory_than_is_available_is_refused_even_oversubscribed() {
         let spec: ferrotrain_crds::TrainerSpec = serde_yaml::from_str(
             "model: {type: mlp}\ndataset: {type: mnist}\nbatchSize: 8\nepochs: 1\n",
         )
@@ -247,8 +246,8 @@ mod tests {
         let per_worker = worker_memory_estimate(&spec);
         assert_eq!(per_worker, (64 << 20) + 70_000 * 784 * 4);
         let gib = 1u64 << 30;
-        assert!(check_memory(2, per_worker, Some(2 * gib), false).is_ok());
-        let refused = check_memory(16, per_worker, Some(2 * gib), false)
+        assert!(check_memory(2, per_worker, Some(2 * gib)).is_ok());
+        let refused = check_memory(16, per_worker, Some(2 * gib))
             .expect_err("16 MNIST workers in 2 GiB")
             .to_string();
         assert!(
@@ -258,7 +257,13 @@ mod tests {
             "{refused}"
         );
         assert!(refused.contains("2.0 GiB available"), "{refused}");
-        assert!(check_memory(16, per_worker, Some(2 * gib), true).is_ok());
+        // --oversubscribe lifts the CPU limit only: workers that do not fit in memory would be
+        // killed by the kernel's OOM killer, so nothing lifts this one.
+        assert!(
+            !refused.contains("pass --oversubscribe")
+                && refused.contains("--oversubscribe lifts the CPU limit only"),
+            "{refused}"
+        );
         // Local files count by size; a gzipped one as about five times its size.
         let dir = std::env::temp_dir().join(format!("ferrotrain-mem-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -271,7 +276,7 @@ mod tests {
         assert_eq!(worker_memory_estimate(&spec), (64 << 20) + 1000 * 5 * 4);
         std::fs::remove_dir_all(&dir).ok();
         assert!(
-            check_memory(16, per_worker, None, false).is_ok(),
+            check_memory(16, per_worker, None).is_ok(),
             "unknown: no check"
         );
     }

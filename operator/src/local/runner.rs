@@ -132,7 +132,6 @@ pub fn run(
         job.spec.workers.replicas,
         worker_memory_estimate(&job.spec.trainer),
         available_memory(),
-        options.oversubscribe,
     )?;
     std::fs::create_dir_all(job_dir.join("logs"))?;
     let _run_lock = lock_job(&job_dir, &name)?;

@@ -94,7 +94,6 @@ pub fn run_sweep(
         workers,
         worker_memory_estimate(&sweep.spec.template.trainer),
         available_memory(),
-        options.oversubscribe,
     )
     .map_err(|e| {
         RunError::Preflight(format!(

@@ -23,6 +23,7 @@ mod api;
 mod failures;
 mod lifecycle;
 mod operator;
+mod queues;
 mod security;
 mod training;
 

@@ -39,6 +39,9 @@ pub struct RendezvousConfig {
     pub key: GangKey,
 }
 
+/// Refuses a hello with a reason, before any proof is exchanged.
+type Screen = Arc<dyn Fn(&Hello) -> Option<String> + Send + Sync>;
+
 /// The listener's connections that passed the handshake, with what they said and where they
 /// came from.
 struct Authenticated {
@@ -48,7 +51,7 @@ struct Authenticated {
     pending: Arc<AtomicUsize>,
     key: GangKey,
     rank: u32,
-    screen: Arc<dyn Fn(&Hello) -> Option<String> + Send + Sync>,
+    screen: Screen,
 }
 
 impl Authenticated {
