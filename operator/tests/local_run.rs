@@ -534,6 +534,47 @@ fn listing_checkpoints_of_a_missing_directory_creates_nothing() {
     assert!(!missing.exists(), "listing created {}", missing.display());
 }
 
+/// A checkpoint location that is a file is an error (exit 1, naming it), not an empty listing.
+#[test]
+fn listing_checkpoints_of_a_file_fails_naming_it() {
+    let s = Scratch::new("listfile");
+    let file = s.0.join("a-file");
+    std::fs::write(&file, "not a store").expect("write");
+    let uri = format!("file://{}", file.display());
+    let out = s.ferrotrain(&["checkpoints", &uri]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&uri) && stderr.contains("not a directory"),
+        "{stderr}"
+    );
+}
+
+/// A `--state-dir` that is a regular file is refused naming the option and the path.
+#[test]
+fn a_state_dir_that_is_a_file_is_named() {
+    let s = Scratch::new("statefile");
+    let file = s.0.join("state");
+    std::fs::write(&file, "").expect("write");
+    let ckpt = format!("file://{}", s.0.join("ckpt").display());
+    let manifest = s.manifest("statefile", &ckpt, "");
+    let output = s
+        .ferrotrain(&[
+            "run",
+            &manifest.display().to_string(),
+            "--state-dir",
+            &file.display().to_string(),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--state-dir") && stderr.contains(&file.display().to_string()),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_invalid_manifest_starts_nothing() {
     let s = Scratch::new("invalid");

@@ -12,10 +12,14 @@ pub fn list(
     region: Option<String>,
 ) -> Result<String, CommandError> {
     // Listing must not create what it lists: opening a file:// store creates its directory.
-    if let Some(path) = uri.strip_prefix("file://")
-        && !std::path::Path::new(path).is_dir()
-    {
-        return Ok(format!("no checkpoints under {uri}: no such directory\n"));
+    if let Some(path) = uri.strip_prefix("file://") {
+        let path = std::path::Path::new(path);
+        if path.exists() && !path.is_dir() {
+            return Err(doing(format!("listing {uri}"))("it is not a directory"));
+        }
+        if !path.is_dir() {
+            return Ok(format!("no checkpoints under {uri}: no such directory\n"));
+        }
     }
     let location =
         open(uri, &S3Options { endpoint, region }).map_err(doing(format!("opening {uri}")))?;

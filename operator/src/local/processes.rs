@@ -19,6 +19,18 @@ use crate::vocabulary::{MAX_FAILURE_MESSAGE, TERMINATION_GRACE_SECONDS, last_err
 /// finish their emergency checkpoint and exit.
 pub(crate) const EARLIER_WORKERS_WAIT: Duration = Duration::from_secs(60);
 
+/// Creates `dir` under the state directory `state_dir`; a failure names `--state-dir` and the
+/// path (a state directory that is a regular file says only "Not a directory" otherwise).
+pub(crate) fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), RunError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        RunError::Preflight(format!(
+            "--state-dir {}: cannot create {}: {e}",
+            state_dir.display(),
+            dir.display()
+        ))
+    })
+}
+
 /// Takes the job's run lock for the life of the returned file: a second `ferrotrain run` of the
 /// same job and state directory is refused, naming the PID that runs it.
 pub(crate) fn lock_job(job_dir: &Path, job: &str) -> Result<std::fs::File, RunError> {

@@ -24,8 +24,8 @@ use crate::local::preflight::{
     worker_memory_estimate,
 };
 use crate::local::processes::{
-    Worker, compute_threads_per_worker, free_port, gpu_device_nodes, gpu_of_worker,
-    kill_past_grace, lock_job, reap, wait_for_earlier_workers, write_private,
+    Worker, compute_threads_per_worker, create_state_dir, free_port, gpu_device_nodes,
+    gpu_of_worker, kill_past_grace, lock_job, reap, wait_for_earlier_workers, write_private,
 };
 use crate::local::progress_server::{Inbox, serve_progress};
 use crate::progress::random_token;
@@ -133,7 +133,7 @@ pub fn run(
         worker_memory_estimate(&job.spec.trainer),
         available_memory(),
     )?;
-    std::fs::create_dir_all(job_dir.join("logs"))?;
+    create_state_dir(&options.state_dir, &job_dir.join("logs"))?;
     let _run_lock = lock_job(&job_dir, &name)?;
     let gang_lock = job_dir.join("gang.lock");
 

@@ -21,7 +21,7 @@ use crate::local::error::RunError;
 use crate::local::preflight::{
     available_memory, check_fits, check_memory, load_one, worker_memory_estimate,
 };
-use crate::local::processes::compute_threads_per_worker;
+use crate::local::processes::{compute_threads_per_worker, create_state_dir};
 use crate::local::runner::RunOptions;
 use crate::local::sweep_display::{SweepDisplay, print_results, write_curves};
 use crate::local::trial::LocalTrial;
@@ -67,7 +67,7 @@ pub fn run_sweep(
         .namespace
         .get_or_insert_with(|| "default".into());
     let sweep_dir = options.state_dir.join(&name);
-    std::fs::create_dir_all(&sweep_dir)?;
+    create_state_dir(&options.state_dir, &sweep_dir)?;
     if sweep.spec.template.checkpoint.is_none() {
         // Trials warm-start from each other (pbt): they need checkpoints of their own.
         sweep.spec.template.checkpoint = Some(CheckpointSpec {
