@@ -10,7 +10,7 @@ use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
 use crate::checkpoint::layout::{sha256_hex, split_manifest_uri};
-use crate::checkpoint::store::CheckpointStore;
+use crate::checkpoint::store::{CheckpointError, CheckpointStore};
 use crate::data::load::{self, Splits};
 use crate::dist::handshake::GangKey;
 use crate::dist::rendezvous::RendezvousConfig;
@@ -252,15 +252,22 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         }
         Err(e) => {
             tracing::error!(error = %e, "training failed");
-            match e {
-                TrainError::Comm(_) => exit::PEER_LOST,
-                TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
-                TrainError::Model(_) | TrainError::Config(_) | TrainError::Diverged { .. } => {
-                    exit::BAD_CONFIG
-                }
-                TrainError::Threads(_) | TrainError::Engine(_) => exit::INTERNAL,
-            }
+            exit_code_of(&e)
         }
+    }
+}
+
+/// The exit code a training error ends the worker with. A checkpoint of another configuration
+/// is a configuration error (exit 2: no retry can help), not a storage failure.
+pub fn exit_code_of(error: &TrainError) -> u8 {
+    match error {
+        TrainError::Comm(_) => exit::PEER_LOST,
+        TrainError::Checkpoint(CheckpointError::Incompatible { .. }) => exit::BAD_CONFIG,
+        TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
+        TrainError::Model(_) | TrainError::Config(_) | TrainError::Diverged { .. } => {
+            exit::BAD_CONFIG
+        }
+        TrainError::Threads(_) | TrainError::Engine(_) => exit::INTERNAL,
     }
 }
 

@@ -169,9 +169,19 @@ fn a_checkpoint_of_another_model_is_refused() {
     };
     let mut other = spec.clone();
     other.model.hidden = Some(vec![8]);
-    let result = fx.run(&other, Some(fx.plan(&other, &data)), None);
-    let message = result.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("different configuration"), "{message}");
+    let error = fx
+        .run(&other, Some(fx.plan(&other, &data)), None)
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("different configuration"),
+        "{error}"
+    );
+    // A configuration error: the job fails at once instead of spending its restart budget.
+    assert_eq!(
+        ferrotrain_trainer::run::exit_code_of(&error),
+        ferrotrain_trainer::exit::BAD_CONFIG
+    );
 }
 
 #[test]
