@@ -171,8 +171,7 @@ fn a_checkpoint_of_another_model_is_refused() {
     other.model.hidden = Some(vec![8]);
     let error = fx
         .run(&other, Some(fx.plan(&other, &data)), None)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         error.to_string().contains("different configuration"),
         "{error}"
