@@ -550,6 +550,38 @@ fn listing_checkpoints_of_a_file_fails_naming_it() {
     );
 }
 
+/// A `file://` checkpoint location that cannot work (under /proc, or a regular file) is refused
+/// before any worker starts, naming the field, instead of failing attempt after attempt.
+#[test]
+fn an_unusable_file_checkpoint_location_is_refused_before_any_worker_starts() {
+    let s = Scratch::new("badckpt");
+    let file = s.0.join("a-file");
+    std::fs::write(&file, "").expect("write");
+    for (name, uri) in [
+        (
+            "procckpt",
+            "file:///proc/ferrotrain-checkpoints".to_string(),
+        ),
+        ("fileckpt", format!("file://{}", file.display())),
+    ] {
+        let manifest = s.manifest(name, &uri, "");
+        let output = s
+            .ferrotrain(&["run", &manifest.display().to_string()])
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(1), "{uri}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("spec.checkpoint.uri") && stderr.contains(&uri),
+            "{stderr}"
+        );
+        assert!(
+            !s.0.join(format!(".ferrotrain/{name}/logs")).exists(),
+            "no worker started for {uri}"
+        );
+    }
+}
+
 /// A `--state-dir` that is a regular file is refused naming the option and the path.
 #[test]
 fn a_state_dir_that_is_a_file_is_named() {

@@ -184,6 +184,24 @@ pub(crate) fn preflight(job: &TrainingJob) -> Result<(), RunError> {
             check_s3(checkpoint)?;
         }
     }
+    if let Some(checkpoint) = &job.spec.checkpoint
+        && let Some(path) = checkpoint.uri.strip_prefix("file://")
+    {
+        check_local_store(&checkpoint.uri, Path::new(path))?;
+    }
+    Ok(())
+}
+
+/// A `file://` checkpoint location must be a directory this process can create and write.
+fn check_local_store(uri: &str, dir: &Path) -> Result<(), RunError> {
+    let refused = |why: String| RunError::Preflight(format!("spec.checkpoint.uri: {uri} {why}"));
+    if dir.exists() && !dir.is_dir() {
+        return Err(refused("is a file, not a directory".into()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| refused(format!("cannot be created: {e}")))?;
+    let probe = dir.join(format!(".ferrotrain-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| refused(format!("is not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
     Ok(())
 }
 

@@ -120,6 +120,12 @@ pub fn run(
         .clone()
         .unwrap_or_else(|| "default".into());
     let job_dir = options.state_dir.join(&name);
+    if options.state_dir.exists() && !options.state_dir.is_dir() {
+        return Err(RunError::Preflight(format!(
+            "--state-dir {}: not a directory",
+            options.state_dir.display()
+        )));
+    }
     let checkpoint = local_checkpoint(&job, &options.state_dir);
     job.spec.checkpoint = Some(checkpoint.clone());
     preflight(&job)?;
