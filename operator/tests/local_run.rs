@@ -1,61 +1,16 @@
 //! `ferrotrain run` end to end: real worker processes, real checkpoints, real signals.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::Scratch;
 
 /// Steps of a job the test interrupts: long enough that the signal, kill or closed pipe lands
 /// well before the end however fast the trainer is.
 const INTERRUPTED_STEPS: u32 = 6000;
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("ferrotrain-run-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self(dir)
-    }
-
-    fn manifest(&self, name: &str, checkpoint_uri: &str, extra: &str) -> PathBuf {
-        self.manifest_of_steps(name, checkpoint_uri, extra, 1200)
-    }
-
-    fn manifest_of_steps(
-        &self,
-        name: &str,
-        checkpoint_uri: &str,
-        extra: &str,
-        steps: u32,
-    ) -> PathBuf {
-        let path = self.0.join(format!("{name}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {{name: {name}}}\nspec:\n  workers: {{replicas: 2}}\n  trainer:\n    model: {{type: mlp, hidden: [64]}}\n    dataset: {{type: mnist}}\n    batchSize: 64\n    maxSteps: {steps}\n    seed: 5\n  checkpoint: {{uri: \"{checkpoint_uri}\", everySteps: 100{extra}}}\n"
-            ),
-        )
-        .expect("manifest");
-        path
-    }
-
-    fn ferrotrain(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrotrain"));
-        cmd.current_dir(&self.0)
-            .args(args)
-            .env("MATMUL_NUM_THREADS", "1");
-        cmd
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The final status of a `--output json` run: its last stdout line, `{"event":"finalStatus",…}`.
 fn status_of(output: &Output) -> serde_yaml::Value {
@@ -521,155 +476,6 @@ fn ctrl_c_suspends_and_the_same_command_resumes() {
         .and_then(|v| v["fields"]["step"].as_u64());
     assert_eq!(resumed_from, Some(emergency), "{second_run}");
     assert_eq!(log.matches("--- ferrotrain run, started").count(), 2);
-}
-
-#[test]
-fn listing_checkpoints_of_a_missing_directory_creates_nothing() {
-    let s = Scratch::new("nolist");
-    let missing = s.0.join("never-created");
-    let uri = format!("file://{}", missing.display());
-    let out = s.ferrotrain(&["checkpoints", &uri]).output().expect("runs");
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("no such directory"));
-    assert!(!missing.exists(), "listing created {}", missing.display());
-}
-
-/// A checkpoint location that is a file is an error (exit 1, naming it), not an empty listing.
-#[test]
-fn listing_checkpoints_of_a_file_fails_naming_it() {
-    let s = Scratch::new("listfile");
-    let file = s.0.join("a-file");
-    std::fs::write(&file, "not a store").expect("write");
-    let uri = format!("file://{}", file.display());
-    let out = s.ferrotrain(&["checkpoints", &uri]).output().expect("runs");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&uri) && stderr.contains("not a directory"),
-        "{stderr}"
-    );
-}
-
-/// A `file://` checkpoint location that cannot work (under /proc, or a regular file) is refused
-/// before any worker starts, naming the field, instead of failing attempt after attempt.
-#[test]
-fn an_unusable_file_checkpoint_location_is_refused_before_any_worker_starts() {
-    let s = Scratch::new("badckpt");
-    let file = s.0.join("a-file");
-    std::fs::write(&file, "").expect("write");
-    for (name, uri) in [
-        (
-            "procckpt",
-            "file:///proc/ferrotrain-checkpoints".to_string(),
-        ),
-        ("fileckpt", format!("file://{}", file.display())),
-    ] {
-        let manifest = s.manifest(name, &uri, "");
-        let output = s
-            .ferrotrain(&["run", &manifest.display().to_string()])
-            .output()
-            .expect("runs");
-        assert_eq!(output.status.code(), Some(1), "{uri}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("spec.checkpoint.uri") && stderr.contains(&uri),
-            "{stderr}"
-        );
-        assert!(
-            !s.0.join(format!(".ferrotrain/{name}/logs")).exists(),
-            "no worker started for {uri}"
-        );
-    }
-}
-
-/// A `--state-dir` that is a regular file is refused naming the option and the path.
-#[test]
-fn a_state_dir_that_is_a_file_is_named() {
-    let s = Scratch::new("statefile");
-    let file = s.0.join("state");
-    std::fs::write(&file, "").expect("write");
-    let ckpt = format!("file://{}", s.0.join("ckpt").display());
-    let manifest = s.manifest("statefile", &ckpt, "");
-    let output = s
-        .ferrotrain(&[
-            "run",
-            &manifest.display().to_string(),
-            "--state-dir",
-            &file.display().to_string(),
-        ])
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--state-dir") && stderr.contains(&file.display().to_string()),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn an_invalid_manifest_starts_nothing() {
-    let s = Scratch::new("invalid");
-    let manifest = s.0.join("bad.yaml");
-    std::fs::write(
-        &manifest,
-        "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: bad}\nspec:\n  workers: {replicas: 0}\n  trainer: {model: {type: mlp}, dataset: {type: mnist}, batchSize: 8, epochs: 1}\n",
-    )
-    .expect("write");
-    let output = s
-        .ferrotrain(&["run", &manifest.display().to_string()])
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("bad.yaml: spec.workers.replicas:"),
-        "{stderr}"
-    );
-    assert!(!s.0.join(".ferrotrain").exists(), "no state, no workers");
-}
-
-#[test]
-fn a_missing_dataset_is_named_in_one_line() {
-    let s = Scratch::new("nodata");
-    let manifest = s.0.join("csv.yaml");
-    std::fs::write(
-        &manifest,
-        "apiVersion: ferrotrain.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: nodata}\nspec:\n  workers: {replicas: 1}\n  trainer: {model: {type: mlp}, dataset: {type: csv, uri: 'file:///nonexistent/train.csv'}, batchSize: 8, epochs: 1}\n",
-    )
-    .expect("write");
-    let output = s
-        .ferrotrain(&["run", &manifest.display().to_string()])
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&output.stderr).trim(),
-        "dataset file file:///nonexistent/train.csv does not exist"
-    );
-}
-
-#[test]
-fn an_unreachable_checkpoint_store_is_named_in_one_line() {
-    let s = Scratch::new("nos3");
-    let manifest = s.manifest(
-        "nos3",
-        "s3://ckpt/run\", endpoint: \"http://127.0.0.1:9",
-        "",
-    );
-    let output = s
-        .ferrotrain(&["run", &manifest.display().to_string()])
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
-        .output()
-        .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("s3://ckpt/run at http://127.0.0.1:9"),
-        "{stderr}"
-    );
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group, workers included. The
