@@ -31,6 +31,10 @@ pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// The API server's limit on the total size of an object's annotations (keys and values).
 pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 
+/// The largest object the API server stores (etcd's default request limit): every worker pod
+/// carries the overlay, so the overlay must fit with room for the rest of the pod.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
 /// One problem with a manifest: the full field path and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -274,6 +278,25 @@ fn validate_overlay(overlay: &PodOverlay, errors: &mut Vec<FieldError>) {
                 ));
             }
         }
+    }
+    // Copied onto every worker pod, where the API server applies its own limits.
+    let annotation_bytes: usize = overlay
+        .annotations
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if annotation_bytes > MAX_ANNOTATION_BYTES {
+        errors.push(FieldError::new(
+            format!("{base}.annotations"),
+            format!("total {annotation_bytes} bytes; the API server accepts at most {MAX_ANNOTATION_BYTES} (256 KiB) on each worker pod"),
+        ));
+    }
+    let overlay_bytes = serde_json::to_vec(overlay).map_or(0, |bytes| bytes.len());
+    if overlay_bytes > MAX_OBJECT_BYTES - 64 * 1024 {
+        errors.push(FieldError::new(
+            base,
+            format!("{overlay_bytes} bytes; every worker pod carries it, and the API server stores objects of at most 1.5 MiB (leave 64 KiB for the rest of the pod)"),
+        ));
     }
     for (i, var) in overlay.env.iter().enumerate() {
         if env::is_reserved(&var.name) {
@@ -566,6 +589,40 @@ spec:
                 .into_iter()
                 .collect(),
         );
+        assert_eq!(validate(&j), Ok(()));
+    }
+
+    /// The pod overlay's annotations are copied onto every worker pod, where the API server's
+    /// 256 KiB limit applies; and the whole job must fit the API server's object size limit (a
+    /// 2 MB env list would be refused there, and on every pod).
+    #[test]
+    fn a_pod_overlay_the_api_server_would_refuse_is_refused() {
+        let mut j = job(BASE);
+        let overlay = j.spec.workers.template.get_or_insert_with(Default::default);
+        overlay
+            .annotations
+            .insert("note".into(), "x".repeat(300 * 1024));
+        assert_eq!(fields(validate(&j)), ["spec.workers.template.annotations"]);
+        let mut j = job(BASE);
+        let overlay = j.spec.workers.template.get_or_insert_with(Default::default);
+        overlay.env = (0..2000)
+            .map(|i| k8s_openapi::api::core::v1::EnvVar {
+                name: format!("V{i}"),
+                value: Some("y".repeat(1000)),
+                value_from: None,
+            })
+            .collect();
+        let errors = validate(&j).expect_err("2 MB of env");
+        assert_eq!(
+            errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["spec.workers.template"]
+        );
+        assert!(errors[0].message.contains("1.5 MiB"), "{}", errors[0]);
+        let mut j = job(BASE);
+        let overlay = j.spec.workers.template.get_or_insert_with(Default::default);
+        overlay
+            .annotations
+            .insert("note".into(), "x".repeat(10 * 1024));
         assert_eq!(validate(&j), Ok(()));
     }
 
