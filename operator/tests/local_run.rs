@@ -463,19 +463,21 @@ fn ctrl_c_suspends_and_the_same_command_resumes() {
         status_of(&rerun)["progress"]["step"].as_i64(),
         Some(i64::from(INTERRUPTED_STEPS))
     );
-    // The rerun numbers its attempts from 1 again: the first run's logs are kept, not replaced.
-    let log = std::fs::read_to_string(s.0.join(".ferrotrain/sigint/logs/attempt-1-rank-0.log"))
-        .expect("rank 0 log");
-    let (_, second_run) = log
-        .rsplit_once("--- ferrotrain run, started")
-        .expect("a second run in the log");
+    // The rerun goes on counting where the suspended run stopped, as a cluster does: its
+    // workers are attempt 2, and the first run's logs stay as they were.
+    assert_eq!(status_of(&rerun)["attempt"].as_i64(), Some(2));
+    let first = std::fs::read_to_string(s.0.join(".ferrotrain/sigint/logs/attempt-1-rank-0.log"))
+        .expect("rank 0 log of the first run");
+    assert_eq!(first.matches("--- ferrotrain run, started").count(), 1);
+    let second_run =
+        std::fs::read_to_string(s.0.join(".ferrotrain/sigint/logs/attempt-2-rank-0.log"))
+            .expect("rank 0 log of the resumed run");
     let resumed_from = second_run
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["fields"]["message"] == "resumed from checkpoint")
         .and_then(|v| v["fields"]["step"].as_u64());
     assert_eq!(resumed_from, Some(emergency), "{second_run}");
-    assert_eq!(log.matches("--- ferrotrain run, started").count(), 2);
 }
 
 /// Ctrl-C in a terminal signals the whole foreground process group, workers included. The

@@ -107,6 +107,17 @@ impl Curve {
     }
 }
 
+/// The status a suspended run of the job left in `<job dir>/status.yaml`, if it was suspended.
+fn suspended_status(job_dir: &std::path::Path) -> Option<TrainingJobStatus> {
+    #[derive(serde::Deserialize)]
+    struct Saved {
+        status: TrainingJobStatus,
+    }
+    let text = std::fs::read_to_string(job_dir.join("status.yaml")).ok()?;
+    let saved: Saved = serde_yaml::from_str(&text).ok()?;
+    (saved.status.phase == Some(Phase::Suspended)).then_some(saved.status)
+}
+
 /// Runs the job until it finishes or is suspended. `interrupts` counts Ctrl-C presses.
 pub fn run(
     mut job: TrainingJob,
@@ -152,8 +163,18 @@ pub fn run(
     write_private(&token_path, &token)?;
     let gang_key_path = job_dir.join("gang-key");
     write_private(&gang_key_path, &gang_key)?;
+    // A run that was suspended resumes where it stopped: the state machine goes on from its
+    // status (attempts, restarts, goodput), as on a cluster.
+    if let Some(previous) = suspended_status(&job_dir) {
+        job.status = Some(previous);
+    }
     let inbox = Arc::new(Mutex::new(Inbox::default()));
-    let attempt_now = Arc::new(AtomicU32::new(1));
+    let attempt_now = Arc::new(AtomicU32::new(
+        job.status
+            .as_ref()
+            .and_then(|s| s.attempt)
+            .map_or(1, |a| a.max(1) as u32),
+    ));
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let progress_url = format!(
         "http://{}/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
@@ -272,8 +293,7 @@ pub fn run(
                             progress_ca: None,
                             scratch_dir: None,
                         };
-                        // Appended: a run resumed after a suspension numbers its attempts from 1
-                        // again, and must not overwrite the logs of the run before.
+                        // Appended: a log of the same attempt is never overwritten.
                         let log_path = job_dir
                             .join("logs")
                             .join(format!("attempt-{attempt}-rank-{rank}.log"));
