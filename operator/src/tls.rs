@@ -56,8 +56,13 @@ fn pem_error(path: &Path, reason: impl ToString) -> TlsError {
 
 /// Every certificate in a PEM file.
 pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_error(path, e))?
+    let pem = std::fs::read(path).map_err(|e| pem_error(path, e))?;
+    certificates_in(&pem, path)
+}
+
+/// Every certificate in `pem`, the contents of the file `path` (named in errors).
+pub fn certificates_in(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_error(path, e))?;
     if certificates.is_empty() {

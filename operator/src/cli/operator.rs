@@ -63,9 +63,10 @@ fn serving_tls(
 ) -> Result<(Arc<rustls::ServerConfig>, reqwest::Client), CommandError> {
     let config = crate::tls::server_config(&files.cert, &files.key)
         .map_err(doing("loading the progress endpoint's certificate"))?;
-    let ca = crate::tls::read_certificates(&files.ca).map_err(doing("loading the CA bundle"))?;
     let pem = std::fs::read_to_string(&files.ca)
         .map_err(doing(format!("reading {}", files.ca.display())))?;
+    let ca = crate::tls::certificates_in(pem.as_bytes(), &files.ca)
+        .map_err(doing("loading the CA bundle"))?;
     let base = reqwest::Url::parse(&settings.progress_base_url)
         .map_err(doing("parsing --progress-base-url"))?;
     let host = base.host_str().unwrap_or_default().to_string();
@@ -84,6 +85,17 @@ fn serving_tls(
         .map_err(doing("building the forwarding client"))?;
     settings.progress_ca = Some(pem);
     Ok((config, forwarder))
+}
+
+/// Serves `app` on `listener` until the process ends.
+async fn serve<L>(listener: L, app: axum::Router)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
 }
 
 /// Runs the operator until SIGTERM, then hands over the lease.
@@ -137,19 +149,10 @@ pub async fn run(options: OperatorOptions) -> Result<(), CommandError> {
             let app = server::router_with_forwarder(Arc::clone(&hub), directory, Some(forwarder));
             let listener = crate::tls::TlsListener::new(listener, config)
                 .map_err(doing(format!("listening on {listen}")))?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "HTTPS server stopped");
-                }
-            });
+            tokio::spawn(serve(listener, app));
         }
         None => {
-            let app = server::router(Arc::clone(&hub), directory);
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "HTTP server stopped");
-                }
-            });
+            tokio::spawn(serve(listener, server::router(Arc::clone(&hub), directory)));
         }
     }
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =

@@ -121,12 +121,7 @@ impl JobDirectory for KubeDirectory {
         Some(JobInfo {
             uid: job.metadata.uid.clone()?,
             token_sha256: job_secret::token_sha256_of(&job)?.to_string(),
-            attempt: job
-                .status
-                .as_ref()
-                .and_then(|s| s.attempt)
-                .unwrap_or(1)
-                .max(1) as u32,
+            attempt: crate::decide::status::current_attempt(&job),
             batch_size: job.spec.trainer.batch_size.max(1) as u64,
         })
     }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use ferrotrain_crds::TrainingJob;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 
 use crate::cluster::labels::{base_labels, child_meta};
 
@@ -34,9 +35,7 @@ pub const ANNOTATION_TOKEN_SECRET_UID: &str = "ferrotrain.io/progress-token-secr
 
 /// The attempt the job's current token is for.
 pub fn token_attempt_of(job: &TrainingJob) -> Option<u32> {
-    job.metadata
-        .annotations
-        .as_ref()?
+    job.annotations()
         .get(ANNOTATION_TOKEN_ATTEMPT)?
         .parse()
         .ok()
@@ -44,9 +43,7 @@ pub fn token_attempt_of(job: &TrainingJob) -> Option<u32> {
 
 /// The UID of the Secret of the job's current token.
 pub fn token_secret_uid_of(job: &TrainingJob) -> Option<&str> {
-    job.metadata
-        .annotations
-        .as_ref()?
+    job.annotations()
         .get(ANNOTATION_TOKEN_SECRET_UID)
         .map(String::as_str)
         .filter(|uid| !uid.is_empty())
@@ -54,11 +51,7 @@ pub fn token_secret_uid_of(job: &TrainingJob) -> Option<&str> {
 
 /// The job's recorded token digest, if it is one (64 lowercase hex digits).
 pub fn token_sha256_of(job: &TrainingJob) -> Option<&str> {
-    let digest = job
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(ANNOTATION_TOKEN_SHA256)?;
+    let digest = job.annotations().get(ANNOTATION_TOKEN_SHA256)?;
     (digest.len() == 64
         && digest
             .bytes()

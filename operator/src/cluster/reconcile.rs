@@ -167,12 +167,7 @@ async fn reconcile_as_leader(
             name_conflicts.extend(policy);
         }
     }
-    let attempt = job
-        .status
-        .as_ref()
-        .and_then(|s| s.attempt)
-        .unwrap_or(1)
-        .max(1) as u32;
+    let attempt = crate::decide::status::current_attempt(job);
     let last_report = ctx
         .hub
         .last_report(&(namespace.clone(), name.clone()), &uid, attempt);

@@ -20,7 +20,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::hub::ProgressHub;
-use crate::cluster::ownership::controlled_by;
+use crate::cluster::ownership::{controlled_by, held_by_another};
 use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
 
@@ -44,6 +44,9 @@ pub enum Error {
     /// The status write lost a race; the watch brings the newer sweep.
     #[error("the sweep changed since it was read (status write conflict); reconciling again")]
     Conflict,
+    /// Reading the holder of a trial's name failed.
+    #[error(transparent)]
+    Lookup(#[from] crate::cluster::error::Error),
     /// The trial cache has not completed its first list.
     #[error("the trial cache is not yet filled")]
     CacheNotReady,
@@ -161,14 +164,12 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
                     // Created before (a status write that lost a race, or a cache that lags),
                     // or the name is another owner's: the trial waits until it is free.
                     Err(kube::Error::Api(s)) if s.code == 409 => {
-                        let holder = jobs
-                            .get_opt(trial)
-                            .await
-                            .map_err(kube_error(format!("read TrainingJob {trial}")))?;
-                        if holder.is_some_and(|job| !controlled_by(job.meta(), &sweep_uid)) {
+                        let holder =
+                            held_by_another(&jobs, "TrainingJob", trial, &sweep_uid).await?;
+                        if let Some(holder) = holder {
                             let message = format!(
-                                "TrainingJob {namespace}/{trial} exists and is not this sweep's; \
-                                 the trial waits until the name is free"
+                                "{holder} exists and is not this sweep's; the trial waits until \
+                                 the name is free"
                             );
                             publish(&ctx, &sweep, true, "TrialNameConflict", &message).await;
                         }
@@ -290,7 +291,7 @@ fn error_policy(_sweep: Arc<TrainingSweep>, error: &Error, _ctx: Arc<Context>) -
     Requeue::requeue(match error {
         Error::Conflict => Duration::from_millis(500),
         Error::CacheNotReady => Duration::from_secs(1),
-        Error::Kube { .. } | Error::Incomplete(_) => Duration::from_secs(15),
+        Error::Kube { .. } | Error::Incomplete(_) | Error::Lookup(_) => Duration::from_secs(15),
     })
 }
 

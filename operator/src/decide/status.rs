@@ -33,6 +33,15 @@ pub fn set_condition(
     }
 }
 
+/// The job's current gang attempt (from 1; 1 before any status).
+pub fn current_attempt(job: &ferrotrain_crds::TrainingJob) -> u32 {
+    job.status
+        .as_ref()
+        .and_then(|s| s.attempt)
+        .unwrap_or(1)
+        .max(1) as u32
+}
+
 /// Seconds from `from` to `to` (negative when `to` is earlier); `None` when not finite.
 pub fn seconds_between(from: Timestamp, to: Timestamp) -> Option<f64> {
     let seconds = to.duration_since(from).as_secs_f64();

@@ -310,13 +310,14 @@ async fn a_pod_security_refusal_is_reported_and_no_worker_is_created() {
         job
     };
     create_job(&client, &namespace, &job).await;
-    let condition = wait_for("WorkersCreated=False", Duration::from_secs(60), || async {
-        let job = job_status(&client, &namespace, "hostpath").await?;
-        job.status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "WorkersCreated" && c.status == "False")
-    })
+    let condition = wait_condition(
+        &client,
+        &namespace,
+        "hostpath",
+        "WorkersCreated=False",
+        60,
+        |c| c.type_ == "WorkersCreated" && c.status == "False",
+    )
     .await;
     assert_eq!(condition.reason, "PodSecurityRejected", "{condition:?}");
     assert!(

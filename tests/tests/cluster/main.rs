@@ -15,6 +15,7 @@ use ferrotrain_tests::cluster::{
 use ferrotrain_tests::credentials::{job_token, post_progress, token_secret_name};
 use ferrotrain_tests::workspace_root;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -167,6 +168,38 @@ async fn restarts_of(
         .and_then(|j| j.status)
         .and_then(|s| s.restarts)
         .unwrap_or_default()
+}
+
+/// examples/sweep-asha.yaml as `name` in `namespace`, with at most `max_trials` trials.
+fn asha_sweep(name: &str, namespace: &str, max_trials: u32) -> serde_json::Value {
+    let text = std::fs::read_to_string(workspace_root().join("examples/sweep-asha.yaml"))
+        .expect("example");
+    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
+    manifest["metadata"] = serde_json::json!({"name": name, "namespace": namespace});
+    manifest["spec"]["maxTrials"] = serde_json::json!(max_trials);
+    manifest
+}
+
+/// Waits up to `seconds` for a condition of the job that `matches` (described by `what`), and
+/// returns it.
+async fn wait_condition(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    what: &str,
+    seconds: u64,
+    matches: impl Fn(&Condition) -> bool,
+) -> Condition {
+    let matches = &matches;
+    wait_for(
+        &format!("{namespace}/{name}: {what}"),
+        Duration::from_secs(seconds),
+        || async move {
+            let job = job_status(client, namespace, name).await?;
+            job.status?.conditions.into_iter().find(|c| matches(c))
+        },
+    )
+    .await
 }
 
 /// Waits for attempt `attempt` of the job to be Running.

@@ -99,18 +99,9 @@ async fn a_gang_waits_in_the_queue_without_timing_out_and_runs_when_admitted() {
     create_job(&client, &namespace, &queued_job("first", None)).await;
     wait_phase(&client, &namespace, "first", "Running", 60).await;
     create_job(&client, &namespace, &queued_job("second", None)).await;
-    wait_for(
-        "the second gang queued",
-        Duration::from_secs(30),
-        || async {
-            let job = job_status(&client, &namespace, "second").await?;
-            job.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Scheduled" && c.reason == "Queued")
-                .then_some(())
-        },
-    )
+    wait_condition(&client, &namespace, "second", "queued", 30, |c| {
+        c.type_ == "Scheduled" && c.reason == "Queued"
+    })
     .await;
     // Twice the gang timeout later: still queued, no timeout, no restart.
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -210,18 +201,9 @@ async fn a_higher_priority_gang_preempts_a_running_one_whole() {
     let events = cluster.events(&namespace, "WorkerFailed");
     assert!(events.contains("Preempted"), "{events}");
     // Queued again behind the urgent gang, then running once it is gone.
-    wait_for(
-        "the routine gang queued",
-        Duration::from_secs(60),
-        || async {
-            let job = job_status(&client, &namespace, "routine").await?;
-            job.status?
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Scheduled" && c.reason == "Queued")
-                .then_some(())
-        },
-    )
+    wait_condition(&client, &namespace, "routine", "queued", 60, |c| {
+        c.type_ == "Scheduled" && c.reason == "Queued"
+    })
     .await;
     Api::<TrainingJob>::namespaced(client.clone(), &namespace)
         .delete("urgent", &DeleteParams::foreground())

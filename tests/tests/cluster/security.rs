@@ -27,12 +27,8 @@ async fn a_job_named_like_another_service_waits_and_touches_nothing() {
         .expect("create the other application's Service");
     create_job(&client, &namespace, &job_manifest("web", 2, "")).await;
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
-    let condition = wait_for("NameConflict", Duration::from_secs(30), || async {
-        let job = jobs.get("web").await.ok()?;
-        job.status?
-            .conditions
-            .into_iter()
-            .find(|c| c.reason == "NameConflict")
+    let condition = wait_condition(&client, &namespace, "web", "NameConflict", 30, |c| {
+        c.reason == "NameConflict"
     })
     .await;
     assert!(
@@ -75,13 +71,8 @@ async fn a_job_named_like_another_service_waits_and_touches_nothing() {
 
     // Once the name is free, a job goes ahead.
     create_job(&client, &namespace, &job_manifest("web", 2, "")).await;
-    wait_for("NameConflict again", Duration::from_secs(30), || async {
-        let job = jobs.get("web").await.ok()?;
-        job.status?
-            .conditions
-            .iter()
-            .any(|c| c.reason == "NameConflict")
-            .then_some(())
+    wait_condition(&client, &namespace, "web", "NameConflict again", 30, |c| {
+        c.reason == "NameConflict"
     })
     .await;
     services
@@ -147,12 +138,8 @@ async fn each_job_admits_only_its_own_pods_to_its_workers() {
             .all(|p| p.labels().get("ferrotrain.io/job") == Some(&"solo".to_string()))
     );
 
-    let condition = wait_for("NameConflict", Duration::from_secs(30), || async {
-        let job = jobs.get("shared").await.ok()?;
-        job.status?
-            .conditions
-            .into_iter()
-            .find(|c| c.reason == "NameConflict")
+    let condition = wait_condition(&client, &namespace, "shared", "NameConflict", 30, |c| {
+        c.reason == "NameConflict"
     })
     .await;
     assert!(condition.message.contains("NetworkPolicy"), "{condition:?}");
@@ -195,11 +182,7 @@ async fn a_sweep_adopts_no_job_it_did_not_create() {
         .await
         .expect("create the planted job");
 
-    let text = std::fs::read_to_string(workspace_root().join("examples/sweep-asha.yaml"))
-        .expect("example");
-    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
-    manifest["metadata"] = serde_json::json!({"name": "hijack", "namespace": namespace});
-    manifest["spec"]["maxTrials"] = serde_json::json!(2);
+    let manifest = asha_sweep("hijack", &namespace, 2);
     let sweeps: Api<TrainingSweep> = Api::namespaced(client.clone(), &namespace);
     let sweep: TrainingSweep = serde_json::from_value(manifest).expect("sweep");
     sweeps
@@ -275,12 +258,7 @@ async fn each_attempt_has_its_own_token_and_gang_key() {
         204
     );
     terminate_container(&client, &namespace, "rotate-worker-1", 1).await;
-    wait_for("attempt 2 running", Duration::from_secs(60), || async {
-        let job = job_status(&client, &namespace, "rotate").await?;
-        (job.status.as_ref()?.attempt == Some(2) && phase_name(&job).as_deref() == Some("Running"))
-            .then_some(())
-    })
-    .await;
+    wait_attempt_running(&client, &namespace, "rotate", 2, 60).await;
     let second_secret = token_secret_name(&client, &namespace, "rotate")
         .await
         .expect("secret of attempt 2");

@@ -143,11 +143,7 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
         installed,
         namespace,
     } = Scenario::start("sweep", "restricted").await;
-    let text = std::fs::read_to_string(workspace_root().join("examples/sweep-asha.yaml"))
-        .expect("example");
-    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
-    manifest["metadata"] = serde_json::json!({"name": "asha", "namespace": namespace});
-    manifest["spec"]["maxTrials"] = serde_json::json!(4);
+    let mut manifest = asha_sweep("asha", &namespace, 4);
     // Rungs at 300, 900, 2700 and 8100 of 20,000 steps. A stop lands after the trial's next
     // progress write (at most every few seconds) and an emergency checkpoint, so a loser must
     // still be training for several seconds after its rung, on a fast machine too: 3,000 steps
