@@ -58,6 +58,10 @@ pub struct ProgressReport {
     /// Training throughput the trainer measured (the operator computes its own as well).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_second: Option<f64>,
+    /// Seconds the latest step took (the first step of an attempt included): until the operator
+    /// has measured steps between reports, it sets the default progress deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_seconds: Option<f64>,
     /// Latest committed checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointReport>,

@@ -109,7 +109,8 @@ pub struct RunPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gang: Option<GangPolicy>,
     /// Restart the gang from its checkpoint when progress has not advanced for this many seconds
-    /// while Running. Unset: no stall detection.
+    /// while Running. Unset: 10 × the job's median step time, at least 60 s, once a step time
+    /// is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10))]
     pub progress_deadline_seconds: Option<i64>,

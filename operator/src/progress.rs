@@ -13,6 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 /// Weight of the newest rate sample.
 const EWMA_ALPHA: f64 = 0.3;
 
+/// Step-time samples kept for the median (one per pair of reports with advancing steps).
+const STEP_TIME_SAMPLES: usize = 16;
+
 /// Why a report was refused; also the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -87,6 +90,10 @@ pub struct ProgressTracker {
     latest: Option<ProgressReport>,
     checkpoints: i64,
     last_checkpoint_step: Option<u64>,
+    /// Seconds per step between recent reports of the current attempt, a ring of
+    /// [`STEP_TIME_SAMPLES`]; fixed-size so a job's history costs the same at any age.
+    step_times: [f32; STEP_TIME_SAMPLES],
+    step_time_count: usize,
 }
 
 impl ProgressTracker {
@@ -159,6 +166,13 @@ impl ProgressTracker {
     }
 
     fn record(&mut self, report: ProgressReport, now: Timestamp) {
+        if self
+            .latest
+            .as_ref()
+            .is_some_and(|l| l.attempt != report.attempt)
+        {
+            self.new_attempt();
+        }
         if let Some((step, at)) = self.last {
             let seconds = now.duration_since(at).as_secs_f64();
             if report.step > step && seconds > 0.0 {
@@ -167,6 +181,9 @@ impl ProgressTracker {
                 self.rate = Some(self.rate.map_or(steps_per_second, |r| {
                     EWMA_ALPHA * steps_per_second + (1.0 - EWMA_ALPHA) * r
                 }));
+                self.step_times[self.step_time_count % STEP_TIME_SAMPLES] =
+                    (seconds / (report.step - step) as f64) as f32;
+                self.step_time_count += 1;
             }
         }
         if report.step != self.last.map_or(u64::MAX, |l| l.0) {
@@ -237,10 +254,34 @@ impl ProgressTracker {
         self.latest.as_ref()
     }
 
+    /// The median seconds per step of the current attempt as the operator measured it between
+    /// reports; until two reports with advancing steps arrived, the step time the latest report
+    /// claims. `None`: neither.
+    pub fn median_step_seconds(&self) -> Option<f64> {
+        let n = self.step_time_count.min(STEP_TIME_SAMPLES);
+        if n == 0 {
+            return self
+                .latest
+                .as_ref()?
+                .step_seconds
+                .filter(|s| s.is_finite() && *s >= 0.0);
+        }
+        let mut samples = self.step_times;
+        let samples = &mut samples[..n];
+        samples.sort_unstable_by(f32::total_cmp);
+        let median = if n % 2 == 1 {
+            f64::from(samples[n / 2])
+        } else {
+            (f64::from(samples[n / 2 - 1]) + f64::from(samples[n / 2])) / 2.0
+        };
+        Some(median)
+    }
+
     /// Forgets the rate history (a new attempt starts from a checkpoint, often at another step).
     pub fn new_attempt(&mut self) {
         self.last = None;
         self.rate = None;
+        self.step_time_count = 0;
     }
 }
 
@@ -479,6 +520,35 @@ mod tests {
             status.progress.and_then(|p| p.samples_per_second),
             Some(((0.3 * 20.0 + 0.7 * 10.0) * 64.0_f64).round())
         );
+    }
+
+    #[test]
+    fn the_median_step_time_is_measured_per_attempt_and_ignores_one_slow_window() {
+        let mut t = ProgressTracker::default();
+        t.accept(Some("k"), "k", &body(1, 0), 1, at(0)).expect("ok");
+        assert_eq!(t.median_step_seconds(), None, "no throughput, no step time");
+        // 0.5 s per step, then one window with a 20 s evaluation in it, then 0.5 s again.
+        for (step, second) in [(4, 2), (8, 4), (10, 25), (14, 27), (18, 29)] {
+            t.accept(Some("k"), "k", &body(1, step), 1, at(second))
+                .expect("ok");
+        }
+        assert_eq!(t.median_step_seconds(), Some(0.5));
+        // A new attempt measures afresh, whoever noticed it first; until it has, the trainer's
+        // claim stands in.
+        let claimed = serde_json::to_vec(&ProgressReport {
+            attempt: 2,
+            world_size: 2,
+            step: 5,
+            total_steps: 1000,
+            step_seconds: Some(0.5),
+            ..ProgressReport::default()
+        })
+        .expect("json");
+        t.accept(Some("k"), "k", &claimed, 2, at(40)).expect("ok");
+        assert_eq!(t.median_step_seconds(), Some(0.5));
+        t.accept(Some("k"), "k", &body(2, 6), 2, at(43))
+            .expect("ok");
+        assert_eq!(t.median_step_seconds(), Some(3.0));
     }
 
     #[test]

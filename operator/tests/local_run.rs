@@ -520,3 +520,87 @@ fn ctrl_c_in_a_terminal_suspends_without_reporting_failed_workers() {
     );
     assert!(stdout.contains("\"Suspended\""), "{stdout}");
 }
+
+/// A single worker has no peer to time out on it: without `progressDeadlineSeconds`, the default
+/// deadline (ten median step times, at least a minute) finds it stopped and restarts it from its
+/// checkpoint.
+#[test]
+fn a_frozen_single_worker_is_restarted_by_the_default_progress_deadline() {
+    let s = Scratch::new("frozen-one");
+    let ckpt = s.0.join("ckpt");
+    let manifest = s.manifest_of_steps(
+        "frozen-one",
+        &format!("file://{}", ckpt.display()),
+        "",
+        10_000,
+    );
+    // One worker, and steps slow enough that it is stopped well before its end.
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    let text = text
+        .replace("replicas: 2", "replicas: 1")
+        .replace("hidden: [64]", "hidden: [512, 512]");
+    std::fs::write(&manifest, text).expect("manifest");
+    let mut child = s
+        .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    // Read as it comes: a full pipe would block the runner.
+    let pipe = child.stdout.take().expect("stdout");
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            let _ = lines.send(line);
+        }
+        text
+    });
+    // Stopped once the runner has a report (so it knows the step time) and a checkpoint.
+    let mut reported = false;
+    wait_for(
+        "a report and a checkpoint",
+        Duration::from_secs(120),
+        || {
+            while let Ok(line) = received.try_recv() {
+                reported |= line.contains("\"event\":\"status\"") && !line.contains("\"step\":0");
+            }
+            reported && manifests(&ckpt) > 0
+        },
+    );
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let stopped = Command::new("kill")
+        .args(["-STOP", &workers[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let stopped_at = Instant::now();
+    let limit = Duration::from_secs(150);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        if stopped_at.elapsed() > limit {
+            let _ = child.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", &workers[0].to_string()])
+                .status();
+            let stdout = reader.join().unwrap_or_default();
+            panic!("the run still waits on its stopped worker after {limit:?}:\n{stdout}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let stdout = reader.join().expect("reader");
+    assert!(exit.success(), "{stdout}");
+    let status = final_status(&stdout);
+    assert_eq!(status["phase"].as_str(), Some("Succeeded"), "{stdout}");
+    assert_eq!(status["restarts"]["stall"].as_i64(), Some(1));
+    let stalled = stdout
+        .lines()
+        .find(|l| l.contains("\"reason\":\"Stalled\""))
+        .unwrap_or_else(|| panic!("no Stalled event in:\n{stdout}"));
+    assert!(stalled.contains("default deadline"), "{stalled}");
+}

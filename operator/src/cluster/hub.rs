@@ -143,6 +143,18 @@ impl ProgressHub {
         }
     }
 
+    /// The median step time of `attempt` of the job with `uid`, as measured from the reports
+    /// this replica received; `None` until measured.
+    pub fn step_seconds(&self, key: &(String, String), uid: &str, attempt: u32) -> Option<f64> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .filter(|job| job.uid == uid)
+            .filter(|job| job.tracker.latest().is_some_and(|r| r.attempt == attempt))
+            .and_then(|job| job.tracker.median_step_seconds())
+    }
+
     /// Reports a rate-limited API client's throttling in `/metrics` under `client`.
     pub fn register_throttle(
         &self,

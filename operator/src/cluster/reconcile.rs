@@ -168,9 +168,9 @@ async fn reconcile_as_leader(
         }
     }
     let attempt = crate::decide::status::current_attempt(job);
-    let last_report = ctx
-        .hub
-        .last_report(&(namespace.clone(), name.clone()), &uid, attempt);
+    let key = (namespace.clone(), name.clone());
+    let last_report = ctx.hub.last_report(&key, &uid, attempt);
+    let step_seconds = ctx.hub.step_seconds(&key, &uid, attempt);
     let listed_workers = listed
         .iter()
         .filter_map(|p| {
@@ -186,6 +186,7 @@ async fn reconcile_as_leader(
     let observed = Observed {
         name_conflicts,
         last_report,
+        step_seconds,
         workers: observe::with_gone(listed_workers, gone),
     };
 

@@ -219,6 +219,10 @@ pub fn run(
         let observed = Observed {
             // The runner writes every report into the status it decides on: nothing lags.
             last_report: None,
+            step_seconds: inbox
+                .lock()
+                .ok()
+                .and_then(|i| i.tracker.median_step_seconds()),
             workers: workers
                 .iter()
                 .map(|w| WorkerView {

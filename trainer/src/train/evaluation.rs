@@ -86,6 +86,8 @@ pub(crate) struct Reported {
     pub(crate) rejected_checkpoints: Option<RejectedCheckpoints>,
     /// Its latest evaluations, oldest first.
     pub(crate) evaluations: std::collections::VecDeque<Evaluation>,
+    /// Seconds the latest step took.
+    pub(crate) step_seconds: Option<f64>,
 }
 
 pub(crate) fn progress(
@@ -106,6 +108,7 @@ pub(crate) fn progress(
         loss: state.loss,
         metrics: state.metrics.clone(),
         samples_per_second: (seconds > 0.0).then(|| samples as f64 / seconds),
+        step_seconds: reported.step_seconds,
         checkpoint: checkpoint.map(|c| CheckpointReport {
             step: c.step,
             uri: c.manifest_uri.clone(),

@@ -194,6 +194,7 @@ fn train_on_pool(
         attempt: job.attempt,
         rejected_checkpoints,
         evaluations: std::collections::VecDeque::new(),
+        step_seconds: None,
     };
 
     while state.step < total_steps && !early_stopped {
@@ -299,6 +300,7 @@ fn train_on_pool(
             });
         }
         state.loss = Some(loss);
+        reported.step_seconds = Some(step_started.elapsed().as_secs_f64());
         if warmed_up {
             train_seconds += step_started.elapsed().as_secs_f64();
             trained_samples += global_batch as u64;

@@ -40,6 +40,7 @@ pub fn decide(job: &TrainingJob, observed: &Observed, now: Timestamp) -> Decisio
         policy,
         now,
         last_report: observed.last_report,
+        step_seconds: observed.step_seconds,
         status: job.status.clone().unwrap_or_default(),
         actions: Vec::new(),
         events: Vec::new(),
@@ -62,6 +63,8 @@ struct Decider<'a> {
     now: Timestamp,
     /// When the operator last received a progress report (see [`Observed::last_report`]).
     last_report: Option<Timestamp>,
+    /// The measured median step time (see [`Observed::step_seconds`]).
+    step_seconds: Option<f64>,
     status: TrainingJobStatus,
     actions: Vec<Action>,
     events: Vec<Event>,

@@ -183,7 +183,7 @@ pub struct WorkerView {
 }
 
 /// Everything observed about a job's children.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     /// Workers of any attempt.
     pub workers: Vec<WorkerView>,
@@ -194,4 +194,7 @@ pub struct Observed {
     /// memory; the written status lags it); for a replica that has led for less time than that
     /// silence, when it became leader. `None`: no report seen.
     pub last_report: Option<Timestamp>,
+    /// The median seconds per step of the current attempt, measured by whoever receives its
+    /// progress reports; `None` until measured. Sets the default progress deadline.
+    pub step_seconds: Option<f64>,
 }

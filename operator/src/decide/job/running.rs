@@ -10,6 +10,43 @@ use super::failures::first_failure;
 use super::observed::{Observed, WorkerState};
 use crate::decide::status::seconds_between;
 
+/// The default progress deadline is this many median step times…
+pub const DEFAULT_DEADLINE_STEP_TIMES: f64 = 10.0;
+/// …and never shorter than this (seconds): a slow evaluation or checkpoint is not a stall.
+pub const DEFAULT_DEADLINE_MIN_SECONDS: f64 = 60.0;
+
+/// The progress deadline that applies: `progressDeadlineSeconds` when set; otherwise, once the
+/// job's step time is measured, [`DEFAULT_DEADLINE_STEP_TIMES`] × the median step time, at least
+/// [`DEFAULT_DEADLINE_MIN_SECONDS`]. Returns the seconds and how they were chosen.
+pub fn progress_deadline(
+    explicit: Option<i64>,
+    step_seconds: Option<f64>,
+) -> Option<(f64, String)> {
+    if let Some(seconds) = explicit {
+        return Some((seconds as f64, format!("progressDeadlineSeconds {seconds}")));
+    }
+    let step = step_seconds.filter(|s| s.is_finite() && *s >= 0.0)?;
+    let seconds = (DEFAULT_DEADLINE_STEP_TIMES * step)
+        .max(DEFAULT_DEADLINE_MIN_SECONDS)
+        .ceil();
+    Some((
+        seconds,
+        format!(
+            "default deadline {seconds:.0}s: {DEFAULT_DEADLINE_STEP_TIMES:.0} × the median step time of {}, at least {DEFAULT_DEADLINE_MIN_SECONDS:.0}s",
+            step_time(step)
+        ),
+    ))
+}
+
+/// A step time as people read it: milliseconds under a second.
+fn step_time(seconds: f64) -> String {
+    if seconds < 1.0 {
+        format!("{:.1}ms", seconds * 1000.0)
+    } else {
+        format!("{seconds:.1}s")
+    }
+}
+
 impl Decider<'_> {
     pub(super) fn running(&mut self, observed: &Observed) {
         let current = self.current(observed);
@@ -42,10 +79,10 @@ impl Decider<'_> {
             self.terminal(observed);
             return;
         }
-        if let Some(deadline) = self.policy.progress_deadline_seconds {
+        if let Some((deadline, rule)) = self.progress_deadline() {
             let last = self.last_progress();
             if let Some(silent) = last.and_then(|t| seconds_between(t, self.now))
-                && silent >= deadline as f64
+                && silent >= deadline
             {
                 let restarts = self
                     .status
@@ -53,8 +90,7 @@ impl Decider<'_> {
                     .get_or_insert_with(RestartCounts::default);
                 restarts.stall += 1;
                 restarts.app += 1;
-                let message =
-                    format!("no progress for {silent:.0}s (progressDeadlineSeconds {deadline})");
+                let message = format!("no progress for {silent:.0}s ({rule})");
                 self.set_condition("Progressing", false, "ProgressDeadlineExceeded", &message);
                 if self.budget_exhausted(false) {
                     let max = self.policy.max_app_restarts_or_default();
@@ -100,13 +136,17 @@ impl Decider<'_> {
             .max()
     }
 
+    fn progress_deadline(&self) -> Option<(f64, String)> {
+        progress_deadline(self.policy.progress_deadline_seconds, self.step_seconds)
+    }
+
     pub(super) fn stall_requeue(&mut self) {
-        if let Some(deadline) = self.policy.progress_deadline_seconds {
+        if let Some((deadline, _)) = self.progress_deadline() {
             let silent = self
                 .last_progress()
                 .and_then(|t| seconds_between(t, self.now))
                 .unwrap_or(0.0);
-            self.requeue_in((deadline as f64 - silent).max(1.0));
+            self.requeue_in((deadline - silent).max(1.0));
         }
     }
 

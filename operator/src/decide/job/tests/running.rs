@@ -146,3 +146,49 @@ fn the_stall_clock_is_the_last_report_received_not_the_last_written() {
     assert_eq!(phase(&d), Phase::Restarting);
     assert_eq!(restarts(&d).stall, 1);
 }
+
+/// A job without `progressDeadlineSeconds` still has a deadline once its step time is measured:
+/// ten median step times, never under a minute. A frozen single worker has no peer to time out,
+/// so this is what finds it.
+#[test]
+fn without_an_explicit_deadline_a_measured_step_time_sets_one() {
+    let observe = |step_seconds| Observed {
+        workers: gang(1, 1, RUNNING),
+        step_seconds,
+        ..Observed::default()
+    };
+    let mut j = running_job("", 1);
+    with_progress(&mut j, 20);
+    // Fast steps: the floor of 60 s.
+    let d = decide(&j, &observe(Some(0.5)), at(79));
+    assert_eq!(phase(&d), Phase::Running);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(1)));
+    let d = decide(&j, &observe(Some(0.5)), at(80));
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert_eq!((restarts(&d).stall, restarts(&d).app), (1, 1));
+    let message = condition(&d, "Progressing").map(|c| c.message.clone());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("default deadline 60s") && m.contains("500.0ms")),
+        "{message:?}"
+    );
+    // Slow steps: ten of them.
+    let d = decide(&j, &observe(Some(12.0)), at(130));
+    assert_eq!(
+        phase(&d),
+        Phase::Running,
+        "silent 110 s of a 120 s deadline"
+    );
+    let d = decide(&j, &observe(Some(12.0)), at(140));
+    assert_eq!(phase(&d), Phase::Restarting);
+    // No step time measured yet (start-up, data loading): no default deadline.
+    let d = decide(&j, &observe(None), at(10_000));
+    assert_eq!(phase(&d), Phase::Running);
+    assert!(condition(&d, "Progressing").is_none());
+    // The explicit field overrides the default either way.
+    let mut j = running_job("progressDeadlineSeconds: 300", 1);
+    with_progress(&mut j, 20);
+    let d = decide(&j, &observe(Some(0.5)), at(200));
+    assert_eq!(phase(&d), Phase::Running);
+}
