@@ -301,17 +301,31 @@ pub fn parse_documents(text: &str) -> Vec<Document> {
                 )),
             )),
             Ok((value, _)) => documents.push((index, Ok(value))),
-            Err(e) => documents.push((
-                index,
-                Err(ManifestError::new(
-                    Layer::Document,
-                    "",
-                    format!("invalid YAML: {e}"),
-                )),
-            )),
+            Err(e) => documents.push((index, Err(yaml_error(&e)))),
         }
     }
     documents
+}
+
+/// A YAML error as a manifest error. YAML values hold integers of up to 64 bits, and a larger one
+/// fails the parse with a message about `u128`; it is a field out of range, named as such.
+fn yaml_error(e: &serde_yaml::Error) -> ManifestError {
+    let text = e.to_string();
+    if let Some((path, rest)) = text.split_once(": invalid type: integer `")
+        && let Some((digits, kind)) = rest.split_once('`')
+        && (kind.starts_with(" as u128") || kind.starts_with(" as i128"))
+    {
+        return ManifestError::new(
+            Layer::Schema,
+            path,
+            format!(
+                "{digits} is out of range: integers are at most 64 bits ({} to {})",
+                i64::MIN,
+                u64::MAX
+            ),
+        );
+    }
+    ManifestError::new(Layer::Document, "", format!("invalid YAML: {text}"))
 }
 
 /// The documents of a YAML stream, split at `---` marker lines (a marker at the first column
@@ -611,6 +625,27 @@ spec:
         let docs = parse_documents("a: {b: [1, -.inf]}\n");
         let error = docs[0].1.as_ref().expect_err("infinity");
         assert_eq!(error.field, "a.b[1]");
+    }
+
+    #[test]
+    fn an_integer_beyond_64_bits_is_a_field_out_of_range() {
+        let text = JOB.replace(
+            "    epochs: 1\n",
+            "    epochs: 1\n    seed: 18446744073709551616\n",
+        );
+        let docs = parse_documents(&text);
+        let error = docs[0].1.as_ref().expect_err("2^64 is no seed");
+        assert_eq!(
+            (error.layer, error.field.as_str()),
+            (Layer::Schema, "spec.trainer.seed")
+        );
+        assert_eq!(
+            error.message,
+            "18446744073709551616 is out of range: integers are at most 64 bits (-9223372036854775808 to 18446744073709551615)"
+        );
+        let text = JOB.replace("    epochs: 1\n", "    epochs: -99999999999999999999\n");
+        let error = parse_documents(&text)[0].1.clone().expect_err("below i64");
+        assert_eq!(error.field, "spec.trainer.epochs");
     }
 
     #[test]

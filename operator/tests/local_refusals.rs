@@ -152,3 +152,49 @@ fn an_unreachable_checkpoint_store_is_named_in_one_line() {
         "{stderr}"
     );
 }
+
+/// An S3-compatible endpoint with no credentials says so, instead of the `403` of EC2's
+/// instance metadata service that the S3 client would ask next.
+#[test]
+fn listing_s3_checkpoints_without_credentials_names_what_is_missing() {
+    let s = Scratch::new("nocreds");
+    let mut command = s.ferrotrain(&[
+        "checkpoints",
+        "s3://bucket/jobs/x",
+        "--endpoint",
+        "http://127.0.0.1:1",
+    ]);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_")) {
+        command.env_remove(key);
+    }
+    let out = command.output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no S3 credentials: set AWS_ACCESS_KEY_ID"),
+        "{stderr}"
+    );
+}
+
+/// More workers than the machine can hold are refused like any invalid field: the message starts
+/// with the file and names `spec.workers.replicas`; `--oversubscribe` lifts the CPU limit only,
+/// and the memory estimate still refuses what cannot fit.
+#[test]
+fn too_many_replicas_are_refused_naming_the_file_and_the_field() {
+    let s = Scratch::new("replicas");
+    let manifest = s.manifest("replicas", "file:///tmp/unused-ferrotrain-ckpt", "");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replace("replicas: 2", "replicas: 1024")).expect("manifest");
+    let file = manifest.display().to_string();
+    for extra in [None, Some("--oversubscribe")] {
+        let mut args = vec!["run", file.as_str()];
+        args.extend(extra);
+        let output = s.ferrotrain(&args).output().expect("runs");
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with(&format!("{file}: spec.workers.replicas: 1024 workers")),
+            "{extra:?}: {stderr}"
+        );
+    }
+}

@@ -1,12 +1,11 @@
 //! `ferrotrain run` end to end: real worker processes, real checkpoints, real signals.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::Scratch;
+use common::{Scratch, final_status, manifests, wait_for};
 
 /// Steps of a job the test interrupts: long enough that the signal, kill or closed pipe lands
 /// well before the end however fast the trainer is.
@@ -15,17 +14,6 @@ const INTERRUPTED_STEPS: u32 = 6000;
 /// The final status of a `--output json` run: its last stdout line, `{"event":"finalStatus",…}`.
 fn status_of(output: &Output) -> serde_yaml::Value {
     final_status(&String::from_utf8_lossy(&output.stdout))
-}
-
-fn final_status(text: &str) -> serde_yaml::Value {
-    let last = text
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output in:\n{text}"));
-    let line: serde_json::Value = serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}"));
-    assert_eq!(line["event"], "finalStatus", "{last}");
-    serde_yaml::to_value(&line["status"]).expect("status")
 }
 
 fn accuracy(status: &serde_yaml::Value) -> f64 {
@@ -54,14 +42,6 @@ fn children_of(parent: u32) -> Vec<u32> {
         }
     }
     out
-}
-
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Starts `ferrotrain run --output json` of a fresh two-worker job (output discarded) and waits
@@ -98,12 +78,6 @@ fn is_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z")
     })
-}
-
-fn manifests(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("manifests"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 fn finish(child: Child) -> Output {

@@ -10,6 +10,7 @@ use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
 use crate::checkpoint::layout::{sha256_hex, split_manifest_uri};
+use crate::checkpoint::lease::{Holder, Lease, LeaseError, LeaseTerms};
 use crate::checkpoint::store::{CheckpointError, CheckpointStore};
 use crate::data::load::{self, Splits};
 use crate::dist::handshake::GangKey;
@@ -86,7 +87,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             return exit::INTERNAL;
         }
     };
-    let (spec, checkpoint, rendezvous, attempt, progress) = match role {
+    let (spec, checkpoint, rendezvous, attempt, progress, holder) = match role {
         Role::Worker(env) => {
             let key = match gang_key(&env) {
                 Ok(key) => key,
@@ -119,15 +120,30 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
                 },
                 _ => None,
             };
+            let job = format!("{}/{}", env.job_namespace, env.job_name);
+            // Only rank 0 writes checkpoints, so only rank 0 takes the location's lease.
+            let holder = (env.rank == 0).then(|| Holder {
+                id: env.job_uid.clone().unwrap_or_else(|| job.clone()),
+                job,
+                attempt: env.attempt,
+            });
             (
                 env.trainer,
                 env.checkpoint,
                 Some(rendezvous),
                 env.attempt,
                 progress,
+                holder,
             )
         }
-        Role::Standalone { spec, checkpoint } => (*spec, checkpoint.map(|c| *c), None, 1, None),
+        Role::Standalone { spec, checkpoint } => {
+            let holder = Holder {
+                id: format!("standalone-{}", storage::unique_nonce()),
+                job: format!("a standalone trainer (pid {})", std::process::id()),
+                attempt: 1,
+            };
+            (*spec, checkpoint.map(|c| *c), None, 1, None, Some(holder))
+        }
     };
     let compute = match device::select(
         spec.device_or_default(),
@@ -171,17 +187,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         "data loaded"
     );
 
-    let mut ring = match rendezvous {
-        Some(cfg) => match Ring::connect(&cfg) {
-            Ok(ring) => ring,
-            Err(e) => {
-                tracing::error!(error = %e, "rendezvous");
-                return exit::PEER_LOST;
-            }
-        },
-        None => Ring::single(),
-    };
-    let plan = match checkpoint
+    let mut plan = match checkpoint
         .as_ref()
         .map(|c| checkpoint_plan(c, &spec, &data))
         .transpose()
@@ -191,6 +197,40 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             tracing::error!(error = %e, "checkpoint storage");
             return exit::CHECKPOINT_ERROR;
         }
+    };
+    // Before the rendezvous: while rank 0 waits for another writer's lease to run out, the
+    // other ranks wait in the rendezvous, whose timeout is the longer.
+    let keeper = match (plan.as_mut(), holder) {
+        (Some(plan), Some(holder)) => {
+            let location = plan.store.location().clone();
+            match runtime.block_on(Lease::acquire(location, holder, LeaseTerms::default())) {
+                Ok(lease) => {
+                    let keeper = lease.keep(runtime.handle());
+                    plan.store = plan.store.clone().with_fence(keeper.fence());
+                    Some(keeper)
+                }
+                Err(e @ LeaseError::HeldByAnother { .. }) => {
+                    tracing::error!(error = %e, "checkpoint.uri");
+                    return exit::BAD_CONFIG;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpoint lease");
+                    return exit::CHECKPOINT_ERROR;
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let mut ring = match rendezvous {
+        Some(cfg) => match Ring::connect(&cfg) {
+            Ok(ring) => ring,
+            Err(e) => {
+                tracing::error!(error = %e, "rendezvous");
+                return exit::PEER_LOST;
+            }
+        },
+        None => Ring::single(),
     };
     let warm_start = match spec
         .init_from
@@ -219,7 +259,16 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         compute,
         threads: 0,
     };
-    match train(job, &data, &mut ring, runtime.handle()) {
+    let outcome = train(job, &data, &mut ring, runtime.handle());
+    if let Some(keeper) = keeper {
+        // A finished or checkpointed run gives the location up; a failed one leaves its lease to
+        // expire, or to the job's next attempt, which takes it over at once.
+        runtime.block_on(keeper.finish(matches!(
+            outcome,
+            Ok(Outcome::Completed(_) | Outcome::Preempted(_))
+        )));
+    }
+    match outcome {
         Ok(Outcome::Completed(summary)) => {
             println!(
                 "{}",

@@ -51,6 +51,39 @@ pub enum StorageError {
     },
 }
 
+/// Variables that give the S3 client credentials without an access key: web identity (IRSA),
+/// a container credentials endpoint (ECS, EKS Pod Identity), a profile.
+const OTHER_CREDENTIAL_SOURCES: [&str; 4] = [
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_PROFILE",
+];
+
+/// An S3-compatible endpoint (not AWS) with no credentials at all would make the client ask
+/// EC2's instance metadata service, and the user would read that service's `403`: say what is
+/// missing instead.
+pub fn check_credentials(
+    endpoint: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    let set = |k: &str| env(k).is_some_and(|v| !v.is_empty());
+    let endpoint = endpoint
+        .map(str::to_string)
+        .or_else(|| env("AWS_ENDPOINT_URL").filter(|v| !v.is_empty()));
+    if endpoint.is_none()
+        || set(ferrotrain_crds::env::ACCESS_KEY_ID)
+        || OTHER_CREDENTIAL_SOURCES.iter().any(|k| set(k))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "no S3 credentials: set {} and {} (on a cluster, spec.checkpoint.secretRef names the Secret that holds them)",
+        ferrotrain_crds::env::ACCESS_KEY_ID,
+        ferrotrain_crds::env::SECRET_ACCESS_KEY
+    ))
+}
+
 /// Opens the store a URI points at. Credentials for S3 come from the usual AWS variables
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`…); explicit options win.
 pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
@@ -78,6 +111,12 @@ pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
             })
         }
         Scheme::S3 => {
+            check_credentials(options.endpoint.as_deref(), |k| std::env::var(k).ok()).map_err(
+                |reason| StorageError::Uri {
+                    uri: uri.into(),
+                    reason,
+                },
+            )?;
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(&parsed.bucket)
                 .with_virtual_hosted_style_request(false)
@@ -99,6 +138,22 @@ pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
             })
         }
     }
+}
+
+/// 64 random bits in hex: keys and records no other writer produces.
+pub fn unique_nonce() -> String {
+    let mut seed = [0u8; 8];
+    let random =
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_ok();
+    let value = if random {
+        u64::from_le_bytes(seed)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            ^ u64::from(std::process::id())
+    };
+    format!("{value:016x}")
 }
 
 /// How long the S3 client keeps retrying a request (throttling, 5xx, refused or reset
@@ -237,12 +292,48 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_without_credentials_is_named_as_such() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let refused =
+            check_credentials(Some("http://127.0.0.1:8333"), env(&[])).expect_err("no credentials");
+        assert!(
+            refused.starts_with("no S3 credentials: set AWS_ACCESS_KEY_ID"),
+            "{refused}"
+        );
+        let from_env = check_credentials(None, env(&[("AWS_ENDPOINT_URL", "http://s3:9000")]));
+        assert!(from_env.is_err());
+        assert_eq!(
+            check_credentials(
+                Some("http://s3:9000"),
+                env(&[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")])
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_credentials(
+                Some("http://s3:9000"),
+                env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token")])
+            ),
+            Ok(())
+        );
+        // AWS itself: its own credential chain (instance roles included) applies.
+        assert_eq!(check_credentials(None, env(&[])), Ok(()));
+    }
+
+    #[test]
     fn s3_locations_keep_the_prefix() {
         let loc = open(
             "s3://bucket/jobs/mnist",
             &S3Options {
-                endpoint: Some("http://127.0.0.1:1".into()),
-                region: None,
+                endpoint: None,
+                region: Some("eu-west-1".into()),
             },
         )
         .expect("builds without contacting the server");

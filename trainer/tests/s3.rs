@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
 use ferrotrain_trainer::checkpoint::layout::{Snapshot, TrainingState};
+use ferrotrain_trainer::checkpoint::lease::{Holder, Lease, LeaseError, LeaseTerms};
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load;
 use ferrotrain_trainer::dist::ring::Ring;
@@ -137,6 +138,62 @@ fn racing_commits_of_one_step_leave_exactly_one_manifest() {
         assert_eq!(listed[0].problem, None, "the winning manifest verifies");
         let (winner, _) = store.load_latest().await.expect("load").expect("exists");
         assert!((0..8).any(|i| winner.params[0] == i as f32));
+    });
+}
+
+/// The writer lease needs the store's conditional create (`If-None-Match: *`): of eight racers
+/// for a free location exactly one holds it, and a second job is refused while the first renews.
+#[test]
+#[ignore = "needs the S3 server of scripts/test.sh"]
+fn the_checkpoint_lease_admits_one_writer_on_s3() {
+    let rt = runtime();
+    let loc = location("lease");
+    let terms = LeaseTerms {
+        duration: Duration::from_secs(3),
+        renew_every: Duration::from_millis(500),
+        poll_every: Duration::from_millis(100),
+    };
+    let holder = |id: &str| Holder {
+        id: id.into(),
+        job: format!("default/{id}"),
+        attempt: 1,
+    };
+    rt.block_on(async {
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let (loc, holder) = (loc.clone(), holder(&format!("job-{i}")));
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(1),
+                        Lease::acquire(loc, holder, terms),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            if let Ok(Ok(lease)) = racer.await.expect("join") {
+                winners.push(lease);
+            }
+        }
+        assert_eq!(winners.len(), 1, "one writer holds a free location");
+        let mut winner = winners.pop().expect("winner");
+        let renewing = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            winner.renew().await
+        };
+        let (refused, renewed) =
+            tokio::join!(Lease::acquire(loc.clone(), holder("late"), terms), renewing);
+        assert_eq!(renewed, Ok(true));
+        assert!(
+            matches!(refused, Err(LeaseError::HeldByAnother { .. })),
+            "{refused:?}"
+        );
+        winner.release().await;
+        Lease::acquire(loc.clone(), holder("late"), terms)
+            .await
+            .expect("released: taken at once");
     });
 }
 

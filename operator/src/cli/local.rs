@@ -39,7 +39,7 @@ pub fn run_job(
     let outcome = match runner::run(job, &options, interrupts) {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", e.for_file(file));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -78,7 +78,7 @@ pub fn run_sweep_file(
     let outcome = match run_sweep(sweep, &options, interrupts) {
         Ok(outcome) => outcome,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", e.for_file(file));
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -45,6 +45,19 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// The message as the CLI prints it for `file`: a refusal that names a field of the manifest
+    /// (`spec.…`) starts with the file, as validation errors do.
+    pub fn for_file(&self, file: &std::path::Path) -> String {
+        match self {
+            RunError::Preflight(message) if message.starts_with("spec.") => {
+                format!("{}: {message}", file.display())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 fn render(file: &str, errors: &[ManifestError]) -> String {
     errors
         .iter()

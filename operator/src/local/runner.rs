@@ -108,6 +108,26 @@ impl Curve {
 }
 
 /// The status a suspended run of the job left in `<job dir>/status.yaml`, if it was suspended.
+/// The job's identity under this state directory, kept across runs: its writer lease on the
+/// checkpoint location is this job's, and a run of the same job from another state directory is
+/// another writer. Random, made the first time.
+fn local_job_uid(job_dir: &std::path::Path) -> Result<String, RunError> {
+    let path = job_dir.join("uid");
+    if let Ok(uid) = std::fs::read_to_string(&path) {
+        let uid = uid.trim();
+        if !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(uid.to_string());
+        }
+    }
+    let uid: String = random_token()
+        .ok_or_else(|| RunError::Preflight("no system randomness for the job's identity".into()))?
+        .chars()
+        .take(32)
+        .collect();
+    write_private(&path, &uid)?;
+    Ok(uid)
+}
+
 fn suspended_status(job_dir: &std::path::Path) -> Option<TrainingJobStatus> {
     #[derive(serde::Deserialize)]
     struct Saved {
@@ -163,6 +183,7 @@ pub fn run(
     write_private(&token_path, &token)?;
     let gang_key_path = job_dir.join("gang-key");
     write_private(&gang_key_path, &gang_key)?;
+    let job_uid = local_job_uid(&job_dir)?;
     // A run that was suspended resumes where it stopped: the state machine goes on from its
     // status (attempts, restarts, goodput), as on a cluster.
     if let Some(previous) = suspended_status(&job_dir) {
@@ -288,7 +309,7 @@ pub fn run(
                             attempt: *attempt,
                             job_name: name.clone(),
                             job_namespace: namespace.clone(),
-                            job_uid: None,
+                            job_uid: Some(job_uid.clone()),
                             trainer: job.spec.trainer.clone(),
                             checkpoint: Some(checkpoint.clone()),
                             progress_url: Some(progress_url.clone()),

@@ -2,8 +2,9 @@
 //! the CLI as a command. (Each crate uses part of it.)
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -52,4 +53,32 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Waits until `ready`, failing the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Committed checkpoints (manifests) under a `file://` location's directory.
+pub fn manifests(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("manifests"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The final status of a `--output json` run: its last stdout line, `{"event":"finalStatus",…}`.
+pub fn final_status(text: &str) -> serde_yaml::Value {
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output in:\n{text}"));
+    let line: serde_json::Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {last}"));
+    assert_eq!(line["event"], "finalStatus", "{last}");
+    serde_yaml::to_value(&line["status"]).expect("status")
 }

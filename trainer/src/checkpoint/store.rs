@@ -10,6 +10,7 @@ use crate::checkpoint::layout::{
     DATA, FORMAT, MANIFESTS, Manifest, ObjectEntry, Snapshot, check_object, complete, encode_f32,
     manifest_key, sha256_hex,
 };
+use crate::checkpoint::lease::Fence;
 use crate::storage::{self, Location};
 
 /// The newest checkpoint that verifies, if any, and the newer ones passed over (step, problem).
@@ -63,6 +64,9 @@ pub enum CheckpointError {
     /// The upload task failed.
     #[error("checkpoint upload task failed: {0}")]
     Task(String),
+    /// This process no longer holds the location's writer lease.
+    #[error("{0}")]
+    LeaseLost(String),
     /// The newest checkpoint belongs to another configuration.
     #[error(
         "checkpoint at step {step} in {uri} was written by a different configuration (model, dataset or optimizer changed); use a new checkpoint uri or set checkpoint.resume: never"
@@ -82,6 +86,8 @@ pub struct CheckpointStore {
     keep: usize,
     config_hash: String,
     model: Option<String>,
+    /// Closed when this process lost the location's writer lease: no commit or deletion after.
+    fence: Option<std::sync::Arc<Fence>>,
 }
 
 impl CheckpointStore {
@@ -92,6 +98,20 @@ impl CheckpointStore {
             keep: keep.max(1),
             config_hash: config_hash.into(),
             model: None,
+            fence: None,
+        }
+    }
+
+    /// Writes only while `fence` is open.
+    pub fn with_fence(mut self, fence: std::sync::Arc<Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    fn check_fence(&self) -> Result<(), CheckpointError> {
+        match &self.fence {
+            Some(fence) => fence.check().map_err(CheckpointError::LeaseLost),
+            None => Ok(()),
         }
     }
 
@@ -101,6 +121,11 @@ impl CheckpointStore {
         self
     }
 
+    /// The store and prefix.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
     /// Where the checkpoints live.
     pub fn uri(&self) -> &str {
         &self.location.uri
@@ -108,8 +133,9 @@ impl CheckpointStore {
 
     /// Uploads the data objects, then commits the manifest; then applies retention.
     pub async fn commit(&self, snapshot: &Snapshot) -> Result<Committed, CheckpointError> {
+        self.check_fence()?;
         let step = snapshot.state.step;
-        let nonce = unique_nonce();
+        let nonce = storage::unique_nonce();
         let mut names = Vec::new();
         let mut hashes = Vec::new();
         let mut puts = Vec::new();
@@ -164,6 +190,11 @@ impl CheckpointStore {
         };
         let manifest_key = manifest_key(step);
         let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+        if let Err(e) = self.check_fence() {
+            self.take_back(&dir, manifest.objects.iter().map(|o| o.key.as_str()))
+                .await;
+            return Err(e);
+        }
         let put = self
             .location
             .store
@@ -205,6 +236,7 @@ impl CheckpointStore {
     /// Deletes all but the newest `keep` checkpoints: manifest first, so a half-deleted checkpoint
     /// never looks valid.
     pub async fn retain(&self) -> Result<(), CheckpointError> {
+        self.check_fence()?;
         let manifests = self.manifest_keys().await?;
         for (_, key) in manifests.iter().skip(self.keep) {
             let manifest = self.read_manifest(key).await.ok().flatten();
@@ -391,18 +423,6 @@ fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn unique_nonce() -> String {
-    let mut seed = [0u8; 8];
-    let random =
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_ok();
-    let value = if random {
-        u64::from_le_bytes(seed)
-    } else {
-        now_unix_ms() ^ u64::from(std::process::id())
-    };
-    format!("{value:016x}")
 }
 
 #[cfg(test)]

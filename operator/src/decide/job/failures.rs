@@ -92,6 +92,10 @@ impl Decider<'_> {
                 .status
                 .restarts
                 .get_or_insert_with(RestartCounts::default);
+            // A hang is a stall found by the gang instead of the progress deadline.
+            if failure.is_hang() {
+                restarts.stall += 1;
+            }
             if !charged {
                 restarts.uncharged += 1;
             } else if infra {
@@ -201,10 +205,46 @@ pub(super) struct GangFailure {
     worker: String,
     pub(super) cause: FailureCause,
     message: Option<String>,
+    /// The worker did not fail: it stopped answering, and this is how its peer gave up on it.
+    hung: Option<Box<GangFailure>>,
 }
 impl GangFailure {
+    /// When every other worker lost its peer and this one still runs once the grace is over, it
+    /// is the one that stopped answering (frozen, deadlocked, on a partitioned node): the failure
+    /// is its own, not that of the peer that timed out on it.
+    pub(super) fn blame_the_silent(self, current: &[&WorkerView]) -> Self {
+        if self.cause != FailureCause::ExitCode(ferrotrain_crds::env::EXIT_PEER_LOST) {
+            return self;
+        }
+        let silent = current
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Running { .. }))
+            .min_by_key(|w| w.rank);
+        match silent {
+            Some(w) => GangFailure {
+                worker: w.name.clone(),
+                cause: self.cause,
+                message: None,
+                hung: Some(Box::new(self)),
+            },
+            None => self,
+        }
+    }
+
+    /// Whether the failure is a worker that stopped answering.
+    pub(super) fn is_hang(&self) -> bool {
+        self.hung.is_some()
+    }
+
     /// `worker j-worker-1 failed: ExitCode3 (its last error)`.
     fn describe(&self) -> String {
+        if let Some(peer) = &self.hung {
+            return format!(
+                "worker {} stopped answering: its peers timed out waiting for it ({})",
+                self.worker,
+                peer.describe()
+            );
+        }
         match &self.message {
             Some(m) => format!(
                 "worker {} failed: {} ({m})",
@@ -232,6 +272,7 @@ pub(super) fn first_failure(
         worker: w.name.clone(),
         cause,
         message: w.message.clone(),
+        hung: None,
     };
     let mut failed: Vec<(u8, u32, GangFailure)> = current
         .iter()
@@ -260,6 +301,7 @@ pub(super) fn first_failure(
                 worker: format!("rank {missing}"),
                 cause: FailureCause::Missing,
                 message: None,
+                hung: None,
             },
         ));
     }

@@ -65,6 +65,7 @@ impl Decider<'_> {
             .collect();
         if let Some(failed) = first_failure(&current, Some(self.desired()), &completed) {
             if !self.wait_for_cause(&current, failed.cause) {
+                let failed = failed.blame_the_silent(&current);
                 self.restart_after_failure(observed, failed);
             }
             return;

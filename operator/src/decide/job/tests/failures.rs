@@ -395,6 +395,16 @@ fn a_peer_lost_exit_without_a_cause_is_decided_after_the_grace() {
     );
     assert_eq!(phase(&d), Phase::Restarting);
     assert_eq!((restarts(&d).app, restarts(&d).infra), (1, 0));
+    // The worker that still runs once every peer gave up on it is the one that stopped
+    // answering: it is named, and the restart counts as a stall.
+    assert_eq!(restarts(&d).stall, 1);
+    let message = condition(&d, "Running").map(|c| c.message.clone());
+    assert!(
+        message.as_deref().is_some_and(|m| m.starts_with(
+            "worker j-worker-1 stopped answering: its peers timed out waiting for it (worker j-worker-0 failed: ExitCode4"
+        )),
+        "{message:?}"
+    );
 }
 
 /// A trainer that fails soon after each start is a crash loop: the first failure restarts at
