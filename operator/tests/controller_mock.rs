@@ -223,7 +223,7 @@ fn owned_pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>, uid: 
     }
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("mnist-worker-{rank}"), "namespace": "ml", "ownerReferences": owner(uid),
+        "metadata": {"name": format!("mnist-worker-{rank}-a{attempt}"), "namespace": "ml", "ownerReferences": owner(uid),
             "labels": {"ferrotrain.io/job": "mnist", "ferrotrain.io/rank": rank.to_string(), "ferrotrain.io/attempt": attempt.to_string()}},
         "spec": {"containers": []},
         "status": status
@@ -233,10 +233,16 @@ fn owned_pod(rank: u32, attempt: u32, phase: &str, exit_code: Option<i32>, uid: 
 /// A gang of a running job, one worker failed: both are deleted, in rank order.
 fn deletes_of_the_failed_gang() -> Vec<Expect> {
     vec![
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
-            .answer(200, pod(0, 1, "Running", None)),
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
-            .answer(200, pod(1, 1, "Failed", Some(1))),
+        expect(
+            Method::DELETE,
+            "/api/v1/namespaces/ml/pods/mnist-worker-0-a1",
+        )
+        .answer(200, pod(0, 1, "Running", None)),
+        expect(
+            Method::DELETE,
+            "/api/v1/namespaces/ml/pods/mnist-worker-1-a1",
+        )
+        .answer(200, pod(1, 1, "Failed", Some(1))),
     ]
 }
 
@@ -311,7 +317,7 @@ async fn a_new_job_gets_its_service_secret_and_gang() {
     script.extend(new_token(&new));
     script.extend([
         expect(Method::POST, PODS).check(|b| {
-            assert_eq!(b["metadata"]["name"], "mnist-worker-0");
+            assert_eq!(b["metadata"]["name"], "mnist-worker-0-a1");
             // The workers mount the Secret of the digest the API server answered with.
             let volumes = b["spec"]["volumes"].as_array().cloned().unwrap_or_default();
             assert!(
@@ -322,7 +328,7 @@ async fn a_new_job_gets_its_service_secret_and_gang() {
             );
         }),
         expect(Method::POST, PODS).check(|b| {
-            assert_eq!(b["metadata"]["name"], "mnist-worker-1");
+            assert_eq!(b["metadata"]["name"], "mnist-worker-1-a1");
             assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "1");
         }),
         expect(Method::PATCH, STATUS).check(|b| {
@@ -422,10 +428,16 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
     ];
     let mut script = vec![
         service_name_free(),
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-0")
-            .answer(200, owned_pod(0, 1, "Running", None, "old-uid")),
-        expect(Method::DELETE, "/api/v1/namespaces/ml/pods/mnist-worker-1")
-            .answer(200, owned_pod(1, 1, "Running", None, "old-uid")),
+        expect(
+            Method::DELETE,
+            "/api/v1/namespaces/ml/pods/mnist-worker-0-a1",
+        )
+        .answer(200, owned_pod(0, 1, "Running", None, "old-uid")),
+        expect(
+            Method::DELETE,
+            "/api/v1/namespaces/ml/pods/mnist-worker-1-a1",
+        )
+        .answer(200, owned_pod(1, 1, "Running", None, "old-uid")),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
     ];
     // The predecessor's token Secret has another name (its own digest): never in the way.
@@ -440,7 +452,7 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
 #[tokio::test]
 async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
     let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
-        "message": "pods \"mnist-worker-0\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
+        "message": "pods \"mnist-worker-0-a1\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
     let mut script = vec![
         service_name_free(),
         expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),

@@ -106,7 +106,7 @@ until [ -n "$(jobfield mnist-chaos .status.checkpoint.step)" ]; do
   sleep 3
 done
 checkpointed=$(jobfield mnist-chaos .status.checkpoint.step)
-kubectl delete pod mnist-chaos-worker-1 --wait=false
+kubectl delete pod -l ferrotrain.io/job=mnist-chaos,ferrotrain.io/rank=1 --wait=false
 wait_field mnist-chaos .status.attempt 2 300
 wait_phase mnist-chaos Running 300
 wait_step_above mnist-chaos "$checkpointed" 300

@@ -444,6 +444,27 @@ impl Operator {
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+
+    /// The API writes (POST, PUT, PATCH, DELETE) it has sent through its rate-limited clients,
+    /// as its `/metrics` counts them (the Lease's own client is not among them).
+    pub fn api_writes(&self) -> u64 {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.address).expect("connect to operator");
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.address
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+            .lines()
+            .filter(|l| {
+                l.starts_with("ferrotrain_api_requests_total{") && l.contains("kind=\"write\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
 }
 
 impl Drop for Operator {

@@ -328,7 +328,7 @@ async fn mnist_trains_in_containers_checkpoints_to_s3_and_reports_progress() {
         row.get(loss).and_then(|l| l.parse::<f64>().ok()).is_some(),
         "{table}"
     );
-    let log = logs(&cluster, &namespace, "mnist-worker-0");
+    let log = logs(&cluster, &namespace, "mnist-worker-0-a1");
     assert!(log.contains("\"event\":\"completed\""), "{log}");
 }
 
@@ -343,7 +343,7 @@ async fn a_killed_container_restarts_the_gang_which_resumes_from_s3() {
             .is_some_and(|step| step >= 500)
     })
     .await;
-    let id = container_id(&client, &namespace, "kill-worker-1").await;
+    let id = container_id(&client, &namespace, "kill-worker-1-a1").await;
     kill_container(&id);
     let killed = Instant::now();
     let resumed = wait_status(
@@ -374,7 +374,11 @@ async fn a_killed_container_restarts_the_gang_which_resumes_from_s3() {
         events.contains("KilledBySignal9") && !events.contains("OOMKilled"),
         "{events}"
     );
-    let completed = completed_event(&cluster, &namespace, "kill-worker-0");
+    let completed = completed_event(
+        &cluster,
+        &namespace,
+        &format!("kill-worker-0-a{}", attempt_of(&done)),
+    );
     assert!(
         completed["resumedFrom"].as_i64() >= Some(500),
         "the second attempt resumed from a checkpoint in S3: {completed}"
@@ -392,7 +396,7 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_resumes_uncharged() {
     })
     .await;
     Api::<Pod>::namespaced(client.clone(), &namespace)
-        .delete("drain-worker-1", &DeleteParams::default())
+        .delete("drain-worker-1-a1", &DeleteParams::default())
         .await
         .expect("delete pod");
     let done = wait_status(&client, &namespace, "drain", "Succeeded", 600, |s| {
@@ -406,7 +410,11 @@ async fn a_deleted_pod_checkpoints_on_sigterm_and_resumes_uncharged() {
     assert!(attempt_of(&done) >= 2, "{done:#}");
     // Periodic checkpoints are off: the only checkpoint before the end is the one written on
     // SIGTERM, so a resume from a step between 0 and the end resumed from it.
-    let completed = completed_event(&cluster, &namespace, "drain-worker-0");
+    let completed = completed_event(
+        &cluster,
+        &namespace,
+        &format!("drain-worker-0-a{}", attempt_of(&done)),
+    );
     let total = completed["step"].as_i64().unwrap_or(0);
     assert!(
         completed["resumedFrom"]

@@ -163,11 +163,8 @@ fn the_checkpoint_lease_admits_one_writer_on_s3() {
             .map(|i| {
                 let (loc, holder) = (loc.clone(), holder(&format!("job-{i}")));
                 tokio::spawn(async move {
-                    tokio::time::timeout(
-                        Duration::from_secs(1),
-                        Lease::acquire(loc, holder, terms),
-                    )
-                    .await
+                    tokio::time::timeout(Duration::from_secs(1), Lease::acquire(loc, holder, terms))
+                        .await
                 })
             })
             .collect();

@@ -44,9 +44,18 @@ pub struct Settings {
     pub progress_ca: Option<String>,
 }
 
-/// Name of a worker pod.
-pub fn worker_name(job: &str, rank: u32) -> String {
+/// Hostname of a worker (`<job>-worker-<rank>.<job>` in DNS): the same in every attempt, so the
+/// rendezvous address never changes.
+pub fn worker_hostname(job: &str, rank: u32) -> String {
     format!("{job}-worker-{rank}")
+}
+
+/// Name of a worker pod: the hostname and the attempt. A new attempt's pods never take the names
+/// of an earlier attempt's, even one force-deleted while its process may still run on a
+/// partitioned node; what that process could still do is fenced off by the gang handshake and
+/// the checkpoint lease, which both carry the attempt.
+pub fn worker_name(job: &str, rank: u32, attempt: u32) -> String {
+    format!("{}-a{attempt}", worker_hostname(job, rank))
 }
 
 /// The headless Service that gives `<job>-worker-<rank>.<job>` a DNS name, ready or not.
@@ -90,7 +99,7 @@ pub fn worker_pod(
     let contract = WorkerEnv {
         rank,
         world_size,
-        rendezvous_addr: format!("{}.{name}", worker_name(&name, 0)),
+        rendezvous_addr: format!("{}.{name}", worker_hostname(&name, 0)),
         rendezvous_port: RENDEZVOUS_PORT,
         attempt,
         job_name: name.clone(),
@@ -257,14 +266,13 @@ pub fn worker_pod(
         }),
         ..Container::default()
     };
-    let worker = worker_name(&name, rank);
     Pod {
         metadata: ObjectMeta {
             annotations: Some(annotations).filter(|a| !a.is_empty()),
-            ..child_meta(job, worker.clone(), labels)
+            ..child_meta(job, worker_name(&name, rank, attempt), labels)
         },
         spec: Some(PodSpec {
-            hostname: Some(worker),
+            hostname: Some(worker_hostname(&name, rank)),
             subdomain: Some(name),
             restart_policy: Some("Never".into()),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
@@ -371,7 +379,14 @@ mod tests {
     #[test]
     fn worker_pods_carry_the_env_contract_and_a_stable_dns_name() {
         let pod = worker_pod(&job(""), &settings(), 3, 2, 1);
-        assert_eq!(pod.metadata.name.as_deref(), Some("mnist-worker-1"));
+        assert_eq!(pod.metadata.name.as_deref(), Some("mnist-worker-1-a3"));
+        // The next attempt's pod has another name and the same hostname.
+        let next = worker_pod(&job(""), &settings(), 4, 2, 1);
+        assert_eq!(next.metadata.name.as_deref(), Some("mnist-worker-1-a4"));
+        assert_eq!(
+            next.spec.as_ref().and_then(|s| s.hostname.as_deref()),
+            Some("mnist-worker-1")
+        );
         let spec = pod.spec.clone().expect("spec");
         assert_eq!(
             (spec.hostname.as_deref(), spec.subdomain.as_deref()),

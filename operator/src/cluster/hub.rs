@@ -379,6 +379,14 @@ impl ProgressHub {
                 stats.held_seconds()
             ));
         }
+        out.push_str("# HELP ferrotrain_api_requests_total API requests sent, reads (GET, lists, watches) and writes.\n# TYPE ferrotrain_api_requests_total counter\n");
+        for (client, stats) in throttles.iter() {
+            out.push_str(&format!(
+                "ferrotrain_api_requests_total{{client=\"{client}\",kind=\"read\"}} {}\nferrotrain_api_requests_total{{client=\"{client}\",kind=\"write\"}} {}\n",
+                stats.reads(),
+                stats.writes()
+            ));
+        }
         drop(throttles);
         out.push_str("# HELP ferrotrain_reconcile_errors_total Reconcile errors by category.\n# TYPE ferrotrain_reconcile_errors_total counter\n");
         for (label, n) in &c.reconcile_errors {

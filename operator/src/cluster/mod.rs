@@ -20,4 +20,5 @@ pub mod ownership;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod server;
+pub mod sweep_watch;
 pub mod sweeps;

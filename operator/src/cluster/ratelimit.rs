@@ -53,9 +53,21 @@ impl TokenBucket {
 pub struct ThrottleStats {
     held: AtomicU64,
     held_nanos: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl ThrottleStats {
+    /// Requests sent that read (GET, including watches and lists).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent that change something (POST, PUT, PATCH, DELETE).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
     /// Requests that had to wait for a token.
     pub fn held(&self) -> u64 {
         self.held.load(Ordering::Relaxed)
@@ -64,6 +76,21 @@ impl ThrottleStats {
     /// Seconds the client spent waiting for tokens: near the elapsed time, it runs at its limit.
     pub fn held_seconds(&self) -> f64 {
         self.held_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// Whether a request changes something, for the request counts.
+pub trait Verb {
+    /// POST, PUT, PATCH, DELETE.
+    fn is_write(&self) -> bool;
+}
+
+impl<B> Verb for axum::http::Request<B> {
+    fn is_write(&self) -> bool {
+        !matches!(
+            *self.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+        )
     }
 }
 
@@ -117,6 +144,7 @@ pub struct RateLimit<S> {
 impl<S, R> Service<R> for RateLimit<S>
 where
     S: Service<R>,
+    R: Verb,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -160,6 +188,12 @@ where
 
     fn call(&mut self, request: R) -> Self::Future {
         self.granted = false;
+        let counter = if request.is_write() {
+            &self.stats.writes
+        } else {
+            &self.stats.reads
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.inner.call(request)
     }
 }
@@ -189,19 +223,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_layer_holds_requests_back_to_the_rate() {
         let layer = RateLimitLayer::new(5.0, 2);
-        let mut service = layer.layer(tower::service_fn(|n: u32| async move {
-            Ok::<_, std::convert::Infallible>(n)
-        }));
+        let mut service =
+            layer.layer(tower::service_fn(
+                |r: axum::http::Request<u32>| async move {
+                    Ok::<_, std::convert::Infallible>(*r.body())
+                },
+            ));
         let start = tokio::time::Instant::now();
         for n in 0..12 {
+            let method = if n % 3 == 0 {
+                axum::http::Method::PATCH
+            } else {
+                axum::http::Method::GET
+            };
+            let request = axum::http::Request::builder()
+                .method(method)
+                .body(n)
+                .expect("request");
             let answer = tower::ServiceExt::ready(&mut service)
                 .await
                 .expect("ready")
-                .call(n)
+                .call(request)
                 .await
                 .expect("answer");
             assert_eq!(answer, n);
         }
+        assert_eq!((layer.stats().reads(), layer.stats().writes()), (8, 4));
         // Two at once, then ten more at five a second, each held back.
         let elapsed = start.elapsed().as_secs_f64();
         assert!((elapsed - 2.0).abs() < 0.01, "{elapsed}");

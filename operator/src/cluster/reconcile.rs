@@ -275,6 +275,7 @@ async fn reconcile_as_leader(
             warning: true,
             reason: refused.reason.clone(),
             message: refused.message.clone(),
+            trial: None,
         });
         decision.requeue_after = Some(
             decision

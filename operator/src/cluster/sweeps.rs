@@ -12,15 +12,18 @@ use ferrotrain_crds::sweep::{TrainingSweep, TrainingSweepStatus};
 use ferrotrain_crds::{Phase, TrainingJob};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::hub::ProgressHub;
 use crate::cluster::ownership::{controlled_by, held_by_another};
+use crate::cluster::sweep_watch::{Pacer, TrialIndex};
+use crate::decide::job::Event as Note;
 use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
 
@@ -64,6 +67,8 @@ pub struct Context {
     recorder: Recorder,
     hub: Arc<ProgressHub>,
     trials: Store<TrainingJob>,
+    index: Arc<TrialIndex>,
+    pacer: Pacer,
 }
 
 /// What a trial's TrainingJob says, for the decision.
@@ -91,6 +96,10 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         .namespace()
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = sweep.name_any();
+    let sweep_uid = sweep.uid().unwrap_or_default();
+    if let Some(wait) = ctx.pacer.wait_before(&sweep_uid, std::time::Instant::now()) {
+        return Ok(Requeue::requeue(wait));
+    }
     if tokio::time::timeout(Duration::from_secs(5), ctx.trials.wait_until_ready())
         .await
         .is_err()
@@ -123,17 +132,23 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
             status.completion_time =
                 Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
             write_status(&sweeps, &sweep, &status).await?;
-            publish(&ctx, &sweep, true, "InvalidSpec", &message).await;
+            let note = Note {
+                warning: true,
+                reason: "InvalidSpec".into(),
+                message,
+                trial: None,
+            };
+            publish(&ctx, &sweep, &note, &BTreeMap::new()).await;
         }
         return Ok(Requeue::await_change());
     }
     // A trial is a TrainingJob this sweep controls: a job someone else made with the sweep's
     // label and a trial's name is never taken for one.
-    let sweep_uid = sweep.uid().unwrap_or_default();
     let mine: Vec<Arc<TrainingJob>> = ctx
-        .trials
-        .state()
+        .index
+        .trials_of(&sweep_uid)
         .into_iter()
+        .filter_map(|(ns, trial)| ctx.trials.get(&ObjectRef::new(&trial).within(&ns)))
         .filter(|job| {
             job.namespace().as_deref() == Some(namespace.as_str())
                 && job.labels().get(SWEEP_LABEL) == Some(&name)
@@ -171,19 +186,16 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
                                 "{holder} exists and is not this sweep's; the trial waits until \
                                  the name is free"
                             );
-                            publish(&ctx, &sweep, true, "TrialNameConflict", &message).await;
+                            let note =
+                                Note::about_trial(true, "TrialNameConflict", &message, trial);
+                            publish(&ctx, &sweep, &note, &uids).await;
                         }
                     }
                     // Refused by admission: the sweep sees the trial missing and records why.
                     Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                        publish(
-                            &ctx,
-                            &sweep,
-                            true,
-                            "InvalidTrial",
-                            &format!("{trial}: {}", s.message),
-                        )
-                        .await;
+                        let message = format!("{trial}: {}", s.message);
+                        let note = Note::about_trial(true, "InvalidTrial", &message, trial);
+                        publish(&ctx, &sweep, &note, &uids).await;
                     }
                     Err(e) => return Err(kube_error(format!("create trial {trial}"))(e)),
                 }
@@ -197,7 +209,7 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         }
     }
     for event in &decision.events {
-        publish(&ctx, &sweep, event.warning, &event.reason, &event.message).await;
+        publish(&ctx, &sweep, event, &uids).await;
     }
     if sweep.status.as_ref() != Some(&decision.status) {
         write_status(&sweeps, &sweep, &decision.status).await?;
@@ -269,20 +281,40 @@ async fn write_status(
     }
 }
 
-async fn publish(ctx: &Context, sweep: &TrainingSweep, warning: bool, reason: &str, note: &str) {
-    let event = KubeEvent {
-        type_: if warning {
+/// Records an event on the sweep; one about a trial names it as the related object, so that each
+/// trial's events form a series of their own.
+async fn publish(
+    ctx: &Context,
+    sweep: &TrainingSweep,
+    note: &Note,
+    uids: &BTreeMap<String, String>,
+) {
+    let event = kube_event(sweep, note, uids);
+    if let Err(e) = ctx.recorder.publish(&event, &sweep.object_ref(&())).await {
+        tracing::warn!(sweep = %sweep.name_any(), error = %e, "cannot record event");
+    }
+}
+
+/// The Kubernetes event of a sweep's note.
+fn kube_event(sweep: &TrainingSweep, note: &Note, uids: &BTreeMap<String, String>) -> KubeEvent {
+    let related = note.trial.as_ref().map(|trial| ObjectReference {
+        api_version: Some("ferrotrain.io/v1alpha1".into()),
+        kind: Some("TrainingJob".into()),
+        name: Some(trial.clone()),
+        namespace: sweep.namespace(),
+        uid: uids.get(trial).cloned(),
+        ..ObjectReference::default()
+    });
+    KubeEvent {
+        type_: if note.warning {
             EventType::Warning
         } else {
             EventType::Normal
         },
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1024).collect()),
+        reason: note.reason.clone(),
+        note: Some(note.message.chars().take(1024).collect()),
         action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &sweep.object_ref(&())).await {
-        tracing::warn!(sweep = %sweep.name_any(), error = %e, "cannot record event");
+        secondary: related,
     }
 }
 
@@ -306,10 +338,14 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (trials, writer) = reflector::store();
+    let index = Arc::new(TrialIndex::default());
+    let indexing = Arc::clone(&index);
+    // Every trial goes into the cache; only a change the sweep decides on wakes it.
     let trial_events = watcher(jobs, watcher::Config::default().labels(SWEEP_LABEL))
         .default_backoff()
         .map_ok(|event| event.modify(|job| job.metadata.managed_fields = None))
         .reflect(writer)
+        .try_filter(move |event| std::future::ready(indexing.observe(event)))
         .touched_objects();
     let recorder = Recorder::new(
         client.clone(),
@@ -331,10 +367,12 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
         recorder,
         hub,
         trials,
+        index,
+        pacer: Pacer::default(),
     });
     Controller::new(sweeps, watcher::Config::default())
         .owns_stream(trial_events)
-        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
+        .with_config(ControllerConfig::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -343,4 +381,48 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event recorder folds events with the same reason, object and related object into one
+    /// series: each trial is its own related object, so "TrialStopped" of trial 3 never counts
+    /// as a repeat of trial 1's.
+    #[test]
+    fn each_trials_events_are_a_series_of_their_own() {
+        let mut sweep: TrainingSweep =
+            serde_yaml::from_str(include_str!("../../../examples/sweep-random.yaml"))
+                .expect("sweep");
+        sweep.metadata.namespace = Some("team-a".into());
+        let uids = BTreeMap::from([("lr-1".to_string(), "uid-1".to_string())]);
+        let stopped = |trial: &str| {
+            kube_event(
+                &sweep,
+                &Note::about_trial(false, "TrialStopped", "stopped at rung 1", trial),
+                &uids,
+            )
+            .secondary
+        };
+        let (first, second) = (stopped("lr-1"), stopped("lr-3"));
+        assert_ne!(first, second);
+        let first = first.expect("related trial");
+        assert_eq!(
+            (
+                first.kind.as_deref(),
+                first.name.as_deref(),
+                first.uid.as_deref()
+            ),
+            (Some("TrainingJob"), Some("lr-1"), Some("uid-1"))
+        );
+        assert_eq!(first.namespace.as_deref(), Some("team-a"));
+        let whole = Note {
+            warning: false,
+            reason: "Succeeded".into(),
+            message: "done".into(),
+            trial: None,
+        };
+        assert_eq!(kube_event(&sweep, &whole, &uids).secondary, None);
+    }
 }

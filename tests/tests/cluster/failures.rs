@@ -78,7 +78,7 @@ async fn a_worker_exit_restarts_the_whole_gang() {
     } = Scenario::start("restart", "restricted").await;
     create_job(&client, &namespace, &job_manifest("restart", 2, "")).await;
     wait_phase(&client, &namespace, "restart", "Running", 60).await;
-    terminate_container(&client, &namespace, "restart-worker-1", 1).await;
+    terminate_container(&client, &namespace, "restart-worker-1-a1", 1).await;
     let job = wait_for("attempt 2 running", Duration::from_secs(60), || async {
         let job = job_status(&client, &namespace, "restart").await?;
         let attempt = job.status.as_ref()?.attempt;
@@ -112,7 +112,7 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
     let rules = ", maxAppRestarts: 0, failurePolicy: {rules: [{action: RestartGangWithoutBudget, onExitCodes: [42]}]}";
     create_job(&client, &namespace, &job_manifest("policy", 2, rules)).await;
     wait_phase(&client, &namespace, "policy", "Running", 60).await;
-    terminate_container(&client, &namespace, "policy-worker-0", 42).await;
+    terminate_container(&client, &namespace, "policy-worker-0-a1", 42).await;
     let job = wait_for("attempt 2 running", Duration::from_secs(60), || async {
         let job = job_status(&client, &namespace, "policy").await?;
         (job.status.as_ref()?.attempt == Some(2) && phase_name(&job).as_deref() == Some("Running"))
@@ -126,7 +126,7 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
         "{\"level\":\"ERROR\",\"fields\":{\"message\":\"training data\",",
         "\"error\":\"s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10)\"}}\n"
     );
-    terminate_container_saying(&client, &namespace, "policy-worker-1", 3, Some(log_tail))
+    terminate_container_saying(&client, &namespace, "policy-worker-1-a1", 3, Some(log_tail))
         .await
         .expect("terminate");
     let job = wait_phase(&client, &namespace, "policy", "Failed", 60).await;
@@ -139,7 +139,7 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
     assert_eq!(failed.reason, "FailedByPolicy", "{failed:?}");
     assert!(
         failed.message.contains(
-            "worker policy-worker-1 failed: ExitCode3 (training data: s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10))"
+            "worker policy-worker-1-a1 failed: ExitCode3 (training data: s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10))"
         ),
         "{}",
         failed.message
@@ -216,12 +216,12 @@ async fn an_eviction_is_charged_to_the_infrastructure_budget() {
     )
     .await;
     wait_phase(&client, &namespace, "evict", "Running", 60).await;
-    hold_pod(&client, &namespace, "evict-worker-1").await;
+    hold_pod(&client, &namespace, "evict-worker-1-a1").await;
     Api::<Pod>::namespaced(client.clone(), &namespace)
-        .evict("evict-worker-1", &EvictParams::default())
+        .evict("evict-worker-1-a1", &EvictParams::default())
         .await
         .expect("eviction admitted");
-    terminate_container(&client, &namespace, "evict-worker-0", 4).await;
+    terminate_container(&client, &namespace, "evict-worker-0-a1", 4).await;
     wait_for("restart recorded", Duration::from_secs(30), || async {
         let job = job_status(&client, &namespace, "evict").await?;
         (job.status?.attempt == Some(2)).then_some(())
@@ -233,7 +233,7 @@ async fn an_eviction_is_charged_to_the_infrastructure_budget() {
         (0, 1, 1),
         "a drain is a disruption: {restarts:?}"
     );
-    release_pod(&client, &namespace, "evict-worker-1").await;
+    release_pod(&client, &namespace, "evict-worker-1-a1").await;
     wait_attempt_running(&client, &namespace, "evict", 2, 60).await;
 }
 
@@ -260,7 +260,7 @@ async fn scheduler_preemption_is_a_preemption() {
     .await;
     wait_phase(&client, &namespace, "preempt", "Running", 60).await;
     // A kubelet keeps the victim Terminating for its grace period (the trainer checkpoints).
-    hold_pod(&client, &namespace, "preempt-worker-0").await;
+    hold_pod(&client, &namespace, "preempt-worker-0-a1").await;
     cluster.kubectl_ok(
         &["apply", "--server-side", "-f", "-"],
         Some("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: ferrotrain-test-high}\nvalue: 1000000\n"),
@@ -276,7 +276,7 @@ async fn scheduler_preemption_is_a_preemption() {
     .await;
     let restarts = restarts_of(&client, &namespace, "preempt").await;
     assert_eq!((restarts.app, restarts.infra), (0, 1), "{restarts:?}");
-    release_pod(&client, &namespace, "preempt-worker-0").await;
+    release_pod(&client, &namespace, "preempt-worker-0-a1").await;
     cluster.kubectl_ok(
         &[
             "delete",

@@ -101,7 +101,7 @@ async fn a_job_recreated_under_the_same_name_starts_clean() {
     create_job(&client, &namespace, &job_manifest("again", 2, "")).await;
     wait_phase(&client, &namespace, "again", "Running", 60).await;
     for rank in 0..2 {
-        hold_pod(&client, &namespace, &format!("again-worker-{rank}")).await;
+        hold_pod(&client, &namespace, &format!("again-worker-{rank}-a1")).await;
     }
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
     jobs.delete("again", &DeleteParams::background())
@@ -125,7 +125,7 @@ async fn a_job_recreated_under_the_same_name_starts_clean() {
         "adopted the old gang"
     );
     for rank in 0..2 {
-        release_pod(&client, &namespace, &format!("again-worker-{rank}")).await;
+        release_pod(&client, &namespace, &format!("again-worker-{rank}-a1")).await;
     }
     wait_phase(&client, &namespace, "again", "Running", 60).await;
     let owned = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
@@ -291,7 +291,7 @@ async fn a_worker_that_cannot_pull_its_image_fails_the_job_with_the_reason() {
         }})
     };
     pods.patch_status(
-        "stuck-worker-0",
+        "stuck-worker-0-a1",
         &PatchParams::default(),
         &Patch::Strategic(&kubelet_status(
             serde_json::json!({"running": {"startedAt": now}}),
@@ -301,7 +301,7 @@ async fn a_worker_that_cannot_pull_its_image_fails_the_job_with_the_reason() {
     .await
     .expect("rank 0 runs");
     pods.patch_status(
-        "stuck-worker-1",
+        "stuck-worker-1-a1",
         &PatchParams::default(),
         &Patch::Strategic(&kubelet_status(
             serde_json::json!({"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}),
@@ -323,7 +323,7 @@ async fn a_worker_that_cannot_pull_its_image_fails_the_job_with_the_reason() {
     )
     .await;
     assert!(
-        scheduled.message.contains("stuck-worker-1"),
+        scheduled.message.contains("stuck-worker-1-a1"),
         "{scheduled:?}"
     );
     let job = wait_phase(&client, &namespace, "stuck", "Failed", 60).await;

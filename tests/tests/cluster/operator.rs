@@ -17,9 +17,9 @@ async fn a_namespaced_install_works_with_its_role() {
         install_operator(&cluster, &["--set", &watch], &["--namespace", &namespace]).await;
     create_job(&client, &namespace, &job_manifest("scoped", 2, "")).await;
     wait_phase(&client, &namespace, "scoped", "Running", 60).await;
-    hold_pod(&client, &namespace, "scoped-worker-1").await;
+    hold_pod(&client, &namespace, "scoped-worker-1-a1").await;
     Api::<Pod>::namespaced(client.clone(), &namespace)
-        .delete("scoped-worker-1", &DeleteParams::default())
+        .delete("scoped-worker-1-a1", &DeleteParams::default())
         .await
         .expect("delete");
     wait_for(
@@ -31,7 +31,7 @@ async fn a_namespaced_install_works_with_its_role() {
         },
     )
     .await;
-    release_pod(&client, &namespace, "scoped-worker-1").await;
+    release_pod(&client, &namespace, "scoped-worker-1-a1").await;
     wait_attempt_running(&client, &namespace, "scoped", 2, 60).await;
     let failed: Vec<String> = installed
         .operator
@@ -127,7 +127,7 @@ async fn two_replicas_hand_over_and_lose_no_progress() {
 
     // The new leader runs the job on: a worker failure is handled.
     let mut third = Operator::start(&kubeconfig, &lease_namespace, "operator-2", &[]);
-    terminate_container(&client, &namespace, "led-worker-0", 1).await;
+    terminate_container(&client, &namespace, "led-worker-0-a1", 1).await;
     wait_attempt_running(&client, &namespace, "led", 2, 60).await;
 
     // SIGKILL: no release; the other replica takes over once the lease expires.
@@ -146,4 +146,80 @@ async fn two_replicas_hand_over_and_lose_no_progress() {
     }
     wait_phase(&client, &namespace, "led", "Succeeded", 60).await;
     assert!(!third.exited());
+}
+
+/// A leader paused (SIGSTOP, a frozen node) past its renew deadline loses the lease to the other
+/// replica, which runs the job on; when it resumes it writes nothing, although its watches bring
+/// it the changes it missed: it stopped acting at its own renew deadline, before its election
+/// loop could notice anything.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_paused_leader_writes_nothing_once_the_other_replica_took_over() {
+    let cluster = Cluster::from_env();
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let first = install_operator(&cluster, &[], &[]).await;
+    let kubeconfig = cluster
+        .service_account_kubeconfig(&first.namespace, "ferrotrain")
+        .await;
+    let lease_namespace = first.namespace.clone();
+    let paused = first.operator;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &lease_namespace);
+    let holder = || async {
+        leases
+            .get_opt("ferrotrain-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty())
+    };
+    assert_eq!(
+        wait_for("a leader", Duration::from_secs(30), holder).await,
+        "operator-0"
+    );
+    let _other = Operator::start(&kubeconfig, &lease_namespace, "operator-1", &[]);
+    let namespace = test_namespace(&client, "paused", "restricted").await;
+    create_job(&client, &namespace, &job_manifest("frozen", 2, "")).await;
+    wait_phase(&client, &namespace, "frozen", "Running", 60).await;
+    // A running job with no reports needs no writes: wait until the count settles.
+    let mut before = paused.api_writes();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = paused.api_writes();
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+
+    paused.signal("STOP");
+    let stopped = std::time::Instant::now();
+    wait_for("operator-1 leads", Duration::from_secs(60), || async {
+        (holder().await.as_deref() == Some("operator-1")).then_some(())
+    })
+    .await;
+    println!(
+        "takeover from a paused leader took {:.1}s",
+        stopped.elapsed().as_secs_f64()
+    );
+    // The new leader acts on a failure while the old one is paused.
+    terminate_container(&client, &namespace, "frozen-worker-0-a1", 1).await;
+    wait_attempt_running(&client, &namespace, "frozen", 2, 60).await;
+
+    paused.signal("CONT");
+    // Its watches catch up on the failure and the new attempt; it must not act on them.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        paused.api_writes(),
+        before,
+        "the resumed leader wrote to the API after the other replica took over"
+    );
+    let job = job_status(&client, &namespace, "frozen")
+        .await
+        .expect("job");
+    let status = job.status.expect("status");
+    assert_eq!(status.attempt, Some(2), "one restart, by the new leader");
+    assert_eq!(status.restarts.map(|r| r.app), Some(1));
 }

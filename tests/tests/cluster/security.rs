@@ -257,7 +257,7 @@ async fn each_attempt_has_its_own_token_and_gang_key() {
         post_progress(address, &namespace, "rotate", &first, &report(1, 10)),
         204
     );
-    terminate_container(&client, &namespace, "rotate-worker-1", 1).await;
+    terminate_container(&client, &namespace, "rotate-worker-1-a1", 1).await;
     wait_attempt_running(&client, &namespace, "rotate", 2, 60).await;
     let second_secret = token_secret_name(&client, &namespace, "rotate")
         .await

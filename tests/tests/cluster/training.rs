@@ -72,7 +72,7 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
         },
     )
     .await;
-    let victim = kubelet.pid("mnist-worker-1").expect("rank 1 runs");
+    let victim = kubelet.pid("mnist-worker-1-a1").expect("rank 1 runs");
     send_signal(victim, "KILL");
     wait_attempt_running(&client, &namespace, "mnist", 2, 120).await;
     let job = wait_phase(&client, &namespace, "mnist", "Succeeded", 600).await;

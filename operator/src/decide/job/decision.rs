@@ -41,6 +41,21 @@ pub struct Event {
     pub reason: String,
     /// Human-readable message.
     pub message: String,
+    /// The sweep trial (a TrainingJob's name) the event is about: its events form a series of
+    /// their own, apart from other trials' events with the same reason.
+    pub trial: Option<String>,
+}
+
+impl Event {
+    /// An event about one of a sweep's trials.
+    pub fn about_trial(warning: bool, reason: &str, message: &str, trial: &str) -> Self {
+        Self {
+            warning,
+            reason: reason.into(),
+            message: message.into(),
+            trial: Some(trial.into()),
+        }
+    }
 }
 
 /// The outcome of one decision.

@@ -111,7 +111,34 @@ impl Decider<'_> {
             .filter(|w| w.state == WorkerState::Gated)
             .count();
         if gated > 0 {
-            // Waiting in a queue is not failing to schedule: no gang timeout until admitted.
+            // Waiting in a queue is not failing to schedule: no gang timeout until admitted. But
+            // a queue admits a pod group whole or not at all: an elastic job that has waited a
+            // gang timeout asks again at its minimum size, which may fit.
+            let queued = self
+                .status
+                .attempt_start_time
+                .as_ref()
+                .and_then(|t| seconds_between(t.0, self.now))
+                .unwrap_or(0.0);
+            let min = self.job.spec.workers.min_replicas.map(|m| m.max(1) as u32);
+            if let Some(min) = min
+                && min < self.desired()
+                && queued >= timeout
+            {
+                let message = format!(
+                    "the queue did not admit {} workers in {timeout}s; asking it for {min} (minReplicas)",
+                    self.desired()
+                );
+                self.event(false, "ElasticResize", &message);
+                self.add_goodput(0.0, queued);
+                self.release_gang(observed, min);
+                self.transition(
+                    Phase::Restarting,
+                    "ElasticResize",
+                    &format!("restarting with world size {min}"),
+                );
+                return;
+            }
             self.set_condition(
                 "Scheduled",
                 false,

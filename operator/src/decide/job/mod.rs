@@ -210,6 +210,7 @@ impl Decider<'_> {
             warning,
             reason: reason.to_string(),
             message: message.to_string(),
+            trial: None,
         });
     }
 

@@ -72,6 +72,7 @@ impl Decider<'_> {
                     warning: false,
                     reason: "TrialStopped".into(),
                     message: format!("{}: {message}", trial.name),
+                    trial: Some(trial.name.clone()),
                 });
             }
         }

@@ -346,6 +346,7 @@ impl Decider<'_> {
                 warning: phase == SweepPhase::Failed,
                 reason: format!("{phase:?}"),
                 message: format!("{reason}: {message}"),
+                trial: None,
             });
         }
         self.status.phase = Some(phase);

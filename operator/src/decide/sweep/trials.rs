@@ -26,6 +26,7 @@ impl Decider<'_> {
                     trial.name,
                     describe_parameters(&trial.parameters)
                 ),
+                trial: Some(trial.name.clone()),
             });
             self.push_create(&trial);
             self.status.trials.push(trial);
@@ -42,6 +43,7 @@ impl Decider<'_> {
                 warning: true,
                 reason: "InvalidTrial".into(),
                 message: format!("{}: {message}", trial.name),
+                trial: Some(trial.name.clone()),
             }),
         }
     }

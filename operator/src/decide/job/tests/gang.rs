@@ -335,6 +335,38 @@ fn a_gang_held_by_a_queue_is_not_timed_out() {
     assert_eq!(restarts(&d).schedule_timeouts, 1);
 }
 
+/// A queue admits a pod group whole or not at all: an elastic job the queue has held for a gang
+/// timeout asks again at its minimum size; a job without minReplicas waits on.
+#[test]
+fn an_elastic_job_the_queue_holds_asks_again_at_its_minimum() {
+    let mut j = job("gang: {scheduleTimeoutSeconds: 60}", 3, Some(2));
+    step(&mut j, vec![], 0);
+    let d = step(&mut j, gang(3, 1, WorkerState::Gated), 59);
+    assert_eq!(phase(&d), Phase::Scheduling, "queued within the timeout");
+    let d = step(&mut j, gang(3, 1, WorkerState::Gated), 60);
+    assert_eq!(phase(&d), Phase::Restarting);
+    assert!(
+        d.events
+            .iter()
+            .any(|e| e.reason == "ElasticResize" && e.message.contains("asking it for 2")),
+        "{:?}",
+        d.events
+    );
+    assert_eq!(d.status.workers.as_ref().map(|w| w.desired), Some(2));
+    assert_eq!(deleted(&d).len(), 3, "the held group is released");
+    assert_eq!(restarts(&d), RestartCounts::default(), "no budget charged");
+    let d = step(&mut j, vec![], 62);
+    assert_eq!(created(&d), Some((2, 2)));
+    // At its minimum it waits in the queue as long as it takes.
+    let d = step(&mut j, gang(2, 2, WorkerState::Gated), 1000);
+    assert_eq!(phase(&d), Phase::Scheduling);
+
+    let mut rigid = job("gang: {scheduleTimeoutSeconds: 60}", 3, None);
+    step(&mut rigid, vec![], 0);
+    let d = step(&mut rigid, gang(3, 1, WorkerState::Gated), 600);
+    assert_eq!(phase(&d), Phase::Scheduling);
+}
+
 #[test]
 fn a_worker_that_cannot_start_its_container_is_named_and_fails_the_job() {
     let mut j = job("gang: {scheduleTimeoutSeconds: 60}", 2, None);
