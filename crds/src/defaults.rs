@@ -93,6 +93,7 @@ impl TrainerSpec {
             betas: None,
             eps: None,
             weight_decay: None,
+            l1: None,
         })
     }
 
@@ -174,6 +175,11 @@ impl OptimizerSpec {
     /// Adam ε.
     pub fn eps_or_default(&self) -> f64 {
         self.eps.unwrap_or(ADAM_EPS)
+    }
+
+    /// L1 penalty.
+    pub fn l1_or_default(&self) -> f64 {
+        self.l1.unwrap_or(0.0)
     }
 
     /// Weight decay.
@@ -416,8 +422,10 @@ mod tests {
             betas: None,
             eps: None,
             weight_decay: None,
+            l1: None,
         };
         assert_eq!(sgd.lr_or_default(), 0.01);
+        assert_eq!(sgd.l1_or_default(), 0.0);
         let adamw = OptimizerSpec {
             kind: OptimizerKind::Adamw,
             ..sgd

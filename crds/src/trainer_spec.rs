@@ -221,6 +221,12 @@ pub struct OptimizerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub weight_decay: Option<f64>,
+    /// L1 penalty: `l1 × sign(w)` is added to the gradient of every parameter, which drives
+    /// weights that do not earn their keep to zero (a sparser model than weight decay gives).
+    /// Applies to every optimiser, beside `weightDecay`. Default: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub l1: Option<f64>,
 }
 
 /// Optimisers the trainer implements.

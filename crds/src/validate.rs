@@ -385,6 +385,7 @@ fn trainer_floats(trainer: &TrainerSpec) -> Vec<(&'static str, Option<f64>)> {
             "spec.trainer.optimizer.weightDecay",
             optimizer.and_then(|o| o.weight_decay),
         ),
+        ("spec.trainer.optimizer.l1", optimizer.and_then(|o| o.l1)),
         (
             "spec.trainer.lrSchedule.gamma",
             schedule.and_then(|s| s.gamma),

@@ -2,7 +2,8 @@
 //! worker pod as a real `ferrotrain worker` process with the environment a kubelet would give
 //! the container (literal values, `secretKeyRef` and `fieldRef` values, the token file from the
 //! Secret volume), and writes the process's exit into the pod's status. A pod being deleted gets
-//! SIGTERM and is removed once its process has exited, as a kubelet does within the grace period.
+//! SIGTERM, reports its container's end once its process has exited and is removed, as a kubelet
+//! does within the grace period.
 //!
 //! Two things differ from a node, by necessity: every worker runs on 127.0.0.1, so the rendezvous
 //! host name resolves there; and the scratch and token paths are directories of the test.
@@ -18,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::cluster::{send_signal, terminate_container};
+use crate::cluster::{send_signal, terminate_container, try_terminate_container};
 use crate::credentials::secret_value;
 
 /// What the kubelet needs to know besides the pods themselves.
@@ -153,6 +154,9 @@ async fn serve(
                     .find(|p| p.uid().as_deref() == Some(uid.as_str()))
                     .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
                 if deleting {
+                    // A kubelet reports the container's end before the pod goes: a finalizer
+                    // (Kueue's on a pod group) waits for a finished pod.
+                    let _ = try_terminate_container(&client, &namespace, &worker.pod, code).await;
                     remove(&pods, &worker.pod).await;
                 } else {
                     terminate_container(&client, &namespace, &worker.pod, code).await;

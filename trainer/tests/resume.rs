@@ -126,8 +126,22 @@ impl Drop for Fixture {
 #[test]
 fn killed_and_resumed_run_matches_the_uninterrupted_run_bit_for_bit() {
     let fx = Fixture::new("determinism");
-    let spec = fx.spec("");
-    let Ok(Outcome::Completed(reference)) = fx.run(&spec, None, None) else {
+    assert_resume_is_bit_exact(&fx, &fx.spec(""));
+}
+
+/// The L1 penalty is part of every update: a resumed run applies it exactly as before.
+#[test]
+fn a_resumed_run_with_l1_matches_the_uninterrupted_run_bit_for_bit() {
+    let fx = Fixture::new("determinism-l1");
+    let mut spec = fx.spec("");
+    if let Some(optimizer) = spec.optimizer.as_mut() {
+        optimizer.l1 = Some(1e-3);
+    }
+    assert_resume_is_bit_exact(&fx, &spec);
+}
+
+fn assert_resume_is_bit_exact(fx: &Fixture, spec: &TrainerSpec) {
+    let Ok(Outcome::Completed(reference)) = fx.run(spec, None, None) else {
         panic!("reference run completes")
     };
     assert!(
@@ -136,8 +150,8 @@ fn killed_and_resumed_run_matches_the_uninterrupted_run_bit_for_bit() {
         reference.metrics
     );
 
-    let data = fx.data(&spec);
-    let Ok(Outcome::Preempted(first)) = fx.run(&spec, Some(fx.plan(&spec, &data)), Some(57)) else {
+    let data = fx.data(spec);
+    let Ok(Outcome::Preempted(first)) = fx.run(spec, Some(fx.plan(spec, &data)), Some(57)) else {
         panic!("first attempt is preempted")
     };
     assert_eq!(first.step, 57);
@@ -147,7 +161,7 @@ fn killed_and_resumed_run_matches_the_uninterrupted_run_bit_for_bit() {
         "emergency checkpoint at the stop step"
     );
 
-    let Ok(Outcome::Completed(resumed)) = fx.run(&spec, Some(fx.plan(&spec, &data)), None) else {
+    let Ok(Outcome::Completed(resumed)) = fx.run(spec, Some(fx.plan(spec, &data)), None) else {
         panic!("second attempt completes")
     };
     assert_eq!(resumed.resumed_from, Some(57));

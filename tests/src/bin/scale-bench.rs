@@ -4,7 +4,9 @@
 //! it (its ServiceAccount and RBAC, the chart's default limits). Prints a report; run through
 //! `scripts/bench-scale.sh`, which starts a fresh control plane with 100 nodes for each size.
 //!
-//! Usage: `scale-bench JOBS [STEADY_SECONDS]`
+//! Usage: `scale-bench JOBS [STEADY_SECONDS]`. With `FERROTRAIN_SCALE_PROGRESS_DEADLINE=S`, every
+//! job has `progressDeadlineSeconds: S`: shorter than the interval between two status writes of a
+//! job's progress at this many jobs, it shows whether healthy jobs are taken for stalled.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +28,10 @@ const WORKERS: u32 = 4;
 const DRIVER_CONCURRENCY: usize = 32;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-fn job(name: &str) -> TrainingJob {
+fn job(name: &str, deadline: Option<u32>) -> TrainingJob {
+    let deadline = deadline
+        .map(|s| format!(", progressDeadlineSeconds: {s}"))
+        .unwrap_or_default();
     let yaml = format!(
         r#"
 apiVersion: ferrotrain.io/v1alpha1
@@ -42,7 +47,7 @@ spec:
     batchSize: 64
     maxSteps: 1000000
   checkpoint: {{uri: "s3://ferrotrain/{name}", everySteps: 1000}}
-  runPolicy: {{gang: {{scheduleTimeoutSeconds: 900}}}}
+  runPolicy: {{gang: {{scheduleTimeoutSeconds: 900}}{deadline}}}
 "#
     );
     serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("job manifest: {e}"))
@@ -370,6 +375,9 @@ async fn bench(jobs: usize, steady: Duration) {
     let installed = install_operator(&cluster, &[], &extra).await;
     let operator = &installed.operator;
     let namespace = test_namespace(&client, "scale", "restricted").await;
+    let deadline: Option<u32> = std::env::var("FERROTRAIN_SCALE_PROGRESS_DEADLINE")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let api: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
 
     let (store, writer) = reflector::store();
@@ -396,7 +404,10 @@ async fn bench(jobs: usize, steady: Duration) {
             let api = api.clone();
             async move {
                 let name = format!("job-{i:05}");
-                if let Err(e) = api.create(&PostParams::default(), &job(&name)).await {
+                if let Err(e) = api
+                    .create(&PostParams::default(), &job(&name, deadline))
+                    .await
+                {
                     panic!("create {name}: {e}");
                 }
             }
@@ -510,14 +521,17 @@ async fn bench(jobs: usize, steady: Duration) {
         }
     };
     let to_succeeded = succeeded.map(|t| (t - completed_from).as_secs_f64());
-    let (infra, app) = store.state().iter().fold((0, 0), |(infra, app), j| {
-        let r = j
-            .status
-            .as_ref()
-            .and_then(|s| s.restarts.clone())
-            .unwrap_or_default();
-        (infra + r.infra, app + r.app)
-    });
+    let (infra, app, stall) = store
+        .state()
+        .iter()
+        .fold((0, 0, 0), |(infra, app, stall), j| {
+            let r = j
+                .status
+                .as_ref()
+                .and_then(|s| s.restarts.clone())
+                .unwrap_or_default();
+            (infra + r.infra, app + r.app, stall + r.stall)
+        });
     let histogram_end = reconcile_histogram(&operator.address).await;
     let requests_end = api_requests(&client).await;
     let (_, peak, cpu_end) = process_usage(operator.pid());
@@ -615,7 +629,12 @@ async fn bench(jobs: usize, steady: Duration) {
         "| other operator requests (steady) | {operator_other:.2} /s = {:.3} per job per minute |",
         operator_other * 60.0 / jobs as f64
     );
-    println!("| gang restarts (whole run) | infrastructure {infra}, application {app} |");
+    println!(
+        "| gang restarts (whole run) | infrastructure {infra}, application {app}, of which stalls {stall} |"
+    );
+    if let Some(deadline) = deadline {
+        println!("| progressDeadlineSeconds of every job | {deadline} |");
+    }
     println!(
         "| HTTP 429 answers (whole run) | {:.0} |",
         code_total(&requests_end, "429") - code_total(&requests_start, "429")

@@ -126,7 +126,7 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
         "{\"level\":\"ERROR\",\"fields\":{\"message\":\"training data\",",
         "\"error\":\"s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10)\"}}\n"
     );
-    terminate_container_saying(&client, &namespace, "policy-worker-1-a1", 3, Some(log_tail))
+    terminate_container_saying(&client, &namespace, "policy-worker-1-a2", 3, Some(log_tail))
         .await
         .expect("terminate");
     let job = wait_phase(&client, &namespace, "policy", "Failed", 60).await;
@@ -139,7 +139,7 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
     assert_eq!(failed.reason, "FailedByPolicy", "{failed:?}");
     assert!(
         failed.message.contains(
-            "worker policy-worker-1-a1 failed: ExitCode3 (training data: s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10))"
+            "worker policy-worker-1-a2 failed: ExitCode3 (training data: s3://data/labels.idx: byte 9: label 200 is not below dataset.classes (10))"
         ),
         "{}",
         failed.message

@@ -222,3 +222,107 @@ async fn wait_attempt_running(
     )
     .await;
 }
+
+/// A variable the S3 server of scripts/s3-server.sh exported.
+fn s3_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} unset: run `eval \"$(scripts/s3-server.sh start)\"` first")
+    })
+}
+
+/// examples/mnist-k8s.yaml as job `name` in `namespace`: checkpoints in the local S3 server, its
+/// credentials in a Secret `s3-credentials` (created here), `epochs` long. Its pods run as real
+/// trainer processes once a [`ferrotrain_tests::kubelet::Kubelet`] runs for the job.
+async fn real_mnist_job(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    epochs: u32,
+) -> serde_json::Value {
+    let credentials: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": s3_env("AWS_ACCESS_KEY_ID"),
+            "AWS_SECRET_ACCESS_KEY": s3_env("AWS_SECRET_ACCESS_KEY"),
+        },
+    }))
+    .expect("secret");
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    if secrets
+        .get_opt("s3-credentials")
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        secrets
+            .create(&PostParams::default(), &credentials)
+            .await
+            .expect("credentials");
+    }
+    let text =
+        std::fs::read_to_string(workspace_root().join("examples/mnist-k8s.yaml")).expect("example");
+    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
+    manifest["metadata"]["name"] = serde_json::json!(name);
+    manifest["metadata"]["namespace"] = serde_json::json!(namespace);
+    let bucket = s3_env("FERROTRAIN_TEST_S3_BUCKET");
+    manifest["spec"]["checkpoint"]["uri"] =
+        serde_json::json!(format!("s3://{bucket}/{namespace}/{name}"));
+    manifest["spec"]["checkpoint"]["endpoint"] =
+        serde_json::json!(s3_env("FERROTRAIN_TEST_S3_ENDPOINT"));
+    manifest["spec"]["checkpoint"]["secretRef"]["name"] = serde_json::json!("s3-credentials");
+    manifest["spec"]["trainer"]["epochs"] = serde_json::json!(epochs);
+    manifest
+}
+
+/// A kubelet that runs the pods of job `name` as real trainer processes, one compute thread
+/// each, with their files under the cluster's directory.
+fn real_kubelet(
+    cluster: &Cluster,
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> ferrotrain_tests::kubelet::Kubelet {
+    ferrotrain_tests::kubelet::Kubelet::start(
+        client.clone(),
+        namespace,
+        name,
+        ferrotrain_tests::kubelet::KubeletConfig {
+            binary: ferrotrain_tests::cluster::ferrotrain_binary(),
+            data_dir: workspace_root().join("data"),
+            work_dir: cluster.dir.join(namespace),
+            threads: 1,
+        },
+    )
+}
+
+/// The `resumedFrom` of the trainers that completed under `dir` (their worker logs), highest
+/// first found.
+fn resumed_from(dir: &std::path::Path) -> Option<i64> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.ends_with("worker.log"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["event"] == "completed")
+                .filter_map(|v| v["resumedFrom"].as_i64())
+                .collect::<Vec<_>>()
+        })
+        .max()
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -217,3 +217,118 @@ async fn a_higher_priority_gang_preempts_a_running_one_whole() {
         "403s with the chart's RBAC: {refused:#?}"
     );
 }
+
+/// Real trainers under Kueue: a gang preempted by a higher-priority one is stopped by the queue
+/// (SIGTERM: each rank commits an emergency checkpoint and exits), restarts as a preemption, waits
+/// in the queue, and when re-admitted resumes from that checkpoint; periodic checkpoints are off,
+/// so a resume from any step but 0 is a resume from the emergency checkpoint.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh, Kueue of scripts/kueue.sh and the S3 server of scripts/s3-server.sh"]
+async fn a_preempted_gang_resumes_from_its_emergency_checkpoint_when_readmitted() {
+    let Scenario {
+        cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("requeue", "restricted").await;
+    queued_namespace(&cluster, &namespace, 3).await;
+    let mut manifest = real_mnist_job(&client, &namespace, "routine", 20).await;
+    manifest["spec"]["runPolicy"]["queue"] = serde_json::json!("team");
+    manifest["spec"]["workers"]["resources"] =
+        serde_json::json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}});
+    manifest["spec"]["checkpoint"]["everySteps"] = serde_json::json!(1_000_000);
+    manifest["spec"]["checkpoint"]["everySeconds"] = serde_json::json!(100_000);
+    create_job(&client, &namespace, &manifest).await;
+    let _kubelet = real_kubelet(&cluster, &client, &namespace, "routine");
+    wait_phase(&client, &namespace, "routine", "Running", 90).await;
+    wait_for("routine steps", Duration::from_secs(120), || async {
+        let job = job_status(&client, &namespace, "routine").await?;
+        (job.status?.progress?.step >= 100).then_some(())
+    })
+    .await;
+    create_job(&client, &namespace, &queued_job("urgent", Some("urgent"))).await;
+    let preempted = wait_for(
+        "routine preempted and queued again",
+        Duration::from_secs(120),
+        || async {
+            let job = job_status(&client, &namespace, "routine").await?;
+            let status = job.status.clone()?;
+            let queued = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Scheduled" && c.reason == "Queued");
+            (status.attempt == Some(2) && queued).then_some(status)
+        },
+    )
+    .await;
+    let restarts = preempted.restarts.clone().unwrap_or_default();
+    println!(
+        "routine preempted: restarts {restarts:?}, checkpoint {:?}",
+        preempted.checkpoint
+    );
+    assert_eq!(
+        (restarts.preemption, restarts.app),
+        (1, 0),
+        "a preemption by the queue, never the application's budget: {restarts:?}"
+    );
+    Api::<TrainingJob>::namespaced(client.clone(), &namespace)
+        .delete("urgent", &DeleteParams::foreground())
+        .await
+        .expect("delete the urgent job");
+    let done = wait_phase(&client, &namespace, "routine", "Succeeded", 600).await;
+    let status = done.status.unwrap_or_default();
+    assert_eq!(status.attempt, Some(2), "{:?}", status.restarts);
+    let resumed = resumed_from(&cluster.dir.join(&namespace)).expect("a completed worker");
+    assert!(
+        resumed >= 100,
+        "attempt 2 resumed from the emergency checkpoint (step {resumed})"
+    );
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
+}
+
+/// An elastic gang larger than its queue: Kueue admits a pod group whole or not at all, so after
+/// a gang timeout in the queue the job asks again at minReplicas, is admitted and runs.
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh and Kueue of scripts/kueue.sh"]
+async fn an_elastic_gang_too_large_for_its_queue_is_admitted_at_its_minimum() {
+    let Scenario {
+        cluster,
+        client,
+        installed,
+        namespace,
+    } = Scenario::start("elastic-queue", "restricted").await;
+    queued_namespace(&cluster, &namespace, 2).await;
+    let manifest = job_with(
+        "wide",
+        "replicas: 3, minReplicas: 2, resources: {requests: {cpu: '1', memory: 1Gi}, limits: {memory: 1Gi}}",
+        "queue: team, gang: {scheduleTimeoutSeconds: 10}",
+    );
+    create_job(&client, &namespace, &manifest).await;
+    wait_condition(&client, &namespace, "wide", "queued", 60, |c| {
+        c.type_ == "Scheduled" && c.reason == "Queued"
+    })
+    .await;
+    let running = wait_phase(&client, &namespace, "wide", "Running", 120).await;
+    let status = running.status.unwrap_or_default();
+    assert_eq!(status.workers.as_ref().map(|w| w.desired), Some(2));
+    assert_eq!(status.attempt, Some(2));
+    let restarts = status.restarts.unwrap_or_default();
+    assert_eq!(
+        (restarts.app, restarts.infra, restarts.schedule_timeouts),
+        (0, 0, 0),
+        "asking the queue for less is no failure: {restarts:?}"
+    );
+    let events = cluster.events(&namespace, "ElasticResize");
+    assert!(events.contains("asking it for 2"), "{events}");
+    let admitted = workloads(&cluster, &namespace);
+    assert!(admitted.lines().any(|l| l.ends_with(" True")), "{admitted}");
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
+}

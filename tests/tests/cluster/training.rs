@@ -10,57 +10,17 @@ use super::*;
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh and the S3 server of scripts/s3-server.sh"]
 async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
-    use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
-    let s3 = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} unset: run `eval \"$(scripts/s3-server.sh start)\"` first")
-        })
-    };
-    let (endpoint, bucket) = (
-        s3("FERROTRAIN_TEST_S3_ENDPOINT"),
-        s3("FERROTRAIN_TEST_S3_BUCKET"),
-    );
     let Scenario {
         cluster,
         client,
         installed,
         namespace,
     } = Scenario::start("train", "restricted").await;
-    let credentials: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": s3("AWS_ACCESS_KEY_ID"),
-            "AWS_SECRET_ACCESS_KEY": s3("AWS_SECRET_ACCESS_KEY"),
-        },
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &credentials)
-        .await
-        .expect("credentials");
-    let text =
-        std::fs::read_to_string(workspace_root().join("examples/mnist-k8s.yaml")).expect("example");
-    let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("example YAML");
-    manifest["metadata"]["namespace"] = serde_json::json!(namespace);
-    manifest["spec"]["checkpoint"]["uri"] =
-        serde_json::json!(format!("s3://{bucket}/{namespace}/mnist"));
-    manifest["spec"]["checkpoint"]["endpoint"] = serde_json::json!(endpoint);
-    manifest["spec"]["checkpoint"]["secretRef"]["name"] = serde_json::json!("s3-credentials");
-    // Three epochs take about 5 s here: long enough a run that the kill lands mid-training.
-    manifest["spec"]["trainer"]["epochs"] = serde_json::json!(20);
+    // Twenty epochs: long enough a run that the kill lands mid-training.
+    let manifest = real_mnist_job(&client, &namespace, "mnist", 20).await;
     create_job(&client, &namespace, &manifest).await;
     let work_dir = cluster.dir.join(&namespace);
-    let kubelet = Kubelet::start(
-        client.clone(),
-        &namespace,
-        "mnist",
-        KubeletConfig {
-            binary: ferrotrain_tests::cluster::ferrotrain_binary(),
-            data_dir: workspace_root().join("data"),
-            work_dir: work_dir.clone(),
-            threads: 1,
-        },
-    );
+    let kubelet = real_kubelet(&cluster, &client, &namespace, "mnist");
     wait_phase(&client, &namespace, "mnist", "Running", 60).await;
     let checkpointed = wait_for(
         "a checkpoint in status",
@@ -95,18 +55,7 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
         "a SIGKILL is not the application's fault"
     );
     // Attempt 2 started from the checkpoint, not from step 0.
-    let logs: String = walk(&work_dir)
-        .into_iter()
-        .filter(|p| p.ends_with("worker.log"))
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .collect();
-    let resumed = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["event"] == "completed")
-        .filter_map(|v| v["resumedFrom"].as_i64())
-        .max()
-        .expect("a completed worker that resumed");
+    let resumed = resumed_from(&work_dir).expect("a completed worker that resumed");
     assert!(
         resumed >= checkpointed,
         "resumed from {resumed}, checkpoint was {checkpointed}"
@@ -117,19 +66,6 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
         "403s with the chart's RBAC: {refused:#?}"
     );
     delete_namespace(&client, &namespace).await;
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[tokio::test]
