@@ -5,8 +5,9 @@
 //! `scripts/bench-scale.sh`, which starts a fresh control plane with 100 nodes for each size.
 //!
 //! Usage: `scale-bench JOBS [STEADY_SECONDS]`. With `FERROTRAIN_SCALE_PROGRESS_DEADLINE=S`, every
-//! job has `progressDeadlineSeconds: S`: shorter than the interval between two status writes of a
-//! job's progress at this many jobs, it shows whether healthy jobs are taken for stalled.
+//! job gets `progressDeadlineSeconds: S` once it reports progress (before the steady window):
+//! shorter than the interval between two status writes of a job's progress at this many jobs, it
+//! shows whether healthy jobs are taken for stalled.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use ferrotrain_tests::cluster::{
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 
@@ -28,10 +29,7 @@ const WORKERS: u32 = 4;
 const DRIVER_CONCURRENCY: usize = 32;
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
-fn job(name: &str, deadline: Option<u32>) -> TrainingJob {
-    let deadline = deadline
-        .map(|s| format!(", progressDeadlineSeconds: {s}"))
-        .unwrap_or_default();
+fn job(name: &str) -> TrainingJob {
     let yaml = format!(
         r#"
 apiVersion: ferrotrain.io/v1alpha1
@@ -47,7 +45,7 @@ spec:
     batchSize: 64
     maxSteps: 1000000
   checkpoint: {{uri: "s3://ferrotrain/{name}", everySteps: 1000}}
-  runPolicy: {{gang: {{scheduleTimeoutSeconds: 900}}{deadline}}}
+  runPolicy: {{gang: {{scheduleTimeoutSeconds: 900}}}}
 "#
     );
     serde_yaml::from_str(&yaml).unwrap_or_else(|e| panic!("job manifest: {e}"))
@@ -405,7 +403,7 @@ async fn bench(jobs: usize, steady: Duration) {
             async move {
                 let name = format!("job-{i:05}");
                 if let Err(e) = api
-                    .create(&PostParams::default(), &job(&name, deadline))
+                    .create(&PostParams::default(), &job(&name))
                     .await
                 {
                     panic!("create {name}: {e}");
@@ -474,6 +472,25 @@ async fn bench(jobs: usize, steady: Duration) {
     ));
     // Let the first round of progress writes pass before measuring.
     tokio::time::sleep(Duration::from_secs(15)).await;
+    if let Some(deadline) = deadline {
+        let patch =
+            serde_json::json!({"spec": {"runPolicy": {"progressDeadlineSeconds": deadline}}});
+        futures::stream::iter(store.state())
+            .for_each_concurrent(DRIVER_CONCURRENCY, |job| {
+                let (api, patch) = (api.clone(), patch.clone());
+                async move {
+                    let name = job.name_any();
+                    if let Err(e) = api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                    {
+                        panic!("deadline of {name}: {e}");
+                    }
+                }
+            })
+            .await;
+        eprintln!("every job's progressDeadlineSeconds is now {deadline}");
+    }
     let requests_steady = api_requests(&client).await;
     let histogram_steady = reconcile_histogram(&operator.address).await;
     let (_, _, cpu_steady) = process_usage(operator.pid());
@@ -485,8 +502,11 @@ async fn bench(jobs: usize, steady: Duration) {
     let histogram_steady_end = reconcile_histogram(&operator.address).await;
     let (rss, _, cpu_steady_end) = process_usage(operator.pid());
     let reports = (accepted.load(Ordering::Relaxed) - accepted_steady) as f64 / seconds;
-    stop.store(true, Ordering::SeqCst);
-    let _ = generator.await;
+    let stalled_in_window: i32 = store
+        .state()
+        .iter()
+        .filter_map(|j| j.status.as_ref()?.restarts.as_ref().map(|r| r.stall))
+        .sum();
 
     // Completion: every running worker exits 0, as a kubelet reports it; again for the workers
     // of gangs that restarted meanwhile, until every job has succeeded.
@@ -520,6 +540,9 @@ async fn bench(jobs: usize, steady: Duration) {
             break None;
         }
     };
+    // Trainers report until they exit: the reports stop only once every job has finished.
+    stop.store(true, Ordering::SeqCst);
+    let _ = generator.await;
     let to_succeeded = succeeded.map(|t| (t - completed_from).as_secs_f64());
     let (infra, app, stall) = store
         .state()
@@ -633,7 +656,9 @@ async fn bench(jobs: usize, steady: Duration) {
         "| gang restarts (whole run) | infrastructure {infra}, application {app}, of which stalls {stall} |"
     );
     if let Some(deadline) = deadline {
-        println!("| progressDeadlineSeconds of every job | {deadline} |");
+        println!(
+            "| progressDeadlineSeconds {deadline}: stall restarts by the end of the steady window | {stalled_in_window} |"
+        );
     }
     println!(
         "| HTTP 429 answers (whole run) | {:.0} |",
