@@ -402,10 +402,7 @@ async fn bench(jobs: usize, steady: Duration) {
             let api = api.clone();
             async move {
                 let name = format!("job-{i:05}");
-                if let Err(e) = api
-                    .create(&PostParams::default(), &job(&name))
-                    .await
-                {
+                if let Err(e) = api.create(&PostParams::default(), &job(&name)).await {
                     panic!("create {name}: {e}");
                 }
             }
