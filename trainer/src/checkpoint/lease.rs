@@ -134,13 +134,17 @@ impl Lease {
     ) -> Result<Self, LeaseError> {
         let nonce = storage::unique_nonce();
         let mut seen_renewal: Option<u64> = None;
+        let waiting_since = std::time::Instant::now();
         loop {
             let latest = read_latest(&location).await?;
             let now = now_unix_ms();
             if let Some((generation, record)) = &latest
                 && !record.released
             {
-                let live = record.expires_unix_ms > now;
+                // A holder that has not renewed for two lease durations is gone, whatever expiry
+                // a clock far ahead of ours wrote.
+                let live =
+                    record.expires_unix_ms > now && waiting_since.elapsed() < 2 * terms.duration;
                 if record.holder == holder.id && record.attempt > holder.attempt {
                     return Err(LeaseError::Superseded {
                         uri: location.uri.clone(),
@@ -512,6 +516,36 @@ mod tests {
         let generations = std::fs::read_dir(dir.join(LEASE_DIR)).expect("dir").count();
         assert!(generations <= 2, "{generations} generations kept");
         assert!(other.generation() >= 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A dead holder whose clock ran an hour ahead wrote an expiry an hour away: it is taken
+    /// over once it has not renewed for two lease durations.
+    #[tokio::test]
+    async fn a_holder_that_never_renews_is_gone_whatever_expiry_it_wrote() {
+        let (dir, loc) = location("skew");
+        let far = LeaseRecord {
+            holder: "ahead".into(),
+            job: "default/ahead".into(),
+            attempt: 1,
+            nonce: "n".into(),
+            renewed_unix_ms: now_unix_ms() + 3_600_000,
+            expires_unix_ms: now_unix_ms() + 3_600_000,
+            released: false,
+        };
+        loc.store
+            .put(
+                &loc.key(&generation_key(7)),
+                PutPayload::from(serde_json::to_vec(&far).expect("json")),
+            )
+            .await
+            .expect("write");
+        let started = std::time::Instant::now();
+        let lease = Lease::acquire(loc.clone(), holder("b", 1), short())
+            .await
+            .expect("taken over");
+        assert!(started.elapsed() >= 2 * short().duration);
+        assert_eq!(lease.generation(), 8);
         let _ = std::fs::remove_dir_all(dir);
     }
 
