@@ -22,7 +22,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::hub::ProgressHub;
 use crate::cluster::ownership::{controlled_by, held_by_another};
-use crate::cluster::sweep_watch::{Pacer, TrialIndex};
+use crate::cluster::sweep_watch::TrialIndex;
 use crate::decide::job::Event as Note;
 use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
@@ -68,7 +68,6 @@ pub struct Context {
     hub: Arc<ProgressHub>,
     trials: Store<TrainingJob>,
     index: Arc<TrialIndex>,
-    pacer: Pacer,
 }
 
 /// What a trial's TrainingJob says, for the decision.
@@ -97,9 +96,6 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = sweep.name_any();
     let sweep_uid = sweep.uid().unwrap_or_default();
-    if let Some(wait) = ctx.pacer.wait_before(&sweep_uid, std::time::Instant::now()) {
-        return Ok(Requeue::requeue(wait));
-    }
     if tokio::time::timeout(Duration::from_secs(5), ctx.trials.wait_until_ready())
         .await
         .is_err()
@@ -340,12 +336,11 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
     let (trials, writer) = reflector::store();
     let index = Arc::new(TrialIndex::default());
     let indexing = Arc::clone(&index);
-    // Every trial goes into the cache; only a change the sweep decides on wakes it.
     let trial_events = watcher(jobs, watcher::Config::default().labels(SWEEP_LABEL))
         .default_backoff()
         .map_ok(|event| event.modify(|job| job.metadata.managed_fields = None))
         .reflect(writer)
-        .try_filter(move |event| std::future::ready(indexing.observe(event)))
+        .inspect_ok(move |event| indexing.observe(event))
         .touched_objects();
     let recorder = Recorder::new(
         client.clone(),
@@ -368,11 +363,10 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
         hub,
         trials,
         index,
-        pacer: Pacer::default(),
     });
     Controller::new(sweeps, watcher::Config::default())
         .owns_stream(trial_events)
-        .with_config(ControllerConfig::default())
+        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
