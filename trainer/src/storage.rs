@@ -140,6 +140,24 @@ pub fn open(uri: &str, options: &S3Options) -> Result<Location, StorageError> {
     }
 }
 
+/// Wall-clock time in milliseconds since the Unix epoch (what manifests and leases record).
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh local directory as a `file://` location for tests, named after `kind` and `name`;
+/// returns the directory to remove afterwards.
+#[cfg(test)]
+pub(crate) fn temp_location(kind: &str, name: &str) -> (std::path::PathBuf, Location) {
+    let dir = std::env::temp_dir().join(format!("ferrotrain-{kind}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let location =
+        open(&format!("file://{}", dir.display()), &S3Options::default()).expect("opens");
+    (dir, location)
+}
+
 /// 64 random bits in hex: keys and records no other writer produces.
 pub fn unique_nonce() -> String {
     let mut seed = [0u8; 8];
@@ -148,10 +166,7 @@ pub fn unique_nonce() -> String {
     let value = if random {
         u64::from_le_bytes(seed)
     } else {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            ^ u64::from(std::process::id())
+        now_unix_ms() ^ u64::from(std::process::id())
     };
     format!("{value:016x}")
 }

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{self, Location};
+use crate::storage::{self, Location, now_unix_ms};
 
 /// Folder of the lease's generations under the checkpoint location.
 pub const LEASE_DIR: &str = "lease";
@@ -414,23 +414,12 @@ async fn read_latest(location: &Location) -> Result<Option<(u64, LeaseRecord)>, 
     Ok(Some((newest, record)))
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{S3Options, open};
 
     fn location(name: &str) -> (std::path::PathBuf, Location) {
-        let dir =
-            std::env::temp_dir().join(format!("ferrotrain-lease-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let uri = format!("file://{}", dir.display());
-        (dir, open(&uri, &S3Options::default()).expect("store"))
+        crate::storage::temp_location("lease", name)
     }
 
     fn holder(id: &str, attempt: u32) -> Holder {

@@ -11,7 +11,7 @@ use crate::checkpoint::layout::{
     manifest_key, sha256_hex,
 };
 use crate::checkpoint::lease::Fence;
-use crate::storage::{self, Location};
+use crate::storage::{self, Location, now_unix_ms};
 
 /// The newest checkpoint that verifies, if any, and the newer ones passed over (step, problem).
 pub type LatestAndRejected = (Option<(Snapshot, Manifest)>, Vec<(u64, String)>);
@@ -419,24 +419,13 @@ fn store_error(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> C
     move |source| CheckpointError::Store { what, source }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::checkpoint::layout::TrainingState;
-    use crate::storage::{S3Options, open};
 
     fn temp_location(name: &str) -> (std::path::PathBuf, Location) {
-        let dir =
-            std::env::temp_dir().join(format!("ferrotrain-ckpt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let loc = open(&format!("file://{}", dir.display()), &S3Options::default()).expect("opens");
-        (dir, loc)
+        crate::storage::temp_location("ckpt", name)
     }
 
     fn snapshot(step: u64) -> Snapshot {
