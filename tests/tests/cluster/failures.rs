@@ -58,11 +58,7 @@ async fn a_job_runs_to_success_with_the_charts_rbac() {
         terminate_container(&client, &namespace, &pod.name_any(), 0).await;
     }
     wait_phase(&client, &namespace, "happy", "Succeeded", 60).await;
-    let forbidden = installed.operator.forbidden();
-    assert!(
-        forbidden.is_empty(),
-        "403s with the chart's RBAC: {forbidden:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
     let _ = installed.namespace;
 }
 
@@ -91,11 +87,7 @@ async fn a_worker_exit_restarts_the_whole_gang() {
         running_pods(&client, &namespace, "restart", 2).await.len(),
         2
     );
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }
 
 /// A malformed-data exit (3) fails the job on its first attempt, naming the worker's own last
@@ -149,11 +141,7 @@ async fn the_failure_policy_fails_fast_and_names_the_workers_error() {
         Some(0),
         "no budget was used"
     );
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }
 
 /// Deleting a finished job: the real garbage collector removes its pods, Service and Secret.

@@ -326,3 +326,12 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The operator, installed with the chart's RBAC, was never refused a call for lack of rights.
+fn assert_no_rbac_refusals(installed: &Installed) {
+    let refused = installed.operator.forbidden();
+    assert!(
+        refused.is_empty(),
+        "403s with the chart's RBAC: {refused:#?}"
+    );
+}

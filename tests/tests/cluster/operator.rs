@@ -58,17 +58,7 @@ async fn two_replicas_hand_over_and_lose_no_progress() {
     let lease_namespace = first.namespace.clone();
     let mut leader = first.operator;
     // Let the first replica take the lease before the second starts.
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &lease_namespace);
-    let holder = || async {
-        leases
-            .get_opt("ferrotrain-operator")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&client, &lease_namespace);
     assert_eq!(
         wait_for("a leader", Duration::from_secs(30), holder).await,
         "operator-0"
@@ -164,17 +154,7 @@ async fn a_paused_leader_writes_nothing_once_the_other_replica_took_over() {
         .await;
     let lease_namespace = first.namespace.clone();
     let paused = first.operator;
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), &lease_namespace);
-    let holder = || async {
-        leases
-            .get_opt("ferrotrain-operator")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&client, &lease_namespace);
     assert_eq!(
         wait_for("a leader", Duration::from_secs(30), holder).await,
         "operator-0"
@@ -222,4 +202,15 @@ async fn a_paused_leader_writes_nothing_once_the_other_replica_took_over() {
     let status = job.status.expect("status");
     assert_eq!(status.attempt, Some(2), "one restart, by the new leader");
     assert_eq!(status.restarts.map(|r| r.app), Some(1));
+}
+
+/// The replica that holds the operator's Lease in `namespace`, if any.
+async fn lease_holder(client: &Client, namespace: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
+        .get_opt("ferrotrain-operator")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty())
 }

@@ -155,11 +155,7 @@ async fn a_gang_waits_in_the_queue_without_timing_out_and_runs_when_admitted() {
         0,
         "queued time is not scheduling time"
     );
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }
 
 /// A gang of higher priority preempts a running one whole: Kueue stops its pod group, the job
@@ -211,11 +207,7 @@ async fn a_higher_priority_gang_preempts_a_running_one_whole() {
         .expect("delete the urgent job");
     let running = wait_phase(&client, &namespace, "routine", "Running", 90).await;
     assert_eq!(running.status.and_then(|s| s.attempt), Some(2));
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }
 
 /// Real trainers under Kueue: a gang preempted by a higher-priority one is stopped by the queue
@@ -283,11 +275,7 @@ async fn a_preempted_gang_resumes_from_its_emergency_checkpoint_when_readmitted(
         resumed >= 100,
         "attempt 2 resumed from the emergency checkpoint (step {resumed})"
     );
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }
 
 /// An elastic gang larger than its queue: Kueue admits a pod group whole or not at all, so after
@@ -326,9 +314,5 @@ async fn an_elastic_gang_too_large_for_its_queue_is_admitted_at_its_minimum() {
     assert!(events.contains("asking it for 2"), "{events}");
     let admitted = workloads(&cluster, &namespace);
     assert!(admitted.lines().any(|l| l.ends_with(" True")), "{admitted}");
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }

@@ -305,11 +305,7 @@ async fn each_attempt_has_its_own_token_and_gang_key() {
             .and_then(|v| v.secret.as_ref()?.secret_name.clone());
         assert_eq!(mounted.as_deref(), Some(second_secret.as_str()));
     }
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }
 
 /// The progress endpoint over TLS: the operator serves its certificate, passes the CA bundle to
@@ -471,9 +467,5 @@ async fn workers_report_progress_over_tls() {
     })
     .await;
     assert_eq!(code, 401);
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
 }

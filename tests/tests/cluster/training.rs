@@ -60,11 +60,7 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
         resumed >= checkpointed,
         "resumed from {resumed}, checkpoint was {checkpointed}"
     );
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
     delete_namespace(&client, &namespace).await;
 }
 
@@ -206,11 +202,7 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
         },
     )
     .await;
-    assert!(
-        installed.operator.forbidden().is_empty(),
-        "403s with the chart's RBAC: {:#?}",
-        installed.operator.forbidden()
-    );
+    assert_no_rbac_refusals(&installed);
     delete_namespace(&client, &namespace).await;
 }
 
@@ -251,10 +243,6 @@ async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_create
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
     let trials = jobs.list(&Default::default()).await.expect("list");
     assert!(trials.items.is_empty(), "no trial was created");
-    let refused = installed.operator.forbidden();
-    assert!(
-        refused.is_empty(),
-        "403s with the chart's RBAC: {refused:#?}"
-    );
+    assert_no_rbac_refusals(&installed);
     delete_namespace(&client, &namespace).await;
 }
