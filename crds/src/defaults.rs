@@ -6,7 +6,7 @@ use crate::run_policy::{
     CheckpointSpec, CleanPodPolicy, FailureAction, FailureReason, ResumePolicy, RunPolicy,
 };
 use crate::trainer_spec::{
-    DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode, EarlyStoppingSpec,
+    AugmentSpec, DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode, EarlyStoppingSpec,
     GradientCompression, LrScheduleKind, LrScheduleSpec, ModeKind, ModelKind, ModelSpec,
     OptimizerKind, OptimizerSpec, Precision, TrainerSpec,
 };
@@ -79,6 +79,35 @@ impl DatasetSpec {
     /// Validation fraction when there is no separate test set.
     pub fn validation_split_or_default(&self) -> f64 {
         self.validation_split.unwrap_or(VALIDATION_SPLIT)
+    }
+}
+
+impl AugmentSpec {
+    /// Largest shift in pixels.
+    pub fn shift_pixels_or_default(&self) -> usize {
+        self.shift_pixels.map_or(0, |s| s.max(0) as usize)
+    }
+
+    /// Largest rotation in degrees.
+    pub fn rotation_degrees_or_default(&self) -> f64 {
+        self.rotation_degrees.unwrap_or(0.0)
+    }
+
+    /// Standard deviation of the pixel noise.
+    pub fn noise_std_or_default(&self) -> f64 {
+        self.noise_std.unwrap_or(0.0)
+    }
+}
+
+impl crate::compression::PruningSpec {
+    /// Step of the first pruning round.
+    pub fn start_step_or_default(&self) -> u64 {
+        self.start_step.map_or(0, |s| s.max(0) as u64)
+    }
+
+    /// Steps between pruning rounds.
+    pub fn every_steps_or_default(&self) -> u64 {
+        self.every_steps.map_or(100, |s| s.max(1) as u64)
     }
 }
 
@@ -373,6 +402,7 @@ mod tests {
                 header: None,
                 validation_split: None,
                 classes: None,
+                augment: None,
             },
             batch_size: 64,
             epochs: Some(1),
@@ -387,6 +417,7 @@ mod tests {
             seed: None,
             device: None,
             init_from: None,
+            compression: None,
         }
     }
 

@@ -5,9 +5,11 @@
 //! This crate has no Kubernetes client and no async runtime: the operator, the local runner and the
 //! trainer all depend on it.
 
+pub mod compression;
 pub mod crd;
 pub mod defaults;
 pub mod env;
+pub mod field_error;
 pub mod formats;
 pub mod progress;
 pub mod run_policy;
@@ -18,7 +20,9 @@ pub mod trainer_spec;
 pub mod tunables;
 pub mod types;
 pub mod validate;
+pub mod validate_trainer;
 
+pub use compression::*;
 pub use run_policy::*;
 pub use status::*;
 pub use trainer_spec::*;

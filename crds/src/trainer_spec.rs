@@ -66,6 +66,9 @@ pub struct TrainerSpec {
     /// checkpoints take precedence once it has written one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFromSpec>,
+    /// Model compression while training (pruning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::compression::CompressionSpec>,
 }
 
 /// A checkpoint to start from.
@@ -128,6 +131,7 @@ pub enum ModelKind {
 #[x_kube(validation = Rule::new("self.type != 'csv' || has(self.uri)").message("type csv needs uri").field_path(".uri"))]
 #[x_kube(validation = Rule::new("self.type == 'csv' || (!has(self.uri) && !has(self.testUri) && !has(self.labelColumn) && !has(self.header))").message("uri, testUri, labelColumn and header apply only to type csv").field_path(".uri"))]
 #[x_kube(validation = Rule::new("has(self.testImages) == has(self.testLabels)").message("testImages and testLabels go together").field_path(".testImages"))]
+#[x_kube(validation = Rule::new("self.type != 'csv' || !has(self.augment)").message("augment transforms images; type csv has none, use mnist or idx").field_path(".augment"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {
     /// `mnist` (built into the trainer image), `idx` (an IDX image/label pair) or `csv`.
@@ -174,6 +178,33 @@ pub struct DatasetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 256))]
     pub classes: Option<i32>,
+    /// Random transformations of every training image (never of evaluation images), drawn from
+    /// the seed, the step and the rank so that a resumed run sees the images an uninterrupted
+    /// run sees. Image datasets only (`mnist`, `idx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentSpec>,
+}
+
+/// Data augmentation of training images. Each transformation is off at 0 (the default); pixels
+/// are on the [0, 1] scale the trainer reads images in.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AugmentSpec {
+    /// Largest shift in pixels along each axis (uniform in [-shiftPixels, shiftPixels]); pixels
+    /// shifted in from outside are background (0): a random crop of the zero-padded image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 8))]
+    pub shift_pixels: Option<i32>,
+    /// Largest rotation in degrees about the image centre (uniform in
+    /// [-rotationDegrees, rotationDegrees]), sampled bilinearly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 45.0))]
+    pub rotation_degrees: Option<f64>,
+    /// Standard deviation of Gaussian noise added to every pixel; the result is clamped to
+    /// [0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub noise_std: Option<f64>,
 }
 
 /// Dataset formats.

@@ -3,21 +3,19 @@
 //! operator and the local runner call [`validate`] before acting on a job.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::env;
+pub use crate::field_error::FieldError;
 use crate::formats::{
     MAX_DNS_LABEL, Scheme, is_dns1035_label, is_label_value, is_qualified_name, parse_quantity,
     parse_storage_uri,
 };
 use crate::run_policy::{CheckpointSpec, FailurePolicy, FailureReason};
-use crate::trainer_spec::{
-    DatasetKind, DatasetSpec, EarlyStoppingMetric, EarlyStoppingMode, LrScheduleKind, ModelKind,
-    TrainerSpec,
-};
 use crate::types::{PodOverlay, TrainingJob, WorkersSpec};
+use crate::validate_trainer::validate_trainer;
+pub use crate::validate_trainer::validate_trainer_spec;
 
 /// Label and annotation prefix owned by the operator.
 pub const RESERVED_LABEL_PREFIX: &str = "ferrotrain.io/";
@@ -34,31 +32,6 @@ pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
 /// The largest object the API server stores (etcd's default request limit): every worker pod
 /// carries the overlay, so the overlay must fit with room for the rest of the pod.
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
-
-/// One problem with a manifest: the full field path and how to fix it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path from the object root, for example `spec.workers.replicas`.
-    pub field: String,
-    /// What is wrong and what to do instead.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A new error at `field`.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
 
 /// Checks everything about a job that the schema and CEL rules cannot; returns every problem.
 pub fn validate(job: &TrainingJob) -> Result<(), Vec<FieldError>> {
@@ -351,159 +324,6 @@ fn validate_overlay(overlay: &PodOverlay, errors: &mut Vec<FieldError>) {
     }
 }
 
-/// Checks a trainer configuration on its own (the trainer's `--config` file); paths start at
-/// `spec.trainer` as in a TrainingJob.
-pub fn validate_trainer_spec(trainer: &TrainerSpec) -> Result<(), Vec<FieldError>> {
-    let mut errors = Vec::new();
-    validate_trainer(trainer, &mut errors);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// Every number of a trainer spec that is a float, by field path: NaN and ±Inf compare false
-/// against every bound, so each range rule would let them through.
-fn trainer_floats(trainer: &TrainerSpec) -> Vec<(&'static str, Option<f64>)> {
-    let optimizer = trainer.optimizer.as_ref();
-    let schedule = trainer.lr_schedule.as_ref();
-    vec![
-        ("spec.trainer.gradClipNorm", trainer.grad_clip_norm),
-        ("spec.trainer.model.dropout", trainer.model.dropout),
-        (
-            "spec.trainer.dataset.validationSplit",
-            trainer.dataset.validation_split,
-        ),
-        ("spec.trainer.optimizer.lr", optimizer.and_then(|o| o.lr)),
-        (
-            "spec.trainer.optimizer.momentum",
-            optimizer.and_then(|o| o.momentum),
-        ),
-        ("spec.trainer.optimizer.eps", optimizer.and_then(|o| o.eps)),
-        (
-            "spec.trainer.optimizer.weightDecay",
-            optimizer.and_then(|o| o.weight_decay),
-        ),
-        ("spec.trainer.optimizer.l1", optimizer.and_then(|o| o.l1)),
-        (
-            "spec.trainer.lrSchedule.gamma",
-            schedule.and_then(|s| s.gamma),
-        ),
-        (
-            "spec.trainer.lrSchedule.minLr",
-            schedule.and_then(|s| s.min_lr),
-        ),
-        (
-            "spec.trainer.earlyStopping.minDelta",
-            trainer.early_stopping.as_ref().and_then(|e| e.min_delta),
-        ),
-    ]
-}
-
-fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldError>) {
-    let base = "spec.trainer";
-    let before = errors.len();
-    for (field, value) in trainer_floats(trainer) {
-        if let Some(v) = value.filter(|v| !v.is_finite()) {
-            errors.push(FieldError::new(
-                field,
-                format!("must be a finite number, not {v}"),
-            ));
-        }
-    }
-    if errors.len() > before {
-        // The range rules below would repeat the same fields with less helpful messages.
-        return;
-    }
-    validate_dataset(&trainer.dataset, errors);
-    if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
-        errors.push(FieldError::new(
-            format!("{base}.model.type"),
-            "lenet needs 28×28 single-channel images; use dataset type mnist or idx, or model mlp for CSV features",
-        ));
-    }
-    if trainer.grad_clip_norm.is_some_and(|n| n <= 0.0) {
-        errors.push(FieldError::new(
-            format!("{base}.gradClipNorm"),
-            "must be greater than 0; remove it to train without clipping",
-        ));
-    }
-    let optimizer = trainer.optimizer_or_default();
-    let lr = optimizer.lr_or_default();
-    if lr <= 0.0 {
-        errors.push(FieldError::new(
-            format!("{base}.optimizer.lr"),
-            "must be greater than 0; typical values are 0.001 (adam) and 0.01 (sgd)",
-        ));
-    }
-    if let Some(schedule) = &trainer.lr_schedule
-        && schedule.kind == LrScheduleKind::Cosine
-    {
-        if schedule.min_lr_or_default() >= lr {
-            errors.push(FieldError::new(
-                format!("{base}.lrSchedule.minLr"),
-                format!("must be below the learning rate {lr}; cosine decays from lr to minLr"),
-            ));
-        }
-        if let Some(max_steps) = trainer.max_steps
-            && schedule.warmup_steps_or_default() >= max_steps
-        {
-            errors.push(FieldError::new(
-                format!("{base}.lrSchedule.warmupSteps"),
-                format!("must be below maxSteps ({max_steps}) or the schedule never decays"),
-            ));
-        }
-    }
-    if let Some(early) = &trainer.early_stopping {
-        let natural = match early.metric {
-            EarlyStoppingMetric::ValLoss => EarlyStoppingMode::Min,
-            EarlyStoppingMetric::ValAccuracy => EarlyStoppingMode::Max,
-        };
-        if early.mode_or_default() != natural {
-            let (metric, wanted, given) = match early.metric {
-                EarlyStoppingMetric::ValLoss => ("valLoss", "min", "max"),
-                EarlyStoppingMetric::ValAccuracy => ("valAccuracy", "max", "min"),
-            };
-            errors.push(FieldError::new(
-                format!("{base}.earlyStopping.mode"),
-                format!(
-                    "{given} would stop when {metric} improves; use {wanted} or leave mode unset"
-                ),
-            ));
-        }
-    }
-    if let (Some(eval), Some(max_steps)) = (trainer.eval_every_steps, trainer.max_steps)
-        && eval > max_steps
-    {
-        errors.push(FieldError::new(
-            format!("{base}.evalEverySteps"),
-            format!(
-                "{eval} exceeds maxSteps {max_steps}, so the job would never evaluate; lower it"
-            ),
-        ));
-    }
-}
-
-fn validate_dataset(dataset: &DatasetSpec, errors: &mut Vec<FieldError>) {
-    let base = "spec.trainer.dataset";
-    let uris = [
-        ("images", &dataset.images),
-        ("labels", &dataset.labels),
-        ("testImages", &dataset.test_images),
-        ("testLabels", &dataset.test_labels),
-        ("uri", &dataset.uri),
-        ("testUri", &dataset.test_uri),
-    ];
-    for (field, uri) in uris {
-        if let Some(uri) = uri
-            && let Err(message) = check_data_uri(uri)
-        {
-            errors.push(FieldError::new(format!("{base}.{field}"), message));
-        }
-    }
-}
-
 fn validate_checkpoint(checkpoint: &CheckpointSpec, errors: &mut Vec<FieldError>) {
     let base = "spec.checkpoint";
     let scheme = match parse_storage_uri(&checkpoint.uri) {
@@ -528,16 +348,6 @@ fn validate_checkpoint(checkpoint: &CheckpointSpec, errors: &mut Vec<FieldError>
             }
         }
     }
-}
-
-fn check_data_uri(uri: &str) -> Result<(), String> {
-    let parsed = parse_storage_uri(uri)?;
-    if parsed.scheme == Scheme::S3 && parsed.path.is_empty() {
-        return Err(format!(
-            "{uri:?} names a bucket but no object; use s3://bucket/key"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

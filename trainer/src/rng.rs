@@ -19,6 +19,8 @@ pub enum Stream {
     Dropout = 3,
     /// Train/validation split.
     Split = 4,
+    /// Augmentation of the training images of one step on one rank.
+    Augment = 5,
 }
 
 impl Rng {

@@ -346,7 +346,7 @@ fn checkpoint_plan(
         },
     )?;
     let model = Network::new(&spec.model, data.train.dim, data.classes())
-        .map(|net| crate::nn::model::describe(&spec.model, &net))
+        .map(|net| crate::nn::describe::describe(&spec.model, &net))
         .unwrap_or_default();
     Ok(CheckpointPlan {
         store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data))

@@ -135,8 +135,10 @@ fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
 
 #[test]
 fn asynchronous_local_sgd_converges() {
-    // With an L1 penalty: each rank applies it in its own updates between averages.
-    let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001, l1: 0.00001}\nmode: {type: async, maxStaleness: 3}\n";
+    // With an L1 penalty (each rank applies it in its own updates between averages), augmented
+    // images (each rank draws its own transformations) and pruning (its rounds, every 50 steps,
+    // fall between averages and force one, so that every rank prunes the same weights).
+    let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist, augment: {shiftPixels: 1, rotationDegrees: 5}}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001, l1: 0.00001}\nmode: {type: async, maxStaleness: 3}\ncompression: {pruning: {sparsity: 0.5, startStep: 100, endStep: 500, everySteps: 50}}\n";
     let lines = run_to_completion(yaml);
     let completed = completion_line(&lines);
     let accuracy = completed["metrics"]["valAccuracy"]

@@ -59,6 +59,7 @@ fn snapshot(values: usize) -> Snapshot {
         params: vec![0.5; values],
         moment1: vec![0.25; values],
         moment2: vec![0.125; values],
+        mask: Vec::new(),
     }
 }
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
+use ferrotrain_trainer::data::idx::{self, IdxArray};
 use ferrotrain_trainer::data::load::{self, Splits};
 use ferrotrain_trainer::dist::ring::Ring;
+use ferrotrain_trainer::nn::model::Network;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
 use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, TrainError, WarmStart};
@@ -52,6 +54,47 @@ impl Fixture {
         serde_yaml::from_str(&format!(
             "model: {{type: mlp, hidden: [32, 16], dropout: 0.1}}\ndataset: {{type: csv, uri: 'file://{}', header: true}}\nbatchSize: 32\nepochs: 4\noptimizer: {{type: adam, lr: 0.01}}\nlrSchedule: {{type: cosine, warmupSteps: 10}}\ngradClipNorm: 5.0\nseed: 7\n{extra}",
             self.dir.join("data.csv").display()
+        ))
+        .expect("spec")
+    }
+
+    /// A spec over 8×8 images of four line shapes (a row, a column, either diagonal) at random
+    /// places, on a noisy background, written as an IDX pair.
+    fn image_spec(&self, augment: &str) -> TrainerSpec {
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let mut x = 99u64;
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for i in 0..1500 {
+            let label = i % 4;
+            let at = 2 + next(4) as usize;
+            let mut image = [0u8; 64];
+            for (p, v) in image.iter_mut().enumerate() {
+                let (row, column) = (p / 8, p % 8);
+                let on = match label {
+                    0 => row == at,
+                    1 => column == at,
+                    2 => row == column,
+                    _ => row + column == 7,
+                };
+                *v = if on { 255 } else { next(60) as u8 };
+            }
+            images.extend_from_slice(&image);
+            labels.push(label as u8);
+        }
+        let write = |name: &str, dims: Vec<usize>, data: Vec<u8>| {
+            let path = self.dir.join(name);
+            std::fs::write(&path, idx::encode(&IdxArray { dims, data })).expect("write idx");
+            format!("file://{}", path.display())
+        };
+        let images = write("images.idx", vec![1500, 8, 8], images);
+        let labels = write("labels.idx", vec![1500], labels);
+        serde_yaml::from_str(&format!(
+            "model: {{type: mlp, hidden: [32, 16]}}\ndataset: {{type: idx, images: '{images}', labels: '{labels}'{augment}}}\nbatchSize: 32\nepochs: 4\noptimizer: {{type: adam, lr: 0.01}}\nseed: 7\n"
         ))
         .expect("spec")
     }
@@ -138,6 +181,47 @@ fn a_resumed_run_with_l1_matches_the_uninterrupted_run_bit_for_bit() {
         optimizer.l1 = Some(1e-3);
     }
     assert_resume_is_bit_exact(&fx, &spec);
+}
+
+/// Augmented images are drawn from (seed, step, rank): a resumed run trains on the images the
+/// uninterrupted run trained on.
+#[test]
+fn a_resumed_run_with_augmentation_matches_the_uninterrupted_run_bit_for_bit() {
+    let fx = Fixture::new("determinism-augment");
+    let augmented =
+        fx.image_spec(", augment: {shiftPixels: 1, rotationDegrees: 10, noiseStd: 0.05}");
+    assert_resume_is_bit_exact(&fx, &augmented);
+    // And augmentation took part: without it the same run ends elsewhere.
+    let (Ok(Outcome::Completed(with)), Ok(Outcome::Completed(without))) = (
+        fx.run(&augmented, None, None),
+        fx.run(&fx.image_spec(""), None, None),
+    ) else {
+        panic!("both runs complete")
+    };
+    assert!(with.params != without.params);
+}
+
+/// The pruning mask is part of the checkpoint: a run stopped between two pruning rounds resumes
+/// with the weights it had pruned and prunes the same ones after.
+#[test]
+fn a_resumed_run_with_pruning_matches_the_uninterrupted_run_bit_for_bit() {
+    let fx = Fixture::new("determinism-pruning");
+    let spec = fx.spec(
+        "compression: {pruning: {sparsity: 0.5, startStep: 10, endStep: 150, everySteps: 20}}\n",
+    );
+    assert_resume_is_bit_exact(&fx, &spec);
+    let Ok(Outcome::Completed(pruned)) = fx.run(&spec, None, None) else {
+        panic!("the pruned run completes")
+    };
+    let data = fx.data(&spec);
+    let net = Network::new(&spec.model, data.train.dim, data.classes()).expect("network");
+    for layer in net.weight_ranges() {
+        let zeros = pruned.params[layer.clone()]
+            .iter()
+            .filter(|w| **w == 0.0)
+            .count();
+        assert_eq!(zeros, layer.len() / 2, "half of every layer is pruned");
+    }
 }
 
 fn assert_resume_is_bit_exact(fx: &Fixture, spec: &TrainerSpec) {
@@ -321,11 +405,11 @@ impl Fixture {
             &S3Options::default(),
         )
         .expect("store");
-        let net = ferrotrain_trainer::nn::model::Network::new(&spec.model, data.train.dim, 4)
-            .expect("network");
+        let net = Network::new(&spec.model, data.train.dim, 4).expect("network");
         CheckpointPlan {
-            store: CheckpointStore::new(location, 2, config_hash(spec, data))
-                .with_model(ferrotrain_trainer::nn::model::describe(&spec.model, &net)),
+            store: CheckpointStore::new(location, 2, config_hash(spec, data)).with_model(
+                ferrotrain_trainer::nn::describe::describe(&spec.model, &net),
+            ),
             every_steps: None,
             every_seconds: None,
             resume: true,

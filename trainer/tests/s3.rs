@@ -58,6 +58,7 @@ fn snapshot(step: u64) -> Snapshot {
         params: (0..1000).map(|i| i as f32 + step as f32).collect(),
         moment1: vec![0.5; 1000],
         moment2: vec![0.25; 1000],
+        mask: Vec::new(),
     }
 }
 

@@ -48,13 +48,15 @@ pub struct Snapshot {
     pub moment1: Vec<f32>,
     /// Optimiser second moment (may be empty).
     pub moment2: Vec<f32>,
+    /// Pruning mask, 1 for a weight that trains and 0 for a pruned one (empty without pruning).
+    pub mask: Vec<f32>,
 }
 
 /// One data object of a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectEntry {
-    /// Role: `params`, `moment1`, `moment2`.
+    /// Role: `params`, `moment1`, `moment2`, `mask`.
     pub name: String,
     /// Key relative to the checkpoint location.
     pub key: String,
@@ -157,6 +159,7 @@ pub(crate) fn check_object(
         "params" => snapshot.params = values,
         "moment1" => snapshot.moment1 = values,
         "moment2" => snapshot.moment2 = values,
+        "mask" => snapshot.mask = values,
         other => return Err(format!("unknown object role {other:?}")),
     }
     Ok(())

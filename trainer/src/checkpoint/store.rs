@@ -139,11 +139,17 @@ impl CheckpointStore {
         let mut names = Vec::new();
         let mut hashes = Vec::new();
         let mut puts = Vec::new();
-        for (name, values) in [
+        let objects = [
             ("params", &snapshot.params),
             ("moment1", &snapshot.moment1),
             ("moment2", &snapshot.moment2),
-        ] {
+            ("mask", &snapshot.mask),
+        ];
+        // A run without pruning writes no mask object.
+        for (name, values) in objects
+            .into_iter()
+            .filter(|(name, values)| *name != "mask" || !values.is_empty())
+        {
             let bytes = bytes::Bytes::from(encode_f32(values));
             let key = format!("{DATA}/{step:012}-{nonce}/{name}.bin");
             names.push((name, key.clone(), bytes.len() as u64));
@@ -439,6 +445,8 @@ mod tests {
             params: (0..100).map(|i| i as f32 * 0.5 + step as f32).collect(),
             moment1: vec![0.25; 100],
             moment2: Vec::new(),
+            // A pruned run's mask travels with the parameters.
+            mask: (0..100).map(|i| f32::from(u8::from(i % 3 != 0))).collect(),
         }
     }
 

@@ -106,6 +106,7 @@ pub fn parse(
         labels,
         dim: width - 1,
         classes,
+        image: None,
     })
 }
 

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use flate2::read::GzDecoder;
 
-use super::{DataError, Dataset};
+use super::{DataError, Dataset, ImageShape};
 
 /// An unsigned-byte IDX array.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,11 +174,26 @@ impl Dataset {
             ));
         }
         let classes = usize::from(labels.data.iter().copied().max().unwrap_or(0)) + 1;
+        // Items of two dimensions are single-channel images, of three channels-last ones.
+        let image = match images.dims.get(1..) {
+            Some(&[height, width]) => Some(ImageShape {
+                height,
+                width,
+                channels: 1,
+            }),
+            Some(&[height, width, channels]) => Some(ImageShape {
+                height,
+                width,
+                channels,
+            }),
+            _ => None,
+        };
         Ok(Self {
             features: images.data.iter().map(|&p| f32::from(p) / 255.0).collect(),
             labels: labels.data.clone(),
             dim: images.item_size(),
             classes,
+            image,
         })
     }
 }

@@ -122,6 +122,16 @@ pub async fn load(
     if splits.train.is_empty() {
         return Err(DataError::file("dataset", "the training split is empty"));
     }
+    if spec.augment.is_some() && splits.train.image.is_none() {
+        return Err(DataError::file(
+            spec.images.as_deref().unwrap_or("dataset"),
+            format!(
+                "dataset.augment transforms images, and these items are {} values without a \
+                 height and width (IDX items of two or three dimensions are images)",
+                splits.train.dim
+            ),
+        ));
+    }
     Ok(splits)
 }
 
@@ -261,7 +271,34 @@ mod tests {
             header: None,
             validation_split: None,
             classes: None,
+            augment: None,
         }
+    }
+
+    #[tokio::test]
+    async fn augmentation_of_items_that_are_not_images_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("ferrotrain-flat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let write = |name: &str, dims: Vec<usize>, data: Vec<u8>| {
+            let path = dir.join(name);
+            std::fs::write(&path, idx::encode(&idx::IdxArray { dims, data })).expect("write");
+            format!("file://{}", path.display())
+        };
+        let mut flat = spec(DatasetKind::Idx);
+        flat.images = Some(write("x.idx", vec![20, 4], vec![1; 80]));
+        flat.labels = Some(write("y.idx", vec![20], (0..20).map(|i| i % 2).collect()));
+        flat.augment = Some(ferrotrain_crds::AugmentSpec {
+            shift_pixels: Some(1),
+            ..Default::default()
+        });
+        let err = load(&flat, &dir, 1, &S3Options::default())
+            .await
+            .expect_err("rows of 4 values are no images");
+        assert!(err.file.ends_with("x.idx"), "{err}");
+        assert!(err.cause.contains("dataset.augment"), "{err}");
+        flat.augment = None;
+        assert!(load(&flat, &dir, 1, &S3Options::default()).await.is_ok());
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[tokio::test]
@@ -276,6 +313,14 @@ mod tests {
         .expect("loads");
         assert_eq!((splits.train.len(), splits.eval.len()), (60_000, 10_000));
         assert_eq!((splits.train.dim, splits.classes()), (784, 10));
+        assert_eq!(
+            splits.train.image,
+            Some(crate::data::ImageShape {
+                height: 28,
+                width: 28,
+                channels: 1
+            })
+        );
         let err = load(
             &spec(DatasetKind::Mnist),
             Path::new("/nonexistent"),
@@ -380,6 +425,7 @@ mod tests {
             labels: vec![0; 50],
             dim: 1,
             classes: 1,
+            image: None,
         };
         let a = split(data.clone(), 0.2, 1);
         let b = split(data.clone(), 0.2, 1);

@@ -1,5 +1,6 @@
 //! Training data: decoding, normalisation and the errors that name the bad file and place.
 
+pub mod augment;
 pub mod csv;
 pub mod idx;
 pub mod load;
@@ -78,6 +79,19 @@ pub struct Dataset {
     pub dim: usize,
     /// Number of classes.
     pub classes: usize,
+    /// The geometry of each row when the rows are images (IDX items of two or three dimensions).
+    pub image: Option<ImageShape>,
+}
+
+/// Height, width and channels of an image stored channels-last (`[height, width, channels]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageShape {
+    /// Rows of pixels.
+    pub height: usize,
+    /// Pixels per row.
+    pub width: usize,
+    /// Values per pixel.
+    pub channels: usize,
 }
 
 impl Dataset {
@@ -102,6 +116,7 @@ impl Dataset {
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             dim: self.dim,
             classes: self.classes,
+            image: self.image,
         }
     }
 

@@ -2,5 +2,7 @@
 //! over one flat parameter vector, convolutions and pooling, and the parallel matrix products.
 
 mod conv;
+pub mod describe;
 pub mod kernels;
 pub mod model;
+pub mod pruning;

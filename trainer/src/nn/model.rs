@@ -155,21 +155,18 @@ impl Builder {
     }
 }
 
-/// A model in words, for checkpoint manifests and warm-start errors: `mlp [256, 128], 784
-/// features, 10 classes, 235146 parameters`.
-pub fn describe(spec: &ModelSpec, net: &Network) -> String {
-    let kind = match spec.kind {
-        ModelKind::Logistic => "logistic".to_string(),
-        ModelKind::Mlp => format!("mlp {:?}", spec.hidden_or_default()),
-        ModelKind::Lenet => "lenet".to_string(),
-    };
-    format!(
-        "{kind}, {} features, {} classes, {} parameters",
-        net.inputs, net.classes, net.num_params
-    )
-}
-
 impl Network {
+    /// Where each layer's weights (not its biases, which follow them) lie in the parameters.
+    pub fn weight_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        let ranges = self.layers.iter().filter_map(|layer| match layer {
+            Layer::Linear { weight, bias, .. } | Layer::Conv { weight, bias, .. } => {
+                Some(*weight..*bias)
+            }
+            _ => None,
+        });
+        ranges.collect()
+    }
+
     /// Builds the network `spec` describes for `inputs` features and `classes` classes.
     pub fn new(spec: &ModelSpec, inputs: usize, classes: usize) -> Result<Self, ModelError> {
         if classes < 2 {

@@ -6,6 +6,7 @@ use tokio::runtime::Handle;
 
 use crate::checkpoint::layout::{Snapshot, TrainingState};
 use crate::dist::ring::Ring;
+use crate::nn::pruning::Pruner;
 use crate::optim::Optimizer;
 use crate::train::job::{CheckpointPlan, TrainError, WarmStart};
 
@@ -83,6 +84,7 @@ pub(crate) fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
         bytemuck::cast_slice(&s.params),
         bytemuck::cast_slice(&s.moment1),
         bytemuck::cast_slice(&s.moment2),
+        bytemuck::cast_slice(&s.mask),
     ] {
         out.extend_from_slice(&(part.len() as u64).to_le_bytes());
         out.extend_from_slice(part);
@@ -108,21 +110,28 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Option<Snapshot> {
             .collect()
     };
     match parts.as_slice() {
-        [state, params, m1, m2] => Some(Snapshot {
+        [state, params, m1, m2, mask] => Some(Snapshot {
             state: serde_json::from_slice(state).ok()?,
             params: floats(params),
             moment1: floats(m1),
             moment2: floats(m2),
+            mask: floats(mask),
         }),
         _ => None,
     }
 }
 
-pub(crate) fn snapshot(state: &TrainingState, params: &[f32], optimizer: &Optimizer) -> Snapshot {
+pub(crate) fn snapshot(
+    state: &TrainingState,
+    params: &[f32],
+    optimizer: &Optimizer,
+    pruner: Option<&Pruner>,
+) -> Snapshot {
     Snapshot {
         state: state.clone(),
         params: params.to_vec(),
         moment1: optimizer.m.clone(),
         moment2: optimizer.v.clone(),
+        mask: pruner.map(|p| p.mask.clone()).unwrap_or_default(),
     }
 }

@@ -7,9 +7,9 @@
 //! the last consensus. Evaluation, checkpoints and the end of the run happen on averaged
 //! parameters. Optimiser moments stay local.
 //!
-//! Determinism: parameters start from the seed; the epoch permutation, the dropout masks and the
-//! batch of every (step, rank) are derived from (seed, epoch, step, rank) rather than carried
-//! forward, and the all-reduce adds in a fixed order. A run resumed from a checkpoint therefore
+//! Determinism: parameters start from the seed; the epoch permutation, the dropout masks, the
+//! image augmentations and the batch of every (step, rank) are derived from (seed, epoch, step,
+//! rank) rather than carried forward, and the all-reduce adds in a fixed order. A run resumed from a checkpoint therefore
 //! computes exactly what the uninterrupted run computes, bit for bit, at the same world size.
 
 use std::sync::atomic::Ordering;
@@ -21,10 +21,12 @@ use tokio::runtime::Handle;
 
 use crate::checkpoint::layout::TrainingState;
 use crate::checkpoint::store::CheckpointError;
+use crate::data::augment::Augmenter;
 use crate::data::load::Splits;
 use crate::dist::ring::Ring;
 use crate::engine::{self, EngineError};
 use crate::nn::model::Network;
+use crate::nn::pruning::Pruner;
 use crate::optim::{Optimizer, clip_grad_norm, learning_rate};
 use crate::rng::{Rng, Stream};
 use crate::train::evaluation::{Reported, evaluate, progress, update_early_stopping};
@@ -71,6 +73,11 @@ fn train_on_pool(
         world_size: world as u32,
         ..TrainingState::default()
     };
+    let mut pruner = spec
+        .compression
+        .as_ref()
+        .and_then(|c| c.pruning.as_ref())
+        .map(|p| Pruner::new(p, &net));
     let mut resumed_from = None;
     let (resume_point, rejected_checkpoints) = match job.checkpoint.as_ref().filter(|p| p.resume) {
         Some(plan) => load_resume_point(plan, ring, runtime)?,
@@ -82,6 +89,16 @@ fn train_on_pool(
         if snapshot.params.len() != n
             || snapshot.moment1.len() != optimizer.m.len()
             || snapshot.moment2.len() != optimizer.v.len()
+        {
+            return Err(TrainError::Checkpoint(CheckpointError::Incompatible {
+                step: snapshot.state.step,
+                uri: plan.store.uri().into(),
+            }));
+        }
+        // A checkpoint without a mask (pruning added to the spec since) starts from a full one.
+        if let Some(pruner) = pruner.as_mut()
+            && !snapshot.mask.is_empty()
+            && !pruner.restore(&snapshot.mask)
         {
             return Err(TrainError::Checkpoint(CheckpointError::Incompatible {
                 step: snapshot.state.step,
@@ -105,7 +122,7 @@ fn train_on_pool(
     } else if let Some(warm) = &job.warm_start {
         let (snapshot, source_model) = load_warm_start(warm, ring, runtime)?;
         if snapshot.params.len() != n {
-            let this_model = crate::nn::model::describe(&spec.model, &net);
+            let this_model = crate::nn::describe::describe(&spec.model, &net);
             return Err(TrainError::Config(format!(
                 "spec.trainer.initFrom.uri {}: the checkpoint's model ({}) does not match this job's model ({this_model})",
                 warm.uri,
@@ -183,6 +200,14 @@ fn train_on_pool(
     let mut engine = engine::select::build(&net, job.compute)?;
     let mut grads = vec![0.0f32; n + CONTROL];
     let (mut batch_x, mut batch_y) = (Vec::new(), Vec::new());
+    // The loader refused `dataset.augment` for rows that are not images.
+    let mut augmenter = job
+        .spec
+        .dataset
+        .augment
+        .as_ref()
+        .zip(data.train.image)
+        .and_then(|(spec, shape)| Augmenter::new(spec, shape));
     let mut order: Vec<usize> = Vec::new();
     let mut order_epoch = None;
     let mut train_seconds = 0.0f64;
@@ -211,6 +236,10 @@ fn train_on_pool(
         let offset = state.samples_in_epoch as usize + rank * batch;
         data.train
             .gather(&order[offset..offset + batch], &mut batch_x, &mut batch_y);
+        if let Some(augmenter) = augmenter.as_mut() {
+            let mut draws = Rng::derive(seed, Stream::Augment, &[state.step, rank as u64]);
+            augmenter.apply(&mut batch_x, &mut draws);
+        }
         let mut dropout = Rng::derive(seed, Stream::Dropout, &[state.step, rank as u64]);
         let injected_failure = job.fail_after_step == Some(state.step);
         let stats = match engine::guarded(|| {
@@ -231,7 +260,10 @@ fn train_on_pool(
                 {
                     let _ = uploader.finish(Some(job.grace));
                     if uploader.latest.as_ref().map(|c| c.step) != Some(state.step) {
-                        uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
+                        uploader.start(
+                            &plan.store,
+                            snapshot(&state, &params, &optimizer, pruner.as_ref()),
+                        );
                         match uploader.finish(Some(job.grace)) {
                             Ok(()) => {
                                 tracing::error!(step = state.step, error = %failure, "the compute engine failed; committed an emergency checkpoint")
@@ -281,12 +313,19 @@ fn train_on_pool(
             Some(scaler) => scaler.update_for_gang(grads[n + 4], &grads[..n]),
             None => true,
         };
+        if let Some(pruner) = &pruner {
+            pruner.apply(&mut grads[..n]);
+        }
         if apply {
             optimizer.step(
                 &mut params,
                 &grads[..n],
                 learning_rate(base_lr, &schedule, state.step, total_steps),
             );
+        }
+        if let Some(pruner) = &pruner {
+            // The optimiser's momentum would move pruned weights again.
+            pruner.apply(&mut params);
         }
         state.step += 1;
         state.samples_in_epoch += global_batch as u64;
@@ -322,13 +361,15 @@ fn train_on_pool(
             Some(every) => state.step.is_multiple_of(every),
             None => epoch_done,
         } || state.step == total_steps;
+        let pruning_due = pruner.as_ref().is_some_and(|p| p.due(state.step));
         // Local SGD: average parameters every maxStaleness + 1 steps, and before anything that
-        // must see one model (evaluation, the last step, a stop).
+        // must see one model (evaluation, a pruning round, the last step, a stop).
         let consensus = match local_sgd_every {
             None => true,
             Some(every) => {
                 let due = state.step.is_multiple_of(every)
                     || eval_due
+                    || pruning_due
                     || stopped
                     || state.step == total_steps;
                 if due {
@@ -338,6 +379,9 @@ fn train_on_pool(
                 due
             }
         };
+        if pruning_due && let Some(pruner) = pruner.as_mut() {
+            pruner.update(&mut params, state.step);
+        }
         if eval_due && !stopped {
             let metrics = evaluate(engine.as_mut(), &params, data, ring)?;
             early_stopped = update_early_stopping(spec, &mut state, &metrics);
@@ -363,7 +407,10 @@ fn train_on_pool(
             if due && consensus && !stopped && state.step < total_steps && !early_stopped {
                 let snapshot_started = Instant::now();
                 if !uploader.busy()? {
-                    uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
+                    uploader.start(
+                        &plan.store,
+                        snapshot(&state, &params, &optimizer, pruner.as_ref()),
+                    );
                     last_checkpoint_at = Instant::now();
                 }
                 uploader.stats.stall_seconds += snapshot_started.elapsed().as_secs_f64();
@@ -397,7 +444,10 @@ fn train_on_pool(
         let limit = stopped.then_some(job.grace);
         uploader.finish(limit)?;
         if uploader.latest.as_ref().map(|c| c.step) != Some(state.step) {
-            uploader.start(&plan.store, snapshot(&state, &params, &optimizer));
+            uploader.start(
+                &plan.store,
+                snapshot(&state, &params, &optimizer, pruner.as_ref()),
+            );
             uploader.finish(limit.map(|l| l.saturating_sub(wait_started.elapsed())))?;
         }
         uploader.stats.final_seconds += wait_started.elapsed().as_secs_f64();

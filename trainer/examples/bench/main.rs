@@ -8,7 +8,14 @@
 //! cargo run -p ferrotrain-trainer --example bench -- accuracy
 //! cargo run -p ferrotrain-trainer --example bench -- compression
 //! cargo run -p ferrotrain-trainer --example bench -- sparsity     # optimizer.l1
+//! cargo run -p ferrotrain-trainer --example bench -- augmentation # dataset.augment
+//! cargo run -p ferrotrain-trainer --example bench -- pruning      # compression.pruning
 //! ```
+
+mod loopback;
+mod techniques;
+
+use loopback::{gang, loopback_ring};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,8 +28,6 @@ use anyhow::Context;
 use ferrotrain_crds::{GradientCompression, TrainerSpec};
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load::{self, Splits};
-use ferrotrain_trainer::dist::handshake::GangKey;
-use ferrotrain_trainer::dist::rendezvous::RendezvousConfig;
 use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::engine::Engine;
 use ferrotrain_trainer::engine::native::Native;
@@ -31,7 +36,7 @@ use ferrotrain_trainer::optim::Optimizer;
 use ferrotrain_trainer::rng::Rng;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, Summary};
+use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome};
 use ferrotrain_trainer::train::steps::train;
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -61,9 +66,11 @@ fn main() -> anyhow::Result<()> {
         "checkpoint" => checkpoint(&mnist()?, &rt),
         "accuracy" => accuracy(&mnist()?, &rt),
         "compression" => compression(&mnist()?, &rt),
-        "sparsity" => sparsity(&mnist()?, &rt),
+        "sparsity" => techniques::sparsity(&mnist()?, &rt),
+        "augmentation" => techniques::augmentation(&mnist()?, &rt),
+        "pruning" => techniques::pruning(&mnist()?, &rt),
         _ => anyhow::bail!(
-            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity"
+            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning"
         ),
     }
 }
@@ -188,19 +195,6 @@ fn allreduce() -> anyhow::Result<()> {
 }
 
 /// Rank `rank` of a ring of `ranks` on loopback, rendezvous on `port`.
-fn loopback_ring(rank: u32, ranks: u32, port: u16) -> anyhow::Result<Ring> {
-    Ok(Ring::connect(&RendezvousConfig {
-        rank,
-        world_size: ranks,
-        attempt: 1,
-        addr: "127.0.0.1".into(),
-        port,
-        rendezvous_timeout: Duration::from_secs(30),
-        peer_timeout: Duration::from_secs(60),
-        key: GangKey::new(&[7; 32], "bench").context("gang key")?,
-    })?)
-}
-
 fn loopback_bandwidth(bytes: usize) -> anyhow::Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -231,50 +225,6 @@ fn loopback_bandwidth(bytes: usize) -> anyhow::Result<f64> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     Ok(bytes as f64 / seconds)
-}
-
-fn gang(
-    data: &Splits,
-    rt: &tokio::runtime::Runtime,
-    ranks: u32,
-    threads_per_rank: usize,
-    yaml: &str,
-) -> anyhow::Result<Summary> {
-    let spec: TrainerSpec = serde_yaml::from_str(yaml)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..ranks)
-            .map(|rank| {
-                let spec = spec.clone();
-                let handle = rt.handle().clone();
-                scope.spawn(move || -> anyhow::Result<Summary> {
-                    let mut ring = loopback_ring(rank, ranks, port)?;
-                    let job = Job {
-                        spec,
-                        attempt: 1,
-                        checkpoint: None,
-                        warm_start: None,
-                        reporter: None,
-                        report_every: Duration::from_secs(3600),
-                        stop: Arc::new(AtomicBool::new(false)),
-                        stop_after_step: None,
-                        fail_after_step: None,
-                        grace: Duration::from_secs(30),
-                        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
-                        threads: threads_per_rank,
-                    };
-                    match train(job, data, &mut ring, &handle)? {
-                        Outcome::Completed(s) | Outcome::Preempted(s) => Ok(s),
-                    }
-                })
-            })
-            .collect();
-        let mut summaries = Vec::new();
-        for h in handles {
-            summaries.push(h.join().map_err(|_| anyhow::anyhow!("rank panicked"))??);
-        }
-        summaries.into_iter().next().context("no ranks")
-    })
 }
 
 /// Samples per second of 1 and 2 ranks with one compute thread each on the same fixed number of
@@ -448,6 +398,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
         params: vec![0.5; (per_checkpoint_bytes / 12.0) as usize],
         moment1: vec![0.25; (per_checkpoint_bytes / 12.0) as usize],
         moment2: vec![0.125; (per_checkpoint_bytes / 12.0) as usize],
+        mask: Vec::new(),
     };
     let store = CheckpointStore::new(
         storage::open(&format!("{uri}/upload"), &options)?,
@@ -529,31 +480,6 @@ fn compression(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()
                 summary.samples_per_second
             );
         }
-    }
-    Ok(())
-}
-
-/// What L1 does to the weights: the MLP trained 2 epochs (Adam, one rank, same seed) with
-/// `optimizer.l1` of 0, 1e-5 and 1e-4; the share of its parameters below 1e-3 in magnitude at the
-/// end, and its accuracy.
-fn sparsity(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    for l1 in [0.0, 1e-5, 1e-4] {
-        let summary = gang(
-            data,
-            rt,
-            1,
-            0,
-            &format!(
-                "model: {{type: mlp, hidden: [256, 128]}}\ndataset: {{type: mnist}}\nbatchSize: 64\noptimizer: {{type: adam, lr: 0.001, l1: {l1}}}\nepochs: 2\nseed: 42\n"
-            ),
-        )?;
-        let small = summary.params.iter().filter(|w| w.abs() < 1e-3).count();
-        println!(
-            "sparsity l1 {l1}: {:.1} % of {} parameters below 1e-3 in magnitude; {:.2} % MNIST test accuracy after 2 epochs",
-            small as f64 / summary.params.len().max(1) as f64 * 100.0,
-            summary.params.len(),
-            summary.metrics.get("valAccuracy").copied().unwrap_or(0.0) * 100.0
-        );
     }
     Ok(())
 }
