@@ -63,6 +63,20 @@ impl ModelSpec {
     pub fn dropout_or_default(&self) -> f64 {
         self.dropout.unwrap_or(0.0)
     }
+
+    /// The names of the layers that have parameters, from the input to the classifier head: what
+    /// `freeze` and `initFrom.layers` name.
+    pub fn layer_names(&self) -> Vec<String> {
+        let fully_connected = |n: usize| (1..=n).map(|i| format!("fc{i}"));
+        match self.kind {
+            ModelKind::Logistic => fully_connected(1).collect(),
+            ModelKind::Mlp => fully_connected(self.hidden_or_default().len() + 1).collect(),
+            ModelKind::Lenet => ["conv1".to_string(), "conv2".to_string()]
+                .into_iter()
+                .chain(fully_connected(3))
+                .collect(),
+        }
+    }
 }
 
 impl DatasetSpec {
@@ -418,6 +432,7 @@ mod tests {
             device: None,
             init_from: None,
             compression: None,
+            freeze: None,
         }
     }
 

@@ -66,13 +66,20 @@ pub struct TrainerSpec {
     /// checkpoints take precedence once it has written one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<InitFromSpec>,
+    /// Layers kept fixed: no gradient step, no weight decay, no optimiser state. Names count the
+    /// layers of each kind from the input: `conv1`, `conv2`, `fc1`, `fc2`, `fc3` for LeNet,
+    /// `fc1` … `fcN` for an MLP (the last is the classifier head), `fc1` for logistic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 16)))]
+    pub freeze: Option<Vec<String>>,
     /// Model compression while training (pruning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<crate::compression::CompressionSpec>,
 }
 
 /// A checkpoint to start from.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.layers) || !has(self.continueSteps) || !self.continueSteps").message("continueSteps takes the whole run over; with layers only parameters are taken, so remove one of them").field_path(".continueSteps"))]
 #[serde(rename_all = "camelCase")]
 pub struct InitFromSpec {
     /// A checkpoint manifest (`…/manifests/000000001000.json`, as in a TrainingJob's
@@ -90,6 +97,12 @@ pub struct InitFromSpec {
     /// population-based sweep). Default: false, a new run that starts at step 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continue_steps: Option<bool>,
+    /// Take only these layers' weights and biases (names as in `freeze`); the others start from
+    /// this job's seed, as a new classifier head for a task with other classes does. The
+    /// optimiser starts afresh. Default: every parameter, of a model that must then match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 16)))]
+    pub layers: Option<Vec<String>>,
 }
 
 /// Model architecture.

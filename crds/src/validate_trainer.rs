@@ -92,6 +92,7 @@ pub(crate) fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldErro
         return;
     }
     validate_dataset(&trainer.dataset, errors);
+    validate_layer_names(trainer, errors);
     if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
         errors.push(FieldError::new(
             format!("{base}.model.type"),
@@ -193,6 +194,45 @@ fn validate_dataset(dataset: &DatasetSpec, errors: &mut Vec<FieldError>) {
         {
             errors.push(FieldError::new(format!("{base}.{field}"), message));
         }
+    }
+}
+
+/// `freeze` and `initFrom.layers` name layers of this model, each once; something must train.
+fn validate_layer_names(trainer: &TrainerSpec, errors: &mut Vec<FieldError>) {
+    let known = trainer.model.layer_names();
+    let lists = [
+        ("spec.trainer.freeze", trainer.freeze.as_ref()),
+        (
+            "spec.trainer.initFrom.layers",
+            trainer.init_from.as_ref().and_then(|i| i.layers.as_ref()),
+        ),
+    ];
+    for (field, names) in lists {
+        let Some(names) = names else { continue };
+        for (i, name) in names.iter().enumerate() {
+            if !known.contains(name) {
+                errors.push(FieldError::new(
+                    format!("{field}[{i}]"),
+                    format!(
+                        "{name:?} is not a layer of this model; its layers are {}",
+                        known.join(", ")
+                    ),
+                ));
+            } else if names[..i].contains(name) {
+                errors.push(FieldError::new(
+                    format!("{field}[{i}]"),
+                    format!("{name:?} is listed twice"),
+                ));
+            }
+        }
+    }
+    if let Some(frozen) = &trainer.freeze
+        && known.iter().all(|name| frozen.contains(name))
+    {
+        errors.push(FieldError::new(
+            "spec.trainer.freeze",
+            "every layer is frozen, so nothing would train; leave at least the classifier head out",
+        ));
     }
 }
 

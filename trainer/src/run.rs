@@ -376,6 +376,7 @@ fn warm_start(
         uri: init.uri.clone(),
         reset_optimizer: init.reset_optimizer.unwrap_or(false),
         continue_steps: init.continue_steps.unwrap_or(false),
+        layers: init.layers.clone(),
     })
 }
 

@@ -19,6 +19,16 @@ fn free_port() -> u16 {
 }
 
 fn spawn_gang(world: u32, trainer_yaml: &str, extra_args: &[&str]) -> Vec<Child> {
+    spawn_gang_checkpointing(world, trainer_yaml, extra_args, None)
+}
+
+/// A gang whose env names a checkpoint location.
+fn spawn_gang_checkpointing(
+    world: u32,
+    trainer_yaml: &str,
+    extra_args: &[&str],
+    checkpoint: Option<&str>,
+) -> Vec<Child> {
     let port = free_port();
     let key_path = std::env::temp_dir().join(format!("ferrotrain-dist-{port}-gang-key"));
     std::fs::write(&key_path, "5eed".repeat(16)).expect("gang key");
@@ -26,6 +36,10 @@ fn spawn_gang(world: u32, trainer_yaml: &str, extra_args: &[&str]) -> Vec<Child>
         .map(|rank| {
             let mut env = worker_env(rank, world, port, trainer_yaml);
             env.gang_key_path = Some(key_path.display().to_string());
+            env.checkpoint = checkpoint.map(|uri| {
+                serde_yaml::from_str(&format!("{{uri: '{uri}', everySteps: 100000}}"))
+                    .expect("checkpoint spec")
+            });
             spawn_worker(&env, extra_args)
         })
         .collect()
@@ -310,5 +324,35 @@ fn the_device_choice_is_logged_and_cuda_without_a_gpu_is_refused() {
         log.contains("bf16 was requested but the CPU computes in fp32"),
         "{log}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A frozen layer stays as the seed made it on every rank of an asynchronous gang: neither the
+/// local steps nor the parameter averages between them (an average of equal values may round)
+/// move it, and the final checkpoint holds it unchanged.
+#[test]
+fn a_frozen_layer_stays_as_the_seed_made_it_in_an_asynchronous_gang() {
+    let dir = std::env::temp_dir().join(format!("ferrotrain-frozen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let yaml = "model: {type: mlp, hidden: [64]}\ndataset: {type: mnist}\nbatchSize: 32\nmaxSteps: 60\nseed: 5\nmode: {type: async, maxStaleness: 2}\nfreeze: [fc1]\noptimizer: {type: adamw, lr: 0.001}\n";
+    let checkpoint = format!("file://{}", dir.display());
+    let mut gang = spawn_gang_checkpointing(3, yaml, &[], Some(&checkpoint));
+    let codes: Vec<Option<i32>> = gang
+        .iter_mut()
+        .map(|c| wait_with_timeout(c, Duration::from_secs(300)))
+        .collect();
+    assert_eq!(codes, vec![Some(0); 3], "every rank succeeds");
+    let manifest = std::fs::read(dir.join("manifests/000000000060.json")).expect("final manifest");
+    let (_, snapshot) = ferrotrain_trainer::checkpoint::layout::verify_manifest(&manifest, |key| {
+        std::fs::read(dir.join(key)).ok()
+    })
+    .expect("the final checkpoint verifies");
+    let spec: ferrotrain_crds::TrainerSpec = serde_yaml::from_str(yaml).expect("spec");
+    let net = ferrotrain_trainer::nn::model::Network::new(&spec.model, 784, 10).expect("network");
+    let seeded = net.init_params(5);
+    let layers = net.parameter_layers();
+    let (fc1, fc2) = (layers[0].all(), layers[1].all());
+    assert!(snapshot.params[fc1.clone()] == seeded[fc1], "fc1 is frozen");
+    assert!(snapshot.params[fc2.clone()] != seeded[fc2], "fc2 trains");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -215,7 +215,7 @@ fn a_resumed_run_with_pruning_matches_the_uninterrupted_run_bit_for_bit() {
     };
     let data = fx.data(&spec);
     let net = Network::new(&spec.model, data.train.dim, data.classes()).expect("network");
-    for layer in net.weight_ranges() {
+    for layer in net.parameter_layers().into_iter().map(|l| l.weights) {
         let zeros = pruned.params[layer.clone()]
             .iter()
             .filter(|w| **w == 0.0)
@@ -395,6 +395,7 @@ impl Fixture {
             uri,
             reset_optimizer,
             continue_steps,
+            layers: None,
         }
     }
 
@@ -531,4 +532,99 @@ fn a_warm_start_into_another_model_names_both_models() {
         panic!("no checkpoint to start from is an error: {missing:?}")
     };
     assert!(message.contains("no committed checkpoint"), "{message}");
+}
+
+/// Transfer learning: a model of six classes takes the first two layers of a four-class model's
+/// checkpoint, its head starts from its own seed, and a frozen layer stays as taken.
+#[test]
+fn layers_taken_into_a_model_with_other_classes_start_with_a_fresh_head() {
+    let fx = Fixture::new("transfer");
+    let spec = steps_spec(&fx, 20);
+    let data = fx.data(&spec);
+    let Ok(Outcome::Completed(source)) =
+        fx.run(&spec, Some(fx.plan_in("source", &spec, &data)), None)
+    else {
+        panic!("source completes")
+    };
+    let mut six = steps_spec(&fx, 30);
+    six.dataset.classes = Some(6);
+    let taking = |layers: &[&str]| {
+        let mut warm = fx.warm_start("source", false, false);
+        warm.layers = Some(layers.iter().map(ToString::to_string).collect());
+        Some(warm)
+    };
+    let ours = Network::new(&six.model, 6, 6).expect("network");
+    let (theirs, layers) = (
+        Network::new(&spec.model, 6, 4)
+            .expect("network")
+            .parameter_layers(),
+        ours.parameter_layers(),
+    );
+    // Learning rate 0: what the run ends with is what it started from.
+    let mut still = six.clone();
+    still.optimizer = serde_yaml::from_str("{type: sgd, lr: 0.0}").ok();
+    let Ok(Outcome::Completed(taken)) =
+        fx.run_with(&still, None, None, None, taking(&["fc1", "fc2"]))
+    else {
+        panic!("the transfer completes")
+    };
+    for i in 0..2 {
+        assert_eq!(
+            taken.params[layers[i].all()],
+            source.params[theirs[i].all()],
+            "{} is the checkpoint's",
+            layers[i].name
+        );
+    }
+    let fresh = ours.init_params(six.seed_or_default());
+    assert_eq!(
+        taken.params[layers[2].all()],
+        fresh[layers[2].all()],
+        "a fresh head"
+    );
+    // Trained with fc1 frozen: fc1 stays as taken, fc2 moves on.
+    six.freeze = Some(vec!["fc1".into()]);
+    let Ok(Outcome::Completed(tuned)) =
+        fx.run_with(&six, None, None, None, taking(&["fc1", "fc2"]))
+    else {
+        panic!("fine-tuning completes")
+    };
+    assert_eq!(tuned.step, 30, "a new run");
+    assert_eq!(
+        tuned.params[layers[0].all()],
+        source.params[theirs[0].all()]
+    );
+    assert_ne!(
+        tuned.params[layers[1].all()],
+        source.params[theirs[1].all()]
+    );
+    // The head of four classes fits no model of six: named, not taken.
+    let Err(TrainError::Config(message)) =
+        fx.run_with(&six, None, None, None, taking(&["fc1", "fc3"]))
+    else {
+        panic!("the head does not fit")
+    };
+    assert!(
+        message.starts_with("spec.trainer.initFrom.layers[1]: fc3 has"),
+        "{message}"
+    );
+}
+
+/// Frozen layers are held at their starting values: a resumed run holds the same ones.
+#[test]
+fn a_resumed_run_with_a_frozen_layer_matches_the_uninterrupted_run_bit_for_bit() {
+    let fx = Fixture::new("determinism-freeze");
+    let spec = fx.spec("freeze: [fc1]\n");
+    assert_resume_is_bit_exact(&fx, &spec);
+    let Ok(Outcome::Completed(run)) = fx.run(&spec, None, None) else {
+        panic!("the run completes")
+    };
+    let data = fx.data(&spec);
+    let net = Network::new(&spec.model, data.train.dim, data.classes()).expect("network");
+    let fc1 = net.parameter_layers()[0].all();
+    assert_eq!(
+        run.params[fc1.clone()],
+        net.init_params(spec.seed_or_default())[fc1],
+        "fc1 is as the seed made it"
+    );
 }

@@ -10,6 +10,7 @@
 //! cargo run -p ferrotrain-trainer --example bench -- sparsity     # optimizer.l1
 //! cargo run -p ferrotrain-trainer --example bench -- augmentation # dataset.augment
 //! cargo run -p ferrotrain-trainer --example bench -- pruning      # compression.pruning
+//! cargo run -p ferrotrain-trainer --example bench -- transfer     # initFrom.layers, freeze
 //! ```
 
 mod loopback;
@@ -69,8 +70,9 @@ fn main() -> anyhow::Result<()> {
         "sparsity" => techniques::sparsity(&mnist()?, &rt),
         "augmentation" => techniques::augmentation(&mnist()?, &rt),
         "pruning" => techniques::pruning(&mnist()?, &rt),
+        "transfer" => techniques::transfer(&mnist()?, &rt),
         _ => anyhow::bail!(
-            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning"
+            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer"
         ),
     }
 }

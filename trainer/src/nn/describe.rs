@@ -7,13 +7,20 @@ use crate::nn::model::Network;
 /// The model, its inputs, classes and size: `mlp [256, 128], 784 features, 10 classes, 235146
 /// parameters`.
 pub fn describe(spec: &ModelSpec, net: &Network) -> String {
-    let kind = match spec.kind {
+    format!(
+        "{}, {} features, {} classes, {} parameters",
+        kind(spec),
+        net.inputs,
+        net.classes,
+        net.num_params
+    )
+}
+
+/// The architecture alone: `mlp [256, 128]`, `lenet`.
+pub fn kind(spec: &ModelSpec) -> String {
+    match spec.kind {
         ModelKind::Logistic => "logistic".to_string(),
         ModelKind::Mlp => format!("mlp {:?}", spec.hidden_or_default()),
         ModelKind::Lenet => "lenet".to_string(),
-    };
-    format!(
-        "{kind}, {} features, {} classes, {} parameters",
-        net.inputs, net.classes, net.num_params
-    )
+    }
 }

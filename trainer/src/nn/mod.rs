@@ -4,5 +4,6 @@
 mod conv;
 pub mod describe;
 pub mod kernels;
+pub mod layers;
 pub mod model;
 pub mod pruning;

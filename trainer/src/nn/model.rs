@@ -83,7 +83,7 @@ pub enum ModelError {
 /// A network: its layers and parameter count. Parameters live outside, in a flat `Vec<f32>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network {
-    layers: Vec<Layer>,
+    pub(crate) layers: Vec<Layer>,
     /// Total number of parameters.
     pub num_params: usize,
     /// Features per input row.
@@ -156,17 +156,6 @@ impl Builder {
 }
 
 impl Network {
-    /// Where each layer's weights (not its biases, which follow them) lie in the parameters.
-    pub fn weight_ranges(&self) -> Vec<std::ops::Range<usize>> {
-        let ranges = self.layers.iter().filter_map(|layer| match layer {
-            Layer::Linear { weight, bias, .. } | Layer::Conv { weight, bias, .. } => {
-                Some(*weight..*bias)
-            }
-            _ => None,
-        });
-        ranges.collect()
-    }
-
     /// Builds the network `spec` describes for `inputs` features and `classes` classes.
     pub fn new(spec: &ModelSpec, inputs: usize, classes: usize) -> Result<Self, ModelError> {
         if classes < 2 {

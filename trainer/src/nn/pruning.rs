@@ -31,7 +31,11 @@ impl Pruner {
             start: spec.start_step_or_default(),
             end: (spec.end_step.max(1) as u64).max(spec.start_step_or_default()),
             every: spec.every_steps_or_default(),
-            layers: net.weight_ranges(),
+            layers: net
+                .parameter_layers()
+                .into_iter()
+                .map(|l| l.weights)
+                .collect(),
             mask: vec![1.0; net.num_params],
         }
     }
@@ -162,7 +166,7 @@ mod tests {
             .collect();
         let before = params.clone();
         pruner.update(&mut params, 10);
-        for range in net.weight_ranges() {
+        for range in net.parameter_layers().into_iter().map(|l| l.weights) {
             let zeros = range.clone().filter(|&i| params[i] == 0.0).count();
             assert_eq!(zeros, range.len() / 2, "half of each layer");
             // Every pruned weight was no larger than every kept one.
@@ -178,7 +182,11 @@ mod tests {
                 .fold(f32::INFINITY, f32::min);
             assert!(largest_pruned <= smallest_kept);
         }
-        let pruned_per_layer: usize = net.weight_ranges().iter().map(|r| r.len() / 2).sum();
+        let pruned_per_layer: usize = net
+            .parameter_layers()
+            .iter()
+            .map(|l| l.weights.len() / 2)
+            .sum();
         assert_eq!(
             pruner.mask.iter().filter(|m| **m == 0.0).count(),
             pruned_per_layer,

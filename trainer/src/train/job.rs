@@ -40,6 +40,8 @@ pub struct WarmStart {
     pub reset_optimizer: bool,
     /// Continue the checkpoint's step count and data position.
     pub continue_steps: bool,
+    /// Take only these layers (the optimiser starts afresh); `None`: the whole model.
+    pub layers: Option<Vec<String>>,
 }
 
 /// Everything one rank needs to train.

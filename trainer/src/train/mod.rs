@@ -4,4 +4,5 @@ pub mod evaluation;
 pub mod job;
 pub mod resume;
 pub mod steps;
+pub mod transfer;
 pub mod uploader;

@@ -32,6 +32,7 @@ use crate::rng::{Rng, Stream};
 use crate::train::evaluation::{Reported, evaluate, progress, update_early_stopping};
 use crate::train::job::{CheckpointStats, Job, Outcome, Summary, TrainError};
 use crate::train::resume::{load_resume_point, load_warm_start, snapshot};
+use crate::train::transfer::{Frozen, take_layers};
 use crate::train::uploader::Uploader;
 
 /// Values appended to the gradient buffer and summed with it: stop flag, loss sum, correct, count,
@@ -121,46 +122,64 @@ fn train_on_pool(
         );
     } else if let Some(warm) = &job.warm_start {
         let (snapshot, source_model) = load_warm_start(warm, ring, runtime)?;
-        if snapshot.params.len() != n {
-            let this_model = crate::nn::describe::describe(&spec.model, &net);
-            return Err(TrainError::Config(format!(
-                "spec.trainer.initFrom.uri {}: the checkpoint's model ({}) does not match this job's model ({this_model})",
-                warm.uri,
-                source_model.unwrap_or_else(|| format!("{} parameters", snapshot.params.len())),
-            )));
-        }
-        params = snapshot.params;
-        if !warm.reset_optimizer {
-            if snapshot.moment1.len() != optimizer.m.len()
-                || snapshot.moment2.len() != optimizer.v.len()
-            {
+        if let Some(names) = &warm.layers {
+            // Only parameters: the optimiser and the step count start afresh.
+            take_layers(
+                &net,
+                &spec.model,
+                &mut params,
+                &snapshot.params,
+                names,
+                &warm.uri,
+            )?;
+            tracing::info!(uri = %warm.uri, layers = ?names, "layers taken from a checkpoint");
+        } else {
+            if snapshot.params.len() != n {
+                let this_model = crate::nn::describe::describe(&spec.model, &net);
                 return Err(TrainError::Config(format!(
-                    "spec.trainer.initFrom.uri {}: the checkpoint's optimiser state does not fit this job's {:?} optimiser (another optimiser type wrote it); set initFrom.resetOptimizer: true",
-                    warm.uri, optimizer_spec.kind
+                    "spec.trainer.initFrom.uri {}: the checkpoint's model ({}) does not match this job's model ({this_model})",
+                    warm.uri,
+                    source_model.unwrap_or_else(|| format!("{} parameters", snapshot.params.len())),
                 )));
             }
-            optimizer.m = snapshot.moment1;
-            optimizer.v = snapshot.moment2;
-            optimizer.steps = snapshot.state.optimizer_steps;
-        }
-        if warm.continue_steps {
-            state = TrainingState {
-                world_size: world as u32,
-                ..snapshot.state
-            };
-            if warm.reset_optimizer {
-                state.optimizer_steps = 0;
+            params = snapshot.params;
+            if !warm.reset_optimizer {
+                if snapshot.moment1.len() != optimizer.m.len()
+                    || snapshot.moment2.len() != optimizer.v.len()
+                {
+                    return Err(TrainError::Config(format!(
+                        "spec.trainer.initFrom.uri {}: the checkpoint's optimiser state does not fit this job's {:?} optimiser (another optimiser type wrote it); set initFrom.resetOptimizer: true",
+                        warm.uri, optimizer_spec.kind
+                    )));
+                }
+                optimizer.m = snapshot.moment1;
+                optimizer.v = snapshot.moment2;
+                optimizer.steps = snapshot.state.optimizer_steps;
             }
+            if warm.continue_steps {
+                state = TrainingState {
+                    world_size: world as u32,
+                    ..snapshot.state
+                };
+                if warm.reset_optimizer {
+                    state.optimizer_steps = 0;
+                }
+            }
+            tracing::info!(
+                uri = %warm.uri,
+                from_step = snapshot.state.step,
+                step = state.step,
+                reset_optimizer = warm.reset_optimizer,
+                "warm start from checkpoint"
+            );
         }
-        tracing::info!(
-            uri = %warm.uri,
-            from_step = snapshot.state.step,
-            step = state.step,
-            reset_optimizer = warm.reset_optimizer,
-            "warm start from checkpoint"
-        );
     }
 
+    // Held at the values they start with: their seed's, a checkpoint's or the resumed ones.
+    let frozen = spec
+        .freeze
+        .as_ref()
+        .map(|names| Frozen::new(&net, names, &params));
     let batch = spec.batch_size.max(1) as usize;
     let global_batch = batch * world;
     let train_len = data.train.len();
@@ -303,6 +322,9 @@ fn train_on_pool(
             ring.all_reduce_sum(control)?;
             model_grads.iter_mut().for_each(|g| *g *= scale);
         }
+        if let Some(frozen) = &frozen {
+            frozen.mask_gradients(&mut grads[..n]);
+        }
         if let Some(max_norm) = spec.grad_clip_norm {
             clip_grad_norm(&mut grads[..n], max_norm as f32);
         }
@@ -326,6 +348,9 @@ fn train_on_pool(
         if let Some(pruner) = &pruner {
             // The optimiser's momentum would move pruned weights again.
             pruner.apply(&mut params);
+        }
+        if let Some(frozen) = &frozen {
+            frozen.hold(&mut params, &mut optimizer);
         }
         state.step += 1;
         state.samples_in_epoch += global_batch as u64;
@@ -375,6 +400,9 @@ fn train_on_pool(
                 if due {
                     ring.all_reduce_sum(&mut params)?;
                     params.iter_mut().for_each(|p| *p *= scale);
+                    if let Some(frozen) = &frozen {
+                        frozen.hold(&mut params, &mut optimizer);
+                    }
                 }
                 due
             }

@@ -363,6 +363,7 @@ fn pbt_waits_for_the_interval_then_the_bottom_copies_the_top_and_explores() {
             uri: "s3://b/ckpt/manifests/000000000300.json".into(),
             reset_optimizer: None,
             continue_steps: Some(true),
+            layers: None,
         })
     );
     // The others continue from their own checkpoints with their own values.

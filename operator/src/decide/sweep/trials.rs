@@ -107,6 +107,7 @@ pub fn trial_spec(sweep: &TrainingSweep, trial: &TrialStatus) -> Result<Training
             uri: uri.clone(),
             reset_optimizer: None,
             continue_steps: Some(true),
+            layers: None,
         });
     }
     // A trial is stopped by suspension; one created while the sweep is suspended starts so.
