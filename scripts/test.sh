@@ -44,6 +44,15 @@ cargo test --workspace --locked "${test_features[@]}"
 step "ferrotrain validate examples/*.yaml"
 "${CARGO_TARGET_DIR:-target}/debug/ferrotrain" validate examples/*.yaml
 
+# Exported ONNX models run in onnxruntime (installed from PyPI beside the other tools), against
+# Ferrotrain's own logits on 1,000 MNIST test images.
+step "ONNX export: onnxruntime computes Ferrotrain's logits"
+onnxruntime_dir=.tools/onnxruntime
+[[ -d $onnxruntime_dir/onnxruntime ]] || python3 -m pip install --quiet --disable-pip-version-check \
+  --target "$onnxruntime_dir" onnxruntime==1.32.0 >&2
+FERROTRAIN_ONNXRUNTIME="$PWD/$onnxruntime_dir" cargo test --workspace --locked "${test_features[@]}" \
+  --test export -- --ignored --nocapture
+
 step "Helm chart: lint (helm 3, 4), kubernetes-validate, shellcheck, RBAC and Pod Security tests"
 helm4=$(bash scripts/check-chart.sh)
 # The main test build's packages and features, so nothing is compiled again.

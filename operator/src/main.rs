@@ -76,6 +76,48 @@ enum Command {
         #[arg(long)]
         region: Option<String>,
     },
+    /// Export a trained model: `model.safetensors`, `model.onnx` and the model card
+    /// `model.json`, from a checkpoint URI or a TrainingJob manifest's newest checkpoint.
+    #[cfg(feature = "worker")]
+    Export {
+        /// A checkpoint URI (`s3://…`, `file://…`, or one manifest in it) or a TrainingJob
+        /// YAML file.
+        source: String,
+        /// Directory to write the model into.
+        #[arg(long, default_value = "model")]
+        out: PathBuf,
+        /// Directory of local job state, where a manifest without spec.checkpoint checkpoints.
+        #[arg(long, default_value = ".ferrotrain")]
+        state_dir: PathBuf,
+        /// S3 endpoint of an S3-compatible server.
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint: Option<String>,
+        /// S3 region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Also write `model.int8.safetensors`: int8 weights, input scales calibrated on 1,000
+        /// rows of the job's training data.
+        #[arg(long)]
+        int8: bool,
+        /// Where the built-in MNIST dataset is read from (for --int8).
+        #[arg(long, env = "FERROTRAIN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run an exported model on IDX images: one predicted class per line, or the accuracy
+    /// against IDX labels.
+    #[cfg(feature = "worker")]
+    Predict {
+        /// The directory `ferrotrain export` wrote.
+        model: PathBuf,
+        /// IDX images (gzipped or not).
+        images: PathBuf,
+        /// IDX labels: print the accuracy instead of the predictions.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Run the int8 model (`ferrotrain export --int8`).
+        #[arg(long)]
+        int8: bool,
+    },
     /// Print the TrainingJob and TrainingSweep CustomResourceDefinitions.
     Crd,
     /// Run the Kubernetes controller (in-cluster or with the current kubeconfig).
@@ -188,6 +230,42 @@ fn main() -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        #[cfg(feature = "worker")]
+        Command::Export {
+            source,
+            out,
+            state_dir,
+            endpoint,
+            region,
+            int8,
+            data_dir,
+        } => {
+            let options = ferrotrain::cli::export::ExportOptions {
+                state_dir,
+                endpoint,
+                region,
+                int8_data_dir: int8
+                    .then(|| data_dir.unwrap_or_else(ferrotrain_trainer::run::default_data_dir)),
+            };
+            print!(
+                "{}",
+                ferrotrain::cli::export::export(&source, &out, options)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "worker")]
+        Command::Predict {
+            model,
+            images,
+            labels,
+            int8,
+        } => {
+            print!(
+                "{}",
+                ferrotrain::cli::export::predict(&model, &images, labels.as_deref(), int8)?
+            );
+            Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "worker")]
         Command::Checkpoints {

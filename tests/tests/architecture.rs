@@ -43,6 +43,7 @@ const TRAINER_ROOMS: &[(&str, &[&str])] = &[
     ("dist", &[]),
     ("data", &["rng", "storage"]),
     ("checkpoint", &["storage"]),
+    ("export", &["checkpoint", "nn", "storage"]),
     (
         "train",
         &[

@@ -12,6 +12,7 @@ pub mod data;
 pub mod dist;
 pub mod engine;
 pub mod exit;
+pub mod export;
 pub mod nn;
 pub mod optim;
 pub mod progress;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
-use crate::checkpoint::layout::{sha256_hex, split_manifest_uri};
+use crate::checkpoint::layout::{Trained, sha256_hex, split_manifest_uri};
 use crate::checkpoint::lease::{Holder, Lease, LeaseError, LeaseTerms};
 use crate::checkpoint::store::{CheckpointError, CheckpointStore};
 use crate::data::load::{self, Splits};
@@ -350,7 +350,13 @@ fn checkpoint_plan(
         .unwrap_or_default();
     Ok(CheckpointPlan {
         store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data))
-            .with_model(model),
+            .with_model(model)
+            .with_trained(Trained {
+                trainer: spec.clone(),
+                features: data.train.dim,
+                classes: data.classes(),
+                image: data.train.image.map(|i| [i.height, i.width, i.channels]),
+            }),
         every_steps: c.every_steps.map(|s| s.max(1) as u64),
         every_seconds: c.every_seconds.map(|s| s.max(1) as u64),
         resume: c.resume_or_default() == ResumePolicy::Auto,

@@ -249,30 +249,59 @@ impl Location {
 
 /// Reads a whole object given by URI (datasets): `file://` from disk, `s3://` through S3.
 pub async fn read_uri(uri: &str, options: &S3Options) -> Result<bytes::Bytes, StorageError> {
+    read_uri_bounded(uri, options, MAX_DATA_BYTES).await
+}
+
+/// The largest data file read: beyond what a worker holds in memory.
+pub const MAX_DATA_BYTES: u64 = 4 << 30;
+
+/// [`read_uri`], refusing an object of more than `max_bytes` before reading it.
+pub async fn read_uri_bounded(
+    uri: &str,
+    options: &S3Options,
+    max_bytes: u64,
+) -> Result<bytes::Bytes, StorageError> {
     let parsed = parse_storage_uri(uri).map_err(|reason| StorageError::Uri {
         uri: uri.into(),
         reason,
     })?;
+    let too_large = |size: u64| StorageError::Uri {
+        uri: uri.into(),
+        reason: format!("{size} bytes, more than the {max_bytes} a data file may have"),
+    };
     match parsed.scheme {
-        Scheme::File => std::fs::read(&parsed.path)
-            .map(bytes::Bytes::from)
-            .map_err(|e| StorageError::Uri {
+        Scheme::File => {
+            let failed = |e: std::io::Error| StorageError::Uri {
                 uri: uri.into(),
                 reason: e.to_string(),
-            }),
+            };
+            let size = std::fs::metadata(&parsed.path).map_err(failed)?.len();
+            if size > max_bytes {
+                return Err(too_large(size));
+            }
+            std::fs::read(&parsed.path)
+                .map(bytes::Bytes::from)
+                .map_err(failed)
+        }
         Scheme::S3 => {
             let (dir, name) = parsed
                 .path
                 .rsplit_once('/')
                 .unwrap_or(("", parsed.path.as_str()));
             let location = open(&format!("s3://{}/{dir}", parsed.bucket), options)?;
-            location
-                .read(name)
+            let store_error = |source| StorageError::Store {
+                uri: uri.into(),
+                source,
+            };
+            let key = location.key(name);
+            let size = retry_reads(name, || async { location.store.head(&key).await })
                 .await
-                .map_err(|source| StorageError::Store {
-                    uri: uri.into(),
-                    source,
-                })
+                .map_err(store_error)?
+                .size;
+            if size > max_bytes {
+                return Err(too_large(size));
+            }
+            location.read(name).await.map_err(store_error)
         }
     }
 }
@@ -298,6 +327,11 @@ mod tests {
                 .expect("read")
                 .as_ref(),
             &[1, 2, 3]
+        );
+        let refused = read_uri_bounded(&file_uri, &S3Options::default(), 2).await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("3 bytes, more than the 2")),
+            "a data file over the bound is refused before it is read"
         );
         assert!(matches!(
             open("ftp://x/y", &S3Options::default()),

@@ -4,6 +4,8 @@
 #[cfg(feature = "worker")]
 pub mod checkpoints;
 pub mod error;
+#[cfg(feature = "worker")]
+pub mod export;
 pub mod local;
 pub mod operator;
 pub mod validate;

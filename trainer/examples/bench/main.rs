@@ -11,6 +11,7 @@
 //! cargo run -p ferrotrain-trainer --example bench -- augmentation # dataset.augment
 //! cargo run -p ferrotrain-trainer --example bench -- pruning      # compression.pruning
 //! cargo run -p ferrotrain-trainer --example bench -- transfer     # initFrom.layers, freeze
+//! cargo run -p ferrotrain-trainer --example bench -- quantisation # export --int8
 //! ```
 
 mod loopback;
@@ -71,8 +72,9 @@ fn main() -> anyhow::Result<()> {
         "augmentation" => techniques::augmentation(&mnist()?, &rt),
         "pruning" => techniques::pruning(&mnist()?, &rt),
         "transfer" => techniques::transfer(&mnist()?, &rt),
+        "quantisation" => techniques::quantisation(&mnist()?, &rt),
         _ => anyhow::bail!(
-            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer"
+            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer|quantisation"
         ),
     }
 }

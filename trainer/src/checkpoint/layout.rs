@@ -85,6 +85,24 @@ pub struct Manifest {
     /// The model that wrote it, in words (for the error of a warm start into another model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// What was trained, enough to rebuild the model without the job (for `ferrotrain export`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained: Option<Trained>,
+}
+
+/// What a checkpoint is a checkpoint of.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trained {
+    /// The run's `spec.trainer`.
+    pub trainer: ferrotrain_crds::TrainerSpec,
+    /// Features of one input row.
+    pub features: usize,
+    /// Classes.
+    pub classes: usize,
+    /// `[height, width, channels]` when the rows are images, stored channels-last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<[usize; 3]>,
 }
 
 impl Manifest {

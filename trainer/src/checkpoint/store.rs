@@ -7,8 +7,8 @@ use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::checkpoint::layout::{
-    DATA, FORMAT, MANIFESTS, Manifest, ObjectEntry, Snapshot, check_object, complete, encode_f32,
-    manifest_key, sha256_hex,
+    DATA, FORMAT, MANIFESTS, Manifest, ObjectEntry, Snapshot, Trained, check_object, complete,
+    encode_f32, manifest_key, sha256_hex,
 };
 use crate::checkpoint::lease::Fence;
 use crate::storage::{self, Location, now_unix_ms};
@@ -86,6 +86,7 @@ pub struct CheckpointStore {
     keep: usize,
     config_hash: String,
     model: Option<String>,
+    trained: Option<Trained>,
     /// Closed when this process lost the location's writer lease: no commit or deletion after.
     fence: Option<std::sync::Arc<Fence>>,
 }
@@ -98,6 +99,7 @@ impl CheckpointStore {
             keep: keep.max(1),
             config_hash: config_hash.into(),
             model: None,
+            trained: None,
             fence: None,
         }
     }
@@ -118,6 +120,12 @@ impl CheckpointStore {
     /// Records `model` (a description of the model) in every manifest this store commits.
     pub fn with_model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
+        self
+    }
+
+    /// Records what is trained in every manifest this store commits.
+    pub fn with_trained(mut self, trained: Trained) -> Self {
+        self.trained = Some(trained);
         self
     }
 
@@ -193,6 +201,7 @@ impl CheckpointStore {
             state: snapshot.state.clone(),
             objects,
             model: self.model.clone(),
+            trained: self.trained.clone(),
         };
         let manifest_key = manifest_key(step);
         let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();

@@ -36,14 +36,31 @@ impl IdxArray {
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const UNSIGNED_BYTE: u8 = 0x08;
 
+/// The largest IDX file decompressed: a small gzip stream may expand without bound.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+
 /// Decodes IDX bytes (gzipped or plain) read from `file`.
 pub fn parse(file: &str, bytes: &[u8]) -> Result<IdxArray, DataError> {
+    parse_bounded(file, bytes, MAX_DECOMPRESSED_BYTES)
+}
+
+/// [`parse`], refusing a gzip stream that expands past `max_bytes`.
+pub fn parse_bounded(file: &str, bytes: &[u8], max_bytes: u64) -> Result<IdxArray, DataError> {
     let raw;
     let bytes = if bytes.starts_with(&GZIP_MAGIC) {
         let mut out = Vec::with_capacity(bytes.len() * 4);
-        GzDecoder::new(bytes).read_to_end(&mut out).map_err(|e| {
-            DataError::at(file, 0, format!("gzip stream is corrupt or truncated: {e}"))
-        })?;
+        GzDecoder::new(bytes)
+            .take(max_bytes.saturating_add(1))
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                DataError::at(file, 0, format!("gzip stream is corrupt or truncated: {e}"))
+            })?;
+        if out.len() as u64 > max_bytes {
+            return Err(DataError::file(
+                file,
+                format!("decompresses to more than {max_bytes} bytes"),
+            ));
+        }
         raw = out;
         &raw[..]
     } else {
@@ -235,6 +252,21 @@ mod tests {
             dims: vec![2, 2, 3],
             data: (0..12).collect(),
         }
+    }
+
+    #[test]
+    fn a_gzip_stream_that_expands_past_the_bound_is_refused() {
+        let array = sample();
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&encode(&array)).expect("gzip");
+        let bytes = gz.finish().expect("gzip");
+        let size = encode(&array).len() as u64;
+        assert_eq!(parse_bounded("x.gz", &bytes, size), Ok(array));
+        let err = parse_bounded("x.gz", &bytes, size - 1).expect_err("one byte over");
+        assert!(
+            err.to_string().contains("decompresses to more than"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -277,6 +277,18 @@ impl Network {
         stats
     }
 
+    /// The logits of a batch (`batch × classes`, row-major), without dropout.
+    pub fn logits<'w>(
+        &self,
+        params: &[f32],
+        inputs: &[f32],
+        batch: usize,
+        ws: &'w mut Workspace,
+    ) -> &'w [f32] {
+        self.forward(params, inputs, batch, None, ws);
+        ws.activations.last().map(Vec::as_slice).unwrap_or_default()
+    }
+
     /// Loss and accuracy of a batch without dropout or gradients.
     pub fn evaluate(
         &self,
