@@ -1,4 +1,5 @@
-//! `spec.trainer.compression`: making the trained model smaller while it trains.
+//! Making the trained model smaller while it trains: `spec.trainer.compression` (pruning) and
+//! `spec.trainer.distillation` (a small student taught by a larger teacher).
 
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -33,4 +34,24 @@ pub struct PruningSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub every_steps: Option<i64>,
+}
+
+/// Knowledge distillation: the student trains on its labels and on a teacher's outputs softened
+/// by `temperature`, weighted `alpha` to the teacher and `1 − alpha` to the labels.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DistillationSpec {
+    /// The teacher: a checkpoint location (its newest checkpoint that verifies) or one manifest
+    /// in it, of a model trained by Ferrotrain for the same features and classes. Read with this
+    /// job's checkpoint endpoint and credentials.
+    #[schemars(length(min = 1, max = 2048))]
+    pub teacher: String,
+    /// Softening temperature T of both models' outputs. Default: 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.5, max = 100.0))]
+    pub temperature: Option<f64>,
+    /// Weight of the teacher's term; the labels get 1 − alpha. Default: 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub alpha: Option<f64>,
 }

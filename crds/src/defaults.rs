@@ -125,6 +125,18 @@ impl crate::compression::PruningSpec {
     }
 }
 
+impl crate::compression::DistillationSpec {
+    /// Softening temperature.
+    pub fn temperature_or_default(&self) -> f64 {
+        self.temperature.unwrap_or(4.0)
+    }
+
+    /// Weight of the teacher's term.
+    pub fn alpha_or_default(&self) -> f64 {
+        self.alpha.unwrap_or(0.5)
+    }
+}
+
 impl TrainerSpec {
     /// The optimiser, Adam when unset.
     pub fn optimizer_or_default(&self) -> OptimizerSpec {
@@ -433,6 +445,7 @@ mod tests {
             init_from: None,
             compression: None,
             freeze: None,
+            distillation: None,
         }
     }
 

@@ -72,6 +72,9 @@ pub struct TrainerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 16)))]
     pub freeze: Option<Vec<String>>,
+    /// Knowledge distillation from a teacher checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<crate::compression::DistillationSpec>,
     /// Model compression while training (pruning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<crate::compression::CompressionSpec>,

@@ -27,6 +27,7 @@ fn trainer_floats(trainer: &TrainerSpec) -> Vec<(&'static str, Option<f64>)> {
     let optimizer = trainer.optimizer.as_ref();
     let schedule = trainer.lr_schedule.as_ref();
     let augment = trainer.dataset.augment.as_ref();
+    let distillation = trainer.distillation.as_ref();
     let pruning = trainer
         .compression
         .as_ref()
@@ -62,6 +63,14 @@ fn trainer_floats(trainer: &TrainerSpec) -> Vec<(&'static str, Option<f64>)> {
             pruning.map(|p| p.sparsity),
         ),
         (
+            "spec.trainer.distillation.temperature",
+            distillation.and_then(|d| d.temperature),
+        ),
+        (
+            "spec.trainer.distillation.alpha",
+            distillation.and_then(|d| d.alpha),
+        ),
+        (
             "spec.trainer.lrSchedule.gamma",
             schedule.and_then(|s| s.gamma),
         ),
@@ -93,6 +102,14 @@ pub(crate) fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldErro
     }
     validate_dataset(&trainer.dataset, errors);
     validate_layer_names(trainer, errors);
+    if let Some(distillation) = &trainer.distillation
+        && let Err(message) = parse_storage_uri(&distillation.teacher)
+    {
+        errors.push(FieldError::new(
+            "spec.trainer.distillation.teacher",
+            message,
+        ));
+    }
     if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
         errors.push(FieldError::new(
             format!("{base}.model.type"),

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::env::WorkerEnv;
-use ferrotrain_crds::{CheckpointSpec, InitFromSpec, ResumePolicy, TrainerSpec};
+use ferrotrain_crds::{CheckpointSpec, DistillationSpec, InitFromSpec, ResumePolicy, TrainerSpec};
 
 use crate::checkpoint::layout::{Trained, sha256_hex, split_manifest_uri};
 use crate::checkpoint::lease::{Holder, Lease, LeaseError, LeaseTerms};
@@ -20,7 +20,7 @@ use crate::engine::device::{self, Compute};
 use crate::nn::model::Network;
 use crate::progress::{Endpoint, Reporter};
 use crate::storage::{self, S3Options};
-use crate::train::job::{CheckpointPlan, Job, Outcome, TrainError, WarmStart};
+use crate::train::job::{CheckpointPlan, Job, Outcome, Teacher, TrainError, WarmStart};
 use crate::train::steps::train;
 use crate::{config, exit};
 
@@ -244,10 +244,23 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             return exit::BAD_CONFIG;
         }
     };
+    let teacher = match spec
+        .distillation
+        .as_ref()
+        .map(|d| teacher(d, checkpoint.as_ref()))
+        .transpose()
+    {
+        Ok(teacher) => teacher,
+        Err(e) => {
+            tracing::error!(error = %e, "spec.trainer.distillation.teacher");
+            return exit::BAD_CONFIG;
+        }
+    };
     let reporter = (ring.rank() == 0).then(|| Reporter::new(runtime.handle().clone(), progress));
     let job = Job {
         spec,
         attempt,
+        teacher,
         checkpoint: plan,
         warm_start,
         reporter,
@@ -368,7 +381,24 @@ fn warm_start(
     init: &InitFromSpec,
     checkpoint: Option<&CheckpointSpec>,
 ) -> Result<WarmStart, storage::StorageError> {
-    let (location, manifest_key) = split_manifest_uri(&init.uri);
+    let (store, manifest_key) = checkpoint_to_read(&init.uri, checkpoint)?;
+    Ok(WarmStart {
+        store,
+        manifest_key,
+        uri: init.uri.clone(),
+        reset_optimizer: init.reset_optimizer.unwrap_or(false),
+        continue_steps: init.continue_steps.unwrap_or(false),
+        layers: init.layers.clone(),
+    })
+}
+
+/// Another run's checkpoints at `uri` (a location, or one manifest in it), read with the job's
+/// checkpoint endpoint and region.
+fn checkpoint_to_read(
+    uri: &str,
+    checkpoint: Option<&CheckpointSpec>,
+) -> Result<(CheckpointStore, Option<String>), storage::StorageError> {
+    let (location, manifest_key) = split_manifest_uri(uri);
     let location = storage::open(
         &location,
         &S3Options {
@@ -376,13 +406,21 @@ fn warm_start(
             region: checkpoint.and_then(|c| c.region.clone()),
         },
     )?;
-    Ok(WarmStart {
-        store: CheckpointStore::new(location, 1, ""),
+    Ok((CheckpointStore::new(location, 1, ""), manifest_key))
+}
+
+/// The teacher's store, read with the job's checkpoint endpoint and region.
+fn teacher(
+    distillation: &DistillationSpec,
+    checkpoint: Option<&CheckpointSpec>,
+) -> Result<Teacher, storage::StorageError> {
+    let (store, manifest_key) = checkpoint_to_read(&distillation.teacher, checkpoint)?;
+    Ok(Teacher {
+        store,
         manifest_key,
-        uri: init.uri.clone(),
-        reset_optimizer: init.reset_optimizer.unwrap_or(false),
-        continue_steps: init.continue_steps.unwrap_or(false),
-        layers: init.layers.clone(),
+        uri: distillation.teacher.clone(),
+        temperature: distillation.temperature_or_default() as f32,
+        alpha: distillation.alpha_or_default() as f32,
     })
 }
 

@@ -64,6 +64,7 @@ fn train_and_export(name: &str, yaml: &str) -> TrainedRun {
     let job = Job {
         spec,
         attempt: 1,
+        teacher: None,
         checkpoint: Some(CheckpointPlan {
             store,
             every_steps: None,

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
+use ferrotrain_trainer::checkpoint::layout::Trained;
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::idx::{self, IdxArray};
 use ferrotrain_trainer::data::load::{self, Splits};
@@ -13,7 +14,9 @@ use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::nn::model::Network;
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, TrainError, WarmStart};
+use ferrotrain_trainer::train::job::{
+    CheckpointPlan, Job, Outcome, Teacher, TrainError, WarmStart,
+};
 use ferrotrain_trainer::train::steps::train;
 
 struct Fixture {
@@ -142,9 +145,22 @@ impl Fixture {
         warm_start: Option<WarmStart>,
     ) -> Result<Outcome, TrainError> {
         let data = self.data(spec);
+        // The teacher of a distilled spec, as the trainer's runner opens it.
+        let teacher = spec.distillation.as_ref().map(|d| Teacher {
+            store: CheckpointStore::new(
+                storage::open(&d.teacher, &S3Options::default()).expect("teacher store"),
+                1,
+                "",
+            ),
+            manifest_key: None,
+            uri: d.teacher.clone(),
+            temperature: d.temperature_or_default() as f32,
+            alpha: d.alpha_or_default() as f32,
+        });
         let job = Job {
             spec: spec.clone(),
             attempt: 1,
+            teacher,
             checkpoint,
             warm_start,
             reporter: None,
@@ -408,9 +424,17 @@ impl Fixture {
         .expect("store");
         let net = Network::new(&spec.model, data.train.dim, 4).expect("network");
         CheckpointPlan {
-            store: CheckpointStore::new(location, 2, config_hash(spec, data)).with_model(
-                ferrotrain_trainer::nn::describe::describe(&spec.model, &net),
-            ),
+            store: CheckpointStore::new(location, 2, config_hash(spec, data))
+                .with_trained(Trained {
+                    trainer: spec.clone(),
+                    features: data.train.dim,
+                    classes: data.classes(),
+                    image: None,
+                })
+                .with_model(ferrotrain_trainer::nn::describe::describe(
+                    &spec.model,
+                    &net,
+                )),
             every_steps: None,
             every_seconds: None,
             resume: true,
@@ -626,5 +650,51 @@ fn a_resumed_run_with_a_frozen_layer_matches_the_uninterrupted_run_bit_for_bit()
         run.params[fc1.clone()],
         net.init_params(spec.seed_or_default())[fc1],
         "fc1 is as the seed made it"
+    );
+}
+
+/// Distillation: every step adds the teacher's softened outputs to the loss; a resumed student
+/// distils exactly as the uninterrupted one, and the teacher changes what it learns.
+#[test]
+fn a_resumed_distilled_run_matches_the_uninterrupted_run_bit_for_bit() {
+    let fx = Fixture::new("determinism-distill");
+    let teacher = steps_spec(&fx, 60);
+    let data = fx.data(&teacher);
+    let Ok(Outcome::Completed(_)) =
+        fx.run(&teacher, Some(fx.plan_in("teacher", &teacher, &data)), None)
+    else {
+        panic!("the teacher trains")
+    };
+    let student = |distilled: bool| {
+        let mut spec = fx.spec(&if distilled {
+            format!(
+                "distillation: {{teacher: 'file://{}', temperature: 3, alpha: 0.7}}\n",
+                fx.dir.join("teacher").display()
+            )
+        } else {
+            String::new()
+        });
+        spec.model.hidden = Some(vec![8]);
+        spec
+    };
+    assert_resume_is_bit_exact(&fx, &student(true));
+    let (Ok(Outcome::Completed(with)), Ok(Outcome::Completed(without))) = (
+        fx.run(&student(true), None, None),
+        fx.run(&student(false), None, None),
+    ) else {
+        panic!("both students train")
+    };
+    assert!(with.params != without.params, "the teacher took part");
+    // A teacher for other data is refused by name.
+    let mut wrong = student(true);
+    wrong.dataset.classes = Some(6);
+    let Err(TrainError::Config(message)) = fx.run(&wrong, None, None) else {
+        panic!("a teacher of four classes cannot teach six")
+    };
+    assert!(
+        message.starts_with("spec.trainer.distillation.teacher")
+            && message.contains("4 classes")
+            && message.contains("6"),
+        "{message}"
     );
 }

@@ -238,6 +238,7 @@ fn training_resumes_from_s3_and_reads_its_dataset_from_s3() {
         let job = Job {
             spec: spec.clone(),
             attempt: 1,
+            teacher: None,
             checkpoint: Some(CheckpointPlan {
                 store: CheckpointStore::new(ckpt.clone(), 2, config_hash(&spec, &data)),
                 every_steps: Some(10),

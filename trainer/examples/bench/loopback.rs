@@ -50,6 +50,7 @@ pub fn gang(
                     let job = Job {
                         spec,
                         attempt: 1,
+                        teacher: None,
                         checkpoint: None,
                         warm_start: None,
                         reporter: None,

@@ -12,6 +12,7 @@
 //! cargo run -p ferrotrain-trainer --example bench -- pruning      # compression.pruning
 //! cargo run -p ferrotrain-trainer --example bench -- transfer     # initFrom.layers, freeze
 //! cargo run -p ferrotrain-trainer --example bench -- quantisation # export --int8
+//! cargo run -p ferrotrain-trainer --example bench -- distillation # distillation
 //! ```
 
 mod loopback;
@@ -73,8 +74,9 @@ fn main() -> anyhow::Result<()> {
         "pruning" => techniques::pruning(&mnist()?, &rt),
         "transfer" => techniques::transfer(&mnist()?, &rt),
         "quantisation" => techniques::quantisation(&mnist()?, &rt),
+        "distillation" => techniques::distillation(&mnist()?, &rt),
         _ => anyhow::bail!(
-            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer|quantisation"
+            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer|quantisation|distillation"
         ),
     }
 }
@@ -360,6 +362,7 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
     let job = Job {
         spec: spec.clone(),
         attempt: 1,
+        teacher: None,
         warm_start: None,
         checkpoint: Some(CheckpointPlan {
             store: CheckpointStore::new(location.clone(), 2, config_hash(&spec, data)),

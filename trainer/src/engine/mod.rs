@@ -12,6 +12,7 @@ pub mod scaler;
 pub mod select;
 
 use crate::engine::scaler::LossScaler;
+use crate::nn::loss::Targets;
 use crate::nn::model::BatchStats;
 use crate::rng::Rng;
 
@@ -27,6 +28,25 @@ pub trait Engine: Send {
         labels: &[u8],
         dropout: &mut Rng,
     ) -> Result<BatchStats, EngineError>;
+
+    /// [`Engine::train_step`] towards `targets`: labels, or labels and a teacher's logits
+    /// (knowledge distillation, which only the native engine computes).
+    fn train_step_towards(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        targets: Targets,
+        dropout: &mut Rng,
+    ) -> Result<BatchStats, EngineError> {
+        match targets {
+            Targets::Labels(labels) => self.train_step(params, grads, inputs, labels, dropout),
+            Targets::Distilled { .. } => Err(EngineError(
+                "knowledge distillation runs on the CPU engine; set spec.trainer.device: cpu"
+                    .into(),
+            )),
+        }
+    }
 
     /// Loss and accuracy of a batch without dropout or gradients.
     fn evaluate(

@@ -5,5 +5,6 @@ mod conv;
 pub mod describe;
 pub mod kernels;
 pub mod layers;
+pub mod loss;
 pub mod model;
 pub mod pruning;

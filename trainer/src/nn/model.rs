@@ -13,6 +13,9 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 use crate::nn::conv::{self, ConvGeometry};
 use crate::nn::kernels::gemm;
+pub use crate::nn::loss::BatchStats;
+pub(crate) use crate::nn::loss::logit_stats;
+use crate::nn::loss::{Targets, loss_and_grad};
 use crate::rng::{Rng, Stream};
 
 /// One layer and where its parameters live in the flat vector.
@@ -105,17 +108,6 @@ pub struct Workspace {
     shares: Vec<f32>,
     grad_out: Vec<f32>,
     grad_in: Vec<f32>,
-}
-
-/// Loss and accuracy counts over a batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct BatchStats {
-    /// Sum of per-sample cross-entropy losses.
-    pub loss_sum: f64,
-    /// Correct top-1 predictions.
-    pub correct: usize,
-    /// Samples.
-    pub count: usize,
 }
 
 /// Lays out layers and their parameter offsets.
@@ -270,9 +262,24 @@ impl Network {
         dropout_rng: &mut Rng,
         ws: &mut Workspace,
     ) -> BatchStats {
-        let batch = labels.len();
+        let targets = Targets::Labels(labels);
+        self.train_step_towards(params, grads, inputs, targets, dropout_rng, ws)
+    }
+
+    /// [`Network::train_step`] towards `targets` (labels, or a teacher's logits too).
+    pub fn train_step_towards(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        targets: Targets,
+        dropout_rng: &mut Rng,
+        ws: &mut Workspace,
+    ) -> BatchStats {
+        let batch = targets.labels().len();
         self.forward(params, inputs, batch, Some(dropout_rng), ws);
-        let stats = self.loss_and_grad(labels, ws);
+        let logits = ws.activations.last().map(Vec::as_slice).unwrap_or_default();
+        let stats = loss_and_grad(logits, self.classes, targets, &mut ws.grad_out);
         self.backward(params, grads, batch, ws);
         stats
     }
@@ -397,24 +404,6 @@ impl Network {
         }
     }
 
-    /// Softmax cross-entropy over the logits; leaves dLoss/dlogits (mean over the batch) in
-    /// `ws.grad_out`.
-    fn loss_and_grad(&self, labels: &[u8], ws: &mut Workspace) -> BatchStats {
-        let logits = ws.activations.last().map(Vec::as_slice).unwrap_or_default();
-        ws.grad_out.resize(logits.len(), 0.0);
-        let scale = 1.0 / labels.len() as f32;
-        let mut stats = BatchStats::default();
-        for ((row, grad), &label) in logits
-            .chunks_exact(self.classes)
-            .zip(ws.grad_out.chunks_exact_mut(self.classes))
-            .zip(labels)
-        {
-            let (loss, predicted) = softmax_loss(row, usize::from(label), Some((grad, scale)));
-            stats.record(loss, predicted, label);
-        }
-        stats
-    }
-
     fn backward(&self, params: &[f32], grads: &mut [f32], batch: usize, ws: &mut Workspace) {
         let mut size_in: Vec<usize> = Vec::with_capacity(self.layers.len());
         let mut size = self.inputs;
@@ -512,49 +501,6 @@ fn view(data: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
 fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
         .expect("slice holds rows × cols values")
-}
-
-impl BatchStats {
-    fn record(&mut self, loss: f32, predicted: usize, label: u8) {
-        self.loss_sum += f64::from(loss);
-        self.correct += usize::from(predicted == usize::from(label));
-        self.count += 1;
-    }
-}
-
-/// Loss and accuracy of a batch from its logits (`classes` per row).
-pub(crate) fn logit_stats(logits: &[f32], classes: usize, labels: &[u8]) -> BatchStats {
-    let mut stats = BatchStats::default();
-    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-        let (loss, predicted) = softmax_loss(row, usize::from(label), None);
-        stats.record(loss, predicted, label);
-    }
-    stats
-}
-
-/// Loss of one row and its arg-max; with `grad`, writes (softmax − one-hot) × scale.
-pub(crate) fn softmax_loss(
-    logits: &[f32],
-    label: usize,
-    grad: Option<(&mut [f32], f32)>,
-) -> (f32, usize) {
-    let (mut predicted, mut max) = (0, f32::NEG_INFINITY);
-    for (j, &v) in logits.iter().enumerate() {
-        if v > max {
-            max = v;
-            predicted = j;
-        }
-    }
-    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-    let log_sum = sum.ln();
-    let loss = log_sum - (logits.get(label).copied().unwrap_or(max) - max);
-    if let Some((grad, scale)) = grad {
-        for (j, (g, &v)) in grad.iter_mut().zip(logits).enumerate() {
-            let p = (v - max - log_sum).exp();
-            *g = (p - if j == label { 1.0 } else { 0.0 }) * scale;
-        }
-    }
-    (loss, predicted)
 }
 
 #[cfg(test)]

@@ -44,6 +44,20 @@ pub struct WarmStart {
     pub layers: Option<Vec<String>>,
 }
 
+/// The teacher of a distilled run.
+pub struct Teacher {
+    /// The teacher's checkpoint location.
+    pub store: CheckpointStore,
+    /// The manifest, when the URI names one; else the newest that verifies.
+    pub manifest_key: Option<String>,
+    /// The URI as written, for messages.
+    pub uri: String,
+    /// Softening temperature.
+    pub temperature: f32,
+    /// Weight of the teacher's term.
+    pub alpha: f32,
+}
+
 /// Everything one rank needs to train.
 pub struct Job {
     /// What to train.
@@ -52,6 +66,8 @@ pub struct Job {
     pub attempt: u32,
     /// Checkpoints, if any.
     pub checkpoint: Option<CheckpointPlan>,
+    /// The teacher of knowledge distillation, if any.
+    pub teacher: Option<Teacher>,
     /// Where to start from when the job has no checkpoint of its own yet.
     pub warm_start: Option<WarmStart>,
     /// Progress reports (rank 0).

@@ -1,5 +1,6 @@
 //! The training loop of one rank and what it reads and writes around the steps.
 
+pub mod distill;
 pub mod evaluation;
 pub mod job;
 pub mod resume;

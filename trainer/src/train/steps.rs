@@ -25,10 +25,12 @@ use crate::data::augment::Augmenter;
 use crate::data::load::Splits;
 use crate::dist::ring::Ring;
 use crate::engine::{self, EngineError};
+use crate::nn::loss::Targets;
 use crate::nn::model::Network;
 use crate::nn::pruning::Pruner;
 use crate::optim::{Optimizer, clip_grad_norm, learning_rate};
 use crate::rng::{Rng, Stream};
+use crate::train::distill;
 use crate::train::evaluation::{Reported, evaluate, progress, update_early_stopping};
 use crate::train::job::{CheckpointStats, Job, Outcome, Summary, TrainError};
 use crate::train::resume::{load_resume_point, load_warm_start, snapshot};
@@ -175,6 +177,11 @@ fn train_on_pool(
         }
     }
 
+    let mut teacher = job
+        .teacher
+        .as_ref()
+        .map(|t| distill::load(t, data.train.dim, data.classes(), runtime))
+        .transpose()?;
     // Held at the values they start with: their seed's, a checkpoint's or the resumed ones.
     let frozen = spec
         .freeze
@@ -268,7 +275,19 @@ fn train_on_pool(
                     state.step
                 )));
             }
-            engine.train_step(&params, &mut grads[..n], &batch_x, &batch_y, &mut dropout)
+            let targets = match teacher.as_mut() {
+                Some(teacher) => {
+                    let (temperature, alpha) = (teacher.temperature, teacher.alpha);
+                    Targets::Distilled {
+                        teacher: teacher.logits(&batch_x, batch),
+                        labels: &batch_y,
+                        temperature,
+                        alpha,
+                    }
+                }
+                None => Targets::Labels(&batch_y),
+            };
+            engine.train_step_towards(&params, &mut grads[..n], &batch_x, targets, &mut dropout)
         }) {
             Ok(stats) => stats,
             Err(failure) => {
