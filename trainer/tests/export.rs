@@ -4,9 +4,6 @@
 //! installed, `FERROTRAIN_ONNXRUNTIME` naming its Python path).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
 use ferrotrain_trainer::checkpoint::layout::Trained;
@@ -62,24 +59,13 @@ fn train_and_export(name: &str, yaml: &str) -> TrainedRun {
         image: data.train.image.map(|i| [i.height, i.width, i.channels]),
     });
     let job = Job {
-        spec,
-        attempt: 1,
-        teacher: None,
         checkpoint: Some(CheckpointPlan {
             store,
             every_steps: None,
             every_seconds: None,
             resume: false,
         }),
-        warm_start: None,
-        reporter: None,
-        report_every: Duration::from_secs(3600),
-        stop: Arc::new(AtomicBool::new(false)),
-        stop_after_step: None,
-        fail_after_step: None,
-        grace: Duration::from_secs(30),
-        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
-        threads: 0,
+        ..Job::new(spec)
     };
     let Ok(Outcome::Completed(summary)) = train(job, &data, &mut Ring::single(), runtime.handle())
     else {

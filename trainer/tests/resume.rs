@@ -1,10 +1,6 @@
 //! A run stopped by SIGTERM (emergency checkpoint) and resumed ends with exactly the parameters of
 //! an uninterrupted run, and a checkpoint of another configuration is refused.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
-
 use ferrotrain_crds::TrainerSpec;
 use ferrotrain_trainer::checkpoint::layout::Trained;
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
@@ -158,19 +154,12 @@ impl Fixture {
             alpha: d.alpha_or_default() as f32,
         });
         let job = Job {
-            spec: spec.clone(),
-            attempt: 1,
             teacher,
             checkpoint,
             warm_start,
-            reporter: None,
-            report_every: Duration::from_secs(60),
-            stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
             fail_after_step,
-            grace: Duration::from_secs(30),
-            compute: ferrotrain_trainer::engine::device::Compute::Cpu,
-            threads: 0,
+            ..Job::new(spec.clone())
         };
         train(job, &data, &mut Ring::single(), self.runtime.handle())
     }

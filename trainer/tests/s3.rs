@@ -2,8 +2,6 @@
 //! scripts/s3-server.sh). Ignored in a plain `cargo test`; scripts/test.sh runs them with
 //! `--ignored` once the server is up.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::TrainerSpec;
@@ -236,24 +234,14 @@ fn training_resumes_from_s3_and_reads_its_dataset_from_s3() {
     let ckpt = location("train");
     let run = |stop_after_step: Option<u64>| {
         let job = Job {
-            spec: spec.clone(),
-            attempt: 1,
-            teacher: None,
             checkpoint: Some(CheckpointPlan {
                 store: CheckpointStore::new(ckpt.clone(), 2, config_hash(&spec, &data)),
                 every_steps: Some(10),
                 every_seconds: None,
                 resume: true,
             }),
-            warm_start: None,
-            reporter: None,
-            report_every: Duration::from_secs(60),
-            stop: Arc::new(AtomicBool::new(false)),
             stop_after_step,
-            fail_after_step: None,
-            grace: Duration::from_secs(30),
-            compute: ferrotrain_trainer::engine::device::Compute::Cpu,
-            threads: 0,
+            ..Job::new(spec.clone())
         };
         train(job, &data, &mut Ring::single(), rt.handle()).expect("train")
     };

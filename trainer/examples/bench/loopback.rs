@@ -2,8 +2,6 @@
 //! interface: what every benchmark that trains uses.
 
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -48,19 +46,8 @@ pub fn gang(
                 scope.spawn(move || -> anyhow::Result<Summary> {
                     let mut ring = loopback_ring(rank, ranks, port)?;
                     let job = Job {
-                        spec,
-                        attempt: 1,
-                        teacher: None,
-                        checkpoint: None,
-                        warm_start: None,
-                        reporter: None,
-                        report_every: Duration::from_secs(3600),
-                        stop: Arc::new(AtomicBool::new(false)),
-                        stop_after_step: None,
-                        fail_after_step: None,
-                        grace: Duration::from_secs(30),
-                        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
                         threads: threads_per_rank,
+                        ..Job::new(spec)
                     };
                     match train(job, data, &mut ring, &handle)? {
                         Outcome::Completed(s) | Outcome::Preempted(s) => Ok(s),

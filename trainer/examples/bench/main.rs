@@ -23,8 +23,6 @@ use loopback::{gang, loopback_ring};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -360,24 +358,15 @@ fn checkpoint(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<()>
     let spec: TrainerSpec = serde_yaml::from_str(yaml)?;
     let location = storage::open(&uri, &options)?;
     let job = Job {
-        spec: spec.clone(),
-        attempt: 1,
-        teacher: None,
-        warm_start: None,
         checkpoint: Some(CheckpointPlan {
             store: CheckpointStore::new(location.clone(), 2, config_hash(&spec, data)),
             every_steps: None,
             every_seconds: Some(5),
             resume: false,
         }),
-        reporter: None,
-        report_every: Duration::from_secs(3600),
-        stop: Arc::new(AtomicBool::new(false)),
         stop_after_step: Some(200),
-        fail_after_step: None,
         grace: Duration::from_secs(120),
-        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
-        threads: 0,
+        ..Job::new(spec.clone())
     };
     let summary = match train(job, data, &mut Ring::single(), rt.handle())? {
         Outcome::Completed(s) | Outcome::Preempted(s) => s,

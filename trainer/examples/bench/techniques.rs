@@ -1,10 +1,6 @@
 //! Benchmarks of the training techniques of `spec.trainer`: what each does to the model and to
 //! its accuracy, against the same run without it.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
-
 use ferrotrain_crds::TrainerSpec;
 use ferrotrain_trainer::checkpoint::layout::Trained;
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
@@ -79,14 +75,9 @@ pub fn augmentation(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Resu
             )?;
             accuracies.push(summary.metrics.get("valAccuracy").copied().unwrap_or(0.0) * 100.0);
         }
-        let mean = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
+        let (mean, seeds) = mean_and_seeds(&accuracies);
         println!(
-            "augmentation {name}: {mean:.2} % MNIST test accuracy (seeds 1-3: {}) after 1,500 steps on 2,000 training images",
-            accuracies
-                .iter()
-                .map(|a| format!("{a:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "augmentation {name}: {mean:.2} % MNIST test accuracy (seeds 1-3: {seeds}) after 1,500 steps on 2,000 training images"
         );
     }
     Ok(())
@@ -221,14 +212,9 @@ pub fn transfer(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Result<(
             let summary = alone(&target, rt, spec, start)?;
             accuracies.push(summary.metrics.get("valAccuracy").copied().unwrap_or(0.0) * 100.0);
         }
+        let (mean, seeds) = mean_and_seeds(&accuracies);
         println!(
-            "transfer {name}: {:.2} % test accuracy on digits 5-9 (seeds 1-3: {}) after 300 steps on 500 images",
-            accuracies.iter().sum::<f64>() / accuracies.len() as f64,
-            accuracies
-                .iter()
-                .map(|a| format!("{a:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "transfer {name}: {mean:.2} % test accuracy on digits 5-9 (seeds 1-3: {seeds}) after 300 steps on 500 images"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -256,19 +242,10 @@ fn alone(
         teacher,
     } = start;
     let job = Job {
-        spec,
-        attempt: 1,
         teacher,
         checkpoint,
         warm_start,
-        reporter: None,
-        report_every: Duration::from_secs(3600),
-        stop: Arc::new(AtomicBool::new(false)),
-        stop_after_step: None,
-        fail_after_step: None,
-        grace: Duration::from_secs(30),
-        compute: ferrotrain_trainer::engine::device::Compute::Cpu,
-        threads: 0,
+        ..Job::new(spec)
     };
     match train(job, data, &mut Ring::single(), rt.handle())? {
         Outcome::Completed(summary) | Outcome::Preempted(summary) => Ok(summary),
@@ -408,19 +385,25 @@ pub fn distillation(data: &Splits, rt: &tokio::runtime::Runtime) -> anyhow::Resu
             let summary = alone(data, rt, spec, start)?;
             accuracies.push(summary.metrics.get("valAccuracy").copied().unwrap_or(0.0) * 100.0);
         }
+        let (mean, seeds) = mean_and_seeds(&accuracies);
+        let student = setting.map_or("alone".to_string(), |(t, a)| {
+            format!("from the teacher, T {t}, alpha {a}")
+        });
         println!(
-            "distillation student mlp [64] {}: {:.2} % MNIST test accuracy (seeds 1-3: {}) after 3 epochs",
-            setting.map_or("alone".to_string(), |(t, a)| format!(
-                "from the teacher, T {t}, alpha {a}"
-            )),
-            accuracies.iter().sum::<f64>() / accuracies.len() as f64,
-            accuracies
-                .iter()
-                .map(|a| format!("{a:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "distillation student mlp [64] {student}: {mean:.2} % MNIST test accuracy (seeds 1-3: {seeds}) after 3 epochs"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The mean of per-seed accuracies and the list of them, for a line of output.
+fn mean_and_seeds(accuracies: &[f64]) -> (f64, String) {
+    let mean = accuracies.iter().sum::<f64>() / accuracies.len().max(1) as f64;
+    let seeds = accuracies
+        .iter()
+        .map(|a| format!("{a:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (mean, seeds)
 }

@@ -89,6 +89,28 @@ pub struct Job {
     pub threads: usize,
 }
 
+impl Job {
+    /// A first attempt at `spec` on the CPU with nothing else: no checkpoints, warm start,
+    /// teacher or progress reports, the default threads; the fields a run needs are set on top.
+    pub fn new(spec: TrainerSpec) -> Self {
+        Self {
+            spec,
+            attempt: 1,
+            checkpoint: None,
+            teacher: None,
+            warm_start: None,
+            reporter: None,
+            report_every: Duration::from_secs(3600),
+            stop: Arc::new(AtomicBool::new(false)),
+            stop_after_step: None,
+            fail_after_step: None,
+            grace: Duration::from_secs(30),
+            compute: Compute::Cpu,
+            threads: 0,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
