@@ -5,7 +5,7 @@
 use crate::field_error::FieldError;
 use crate::formats::{Scheme, parse_storage_uri};
 use crate::trainer_spec::{
-    DatasetKind, DatasetSpec, EarlyStoppingMetric, EarlyStoppingMode, LrScheduleKind, ModelKind,
+    DatasetKind, Device, DatasetSpec, EarlyStoppingMetric, EarlyStoppingMode, LrScheduleKind, ModelKind,
     TrainerSpec,
 };
 
@@ -102,13 +102,20 @@ pub(crate) fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldErro
     }
     validate_dataset(&trainer.dataset, errors);
     validate_layer_names(trainer, errors);
-    if let Some(distillation) = &trainer.distillation
-        && let Err(message) = parse_storage_uri(&distillation.teacher)
-    {
-        errors.push(FieldError::new(
-            "spec.trainer.distillation.teacher",
-            message,
-        ));
+    if let Some(distillation) = &trainer.distillation {
+        if let Err(message) = parse_storage_uri(&distillation.teacher) {
+            errors.push(FieldError::new(
+                "spec.trainer.distillation.teacher",
+                message,
+            ));
+        }
+        if trainer.device_or_default() == Device::Cuda {
+            errors.push(FieldError::new(
+                "spec.trainer.distillation",
+                "knowledge distillation runs on the CPU engine; remove device: cuda (auto trains a \
+                 distilled job on the CPU)",
+            ));
+        }
     }
     if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
         errors.push(FieldError::new(

@@ -145,8 +145,17 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             (*spec, checkpoint.map(|c| *c), None, 1, None, Some(holder))
         }
     };
+    // Distillation runs on the CPU engine, so `auto` means the CPU for it (validation refuses
+    // `cuda` with a teacher).
+    let device = match spec.device_or_default() {
+        ferrotrain_crds::Device::Auto if spec.distillation.is_some() => {
+            tracing::info!("device auto: the CPU, as knowledge distillation runs on the CPU engine");
+            ferrotrain_crds::Device::Cpu
+        }
+        device => device,
+    };
     let compute = match device::select(
-        spec.device_or_default(),
+        device,
         spec.precision_or_default(),
         &device::probe(),
     ) {

@@ -9,8 +9,9 @@
 //!
 //! Determinism: parameters start from the seed; the epoch permutation, the dropout masks, the
 //! image augmentations and the batch of every (step, rank) are derived from (seed, epoch, step,
-//! rank) rather than carried forward, and the all-reduce adds in a fixed order. A run resumed from a checkpoint therefore
-//! computes exactly what the uninterrupted run computes, bit for bit, at the same world size.
+//! rank) rather than carried forward, and the all-reduce adds in a fixed order. A run resumed
+//! from a checkpoint therefore computes exactly what the uninterrupted run computes, bit for bit,
+//! at the same world size.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
