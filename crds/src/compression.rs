@@ -46,9 +46,10 @@ pub struct DistillationSpec {
     /// job's checkpoint endpoint and credentials.
     #[schemars(length(min = 1, max = 2048))]
     pub teacher: String,
-    /// Softening temperature T of both models' outputs. Default: 4.
+    /// Softening temperature T of both models' outputs, at least 1 (1 leaves them as they are).
+    /// Default: 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.5, max = 100.0))]
+    #[schemars(range(min = 1.0, max = 100.0))]
     pub temperature: Option<f64>,
     /// Weight of the teacher's term; the labels get 1 − alpha. Default: 0.5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
