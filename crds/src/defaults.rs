@@ -64,6 +64,16 @@ impl ModelSpec {
         self.dropout.unwrap_or(0.0)
     }
 
+    /// Whether hidden layers are batch-normalised (never for softmax regression).
+    pub fn batch_norm_or_default(&self) -> bool {
+        self.batch_norm.unwrap_or(false) && self.kind != ModelKind::Logistic
+    }
+
+    /// Whether batch statistics are the whole gang's.
+    pub fn sync_batch_norm_or_default(&self) -> bool {
+        self.batch_norm_or_default() && self.sync_batch_norm.unwrap_or(false)
+    }
+
     /// The names of the layers that have parameters, from the input to the classifier head: what
     /// `freeze` and `initFrom.layers` name.
     pub fn layer_names(&self) -> Vec<String> {
@@ -415,6 +425,8 @@ mod tests {
                 kind: ModelKind::Mlp,
                 hidden: None,
                 dropout: None,
+                batch_norm: None,
+                sync_batch_norm: None,
             },
             dataset: DatasetSpec {
                 kind: DatasetKind::Mnist,

@@ -27,6 +27,8 @@ pub const JOB_UID: &str = "FERROTRAIN_JOB_UID";
 pub const TRAINER_CONFIG: &str = "FERROTRAIN_TRAINER_CONFIG";
 /// `spec.checkpoint` as JSON (without credentials).
 pub const CHECKPOINT_CONFIG: &str = "FERROTRAIN_CHECKPOINT_CONFIG";
+/// `spec.output` as JSON.
+pub const OUTPUT_CONFIG: &str = "FERROTRAIN_OUTPUT_CONFIG";
 /// URL rank 0 POSTs progress reports to.
 pub const PROGRESS_URL: &str = "FERROTRAIN_PROGRESS_URL";
 /// File holding the bearer token for progress reports.
@@ -97,6 +99,8 @@ pub struct WorkerEnv {
     pub trainer: TrainerSpec,
     /// Where to checkpoint.
     pub checkpoint: Option<CheckpointSpec>,
+    /// Where to export the trained model.
+    pub output: Option<crate::output::OutputSpec>,
     /// Progress endpoint (rank 0 reports there).
     pub progress_url: Option<String>,
     /// Path of the progress bearer token file.
@@ -146,6 +150,7 @@ impl WorkerEnv {
         let optional = [
             (JOB_UID, self.job_uid.clone()),
             (CHECKPOINT_CONFIG, self.checkpoint.as_ref().map(to_json)),
+            (OUTPUT_CONFIG, self.output.as_ref().map(to_json)),
             (PROGRESS_URL, self.progress_url.clone()),
             (PROGRESS_TOKEN_PATH, self.progress_token_path.clone()),
             (GANG_KEY_PATH, self.gang_key_path.clone()),
@@ -180,6 +185,9 @@ impl WorkerEnv {
         let checkpoint = lookup(CHECKPOINT_CONFIG)
             .map(|v| from_json(CHECKPOINT_CONFIG, v))
             .transpose()?;
+        let output = lookup(OUTPUT_CONFIG)
+            .map(|v| from_json(OUTPUT_CONFIG, v))
+            .transpose()?;
         Ok(Self {
             rank,
             world_size,
@@ -191,6 +199,7 @@ impl WorkerEnv {
             job_uid: lookup(JOB_UID),
             trainer,
             checkpoint,
+            output,
             progress_url: lookup(PROGRESS_URL),
             progress_token_path: lookup(PROGRESS_TOKEN_PATH),
             gang_key_path: lookup(GANG_KEY_PATH),
@@ -255,6 +264,10 @@ mod tests {
             checkpoint: Some(
                 serde_yaml::from_str("uri: s3://ckpt/mnist\neverySteps: 100\n").expect("ckpt"),
             ),
+            output: Some(
+                serde_yaml::from_str("uri: s3://models/mnist\nformats: [onnx, int8]\n")
+                    .expect("output"),
+            ),
             progress_url: Some("http://ferrotrain:8080/v1/namespaces/ml/trainingjobs/mnist/progress".into()),
             progress_token_path: Some("/var/run/ferrotrain/token".into()),
             gang_key_path: Some("/var/run/ferrotrain/gang-key".into()),
@@ -276,6 +289,7 @@ mod tests {
         let mut env = sample();
         env.job_uid = None;
         env.checkpoint = None;
+        env.output = None;
         env.progress_url = None;
         env.progress_token_path = None;
         env.gang_key_path = None;

@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod env;
 pub mod field_error;
 pub mod formats;
+pub mod output;
 pub mod progress;
 pub mod run_policy;
 pub mod schema;
@@ -23,6 +24,7 @@ pub mod validate;
 pub mod validate_trainer;
 
 pub use compression::*;
+pub use output::{OutputFile, OutputFormat, OutputSpec, OutputStatus};
 pub use run_policy::*;
 pub use status::*;
 pub use trainer_spec::*;

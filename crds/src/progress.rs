@@ -71,6 +71,18 @@ pub struct ProgressReport {
     /// Checkpoints that failed verification when this attempt looked for one to resume from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_checkpoints: Option<RejectedCheckpoints>,
+    /// The files of spec.output, written before the last report of a successful run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<crate::output::OutputFile>,
+}
+
+/// Whether reported output files are files an output may hold, each once.
+pub fn output_within_bounds(files: &[crate::output::OutputFile]) -> bool {
+    let known = crate::output::OutputSpec::known_files();
+    files.len() <= known.len()
+        && files.iter().enumerate().all(|(i, f)| {
+            known.contains(&f.name.as_str()) && !files[..i].iter().any(|g| g.name == f.name)
+        })
 }
 
 /// Checkpoints a resume had to pass over because their data did not verify.

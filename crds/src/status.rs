@@ -38,6 +38,9 @@ pub struct TrainingJobStatus {
     /// The latest committed checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointStatus>,
+    /// The exported model (spec.output), once the run wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::output::OutputStatus>,
     /// Time spent making progress versus time lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goodput: Option<GoodputStatus>,

@@ -112,6 +112,8 @@ pub struct InitFromSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.type == 'mlp' || !has(self.hidden)").message("hidden applies only to type mlp").field_path(".hidden"))]
 #[x_kube(validation = Rule::new("self.type != 'logistic' || !has(self.dropout)").message("dropout does not apply to type logistic").field_path(".dropout"))]
+#[x_kube(validation = Rule::new("self.type != 'logistic' || !has(self.batchNorm) || !self.batchNorm").message("batchNorm applies to types mlp and lenet: softmax regression has no hidden layer to normalise").field_path(".batchNorm"))]
+#[x_kube(validation = Rule::new("!has(self.syncBatchNorm) || !self.syncBatchNorm || (has(self.batchNorm) && self.batchNorm)").message("syncBatchNorm needs batchNorm: true").field_path(".syncBatchNorm"))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSpec {
     /// `logistic` (softmax regression), `mlp` (fully connected, ReLU) or `lenet` (LeNet-5-style CNN
@@ -126,6 +128,16 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 0.95))]
     pub dropout: Option<f64>,
+    /// Batch normalisation after every convolution and hidden dense layer, before its ReLU (mlp,
+    /// lenet). Each rank normalises with its own batch's statistics; the running statistics that
+    /// evaluation uses are averaged over the gang every step. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_norm: Option<bool>,
+    /// With batchNorm: normalise with the statistics of the whole gang's batch (synchronised
+    /// batch normalisation; two collectives per layer and step). For small per-rank batches.
+    /// Synchronous mode only. Default: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_batch_norm: Option<bool>,
 }
 
 /// The model families the trainer implements.

@@ -94,6 +94,10 @@ pub struct TrainingJobSpec {
     /// Restart budgets, deadlines, suspension, gang scheduling and cleanup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_policy: Option<RunPolicy>,
+    /// Where a successful run exports its trained model (safetensors, ONNX, int8), as
+    /// `ferrotrain export` does; recorded in status.output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<crate::output::OutputSpec>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ use crate::formats::{
     parse_storage_uri,
 };
 use crate::run_policy::{CheckpointSpec, FailurePolicy, FailureReason};
-use crate::types::{PodOverlay, TrainingJob, WorkersSpec};
+use crate::trainer_spec::DatasetKind;
+use crate::types::{PodOverlay, TrainingJob, TrainingJobSpec, WorkersSpec};
 use crate::validate_trainer::validate_trainer;
 pub use crate::validate_trainer::validate_trainer_spec;
 
@@ -42,6 +43,7 @@ pub fn validate(job: &TrainingJob) -> Result<(), Vec<FieldError>> {
     if let Some(checkpoint) = &job.spec.checkpoint {
         validate_checkpoint(checkpoint, &mut errors);
     }
+    validate_output(&job.spec, &mut errors);
     if let Some(policy) = &job.spec.run_policy {
         let overlay_class = job
             .spec
@@ -67,6 +69,38 @@ pub fn validate(job: &TrainingJob) -> Result<(), Vec<FieldError>> {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// The rules of `spec.output` that the schema cannot express.
+fn validate_output(spec: &TrainingJobSpec, errors: &mut Vec<FieldError>) {
+    let Some(output) = &spec.output else { return };
+    match parse_storage_uri(&output.uri) {
+        Err(message) => errors.push(FieldError::new("spec.output.uri", message)),
+        Ok(parsed) if parsed.scheme == Scheme::S3 && spec.checkpoint.is_none() => {
+            errors.push(FieldError::new(
+                "spec.output.uri",
+                "an s3:// output is written with spec.checkpoint's endpoint, region and \
+                 credentials; add spec.checkpoint",
+            ));
+        }
+        Ok(_) => {}
+    }
+    let formats = output.formats.as_deref().unwrap_or_default();
+    for (i, format) in formats.iter().enumerate() {
+        if formats[..i].contains(format) {
+            errors.push(FieldError::new(
+                format!("spec.output.formats[{i}]"),
+                format!("{format:?} is listed twice"),
+            ));
+        }
+    }
+    if spec.trainer.dataset.kind == DatasetKind::Csv {
+        errors.push(FieldError::new(
+            "spec.output",
+            "a model trained on CSV reads features standardised with its training split's mean \
+             and deviation, which an export does not record; only image models are exported",
+        ));
     }
 }
 

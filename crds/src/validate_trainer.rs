@@ -5,8 +5,8 @@
 use crate::field_error::FieldError;
 use crate::formats::{Scheme, parse_storage_uri};
 use crate::trainer_spec::{
-    DatasetKind, Device, DatasetSpec, EarlyStoppingMetric, EarlyStoppingMode, LrScheduleKind, ModelKind,
-    TrainerSpec,
+    DatasetKind, DatasetSpec, Device, EarlyStoppingMetric, EarlyStoppingMode, LrScheduleKind,
+    ModeKind, ModelKind, TrainerSpec,
 };
 
 /// Checks a trainer configuration on its own (the trainer's `--config` file); paths start at
@@ -116,6 +116,20 @@ pub(crate) fn validate_trainer(trainer: &TrainerSpec, errors: &mut Vec<FieldErro
                  distilled job on the CPU)",
             ));
         }
+    }
+    if trainer.model.batch_norm_or_default() && trainer.device_or_default() == Device::Cuda {
+        errors.push(FieldError::new(
+            format!("{base}.model.batchNorm"),
+            "batch normalisation runs on the CPU engine; remove device: cuda (auto trains a \
+             batch-normalised model on the CPU)",
+        ));
+    }
+    if trainer.model.sync_batch_norm_or_default() && trainer.mode_or_default() == ModeKind::Async {
+        errors.push(FieldError::new(
+            format!("{base}.model.syncBatchNorm"),
+            "synchronised batch normalisation needs every rank at the same step; use mode \
+             sync, or leave syncBatchNorm out (each rank then normalises with its own batch)",
+        ));
     }
     if trainer.model.kind == ModelKind::Lenet && trainer.dataset.kind == DatasetKind::Csv {
         errors.push(FieldError::new(

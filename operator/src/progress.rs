@@ -1,12 +1,15 @@
-//! Progress reports from rank 0 into `status.progress` and `status.checkpoint`: authentication,
-//! validation, and the operator's own throughput and ETA estimate (an exponentially weighted
-//! moving average over the report history, not the trainer's claim). The HTTP servers of the
+//! Progress reports from rank 0 into `status.progress`, `status.checkpoint` and `status.output`:
+//! authentication, validation, and the operator's own throughput and ETA estimate (an
+//! exponentially weighted moving average over the report history, not the trainer's claim). The HTTP servers of the
 //! operator and of `ferrotrain run` both call [`ProgressTracker::accept`].
 
 use ferrotrain_crds::progress::{
     MAX_BODY_BYTES, MAX_REPORTED_EVALUATIONS, ProgressReport, metrics_within_bounds,
+    output_within_bounds,
 };
-use ferrotrain_crds::{CheckpointStatus, ProgressStatus, TrainingJobStatus};
+use ferrotrain_crds::{
+    CheckpointStatus, OutputFile, OutputStatus, ProgressStatus, TrainingJobStatus,
+};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -94,6 +97,8 @@ pub struct ProgressTracker {
     /// [`STEP_TIME_SAMPLES`]; fixed-size so a job's history costs the same at any age.
     step_times: [f32; STEP_TIME_SAMPLES],
     step_time_count: usize,
+    /// The step and files of spec.output, once a report named them: kept across attempts.
+    output: Option<(u64, Vec<OutputFile>)>,
 }
 
 impl ProgressTracker {
@@ -130,6 +135,7 @@ impl ProgressTracker {
             || (report.total_steps > 0 && report.step > report.total_steps)
             || report.loss.is_some_and(|l| !l.is_finite())
             || report.evaluations.len() > MAX_REPORTED_EVALUATIONS
+            || !output_within_bounds(&report.output)
         {
             return Err(Rejection::Malformed);
         }
@@ -195,11 +201,28 @@ impl ProgressTracker {
             self.checkpoints += 1;
             self.last_checkpoint_step = Some(c.step);
         }
+        if !report.output.is_empty() {
+            self.output = Some((report.step, report.output.clone()));
+        }
         self.latest = Some(report);
     }
 
-    /// Writes the latest report into a status; `batch_size` is the per-worker batch.
-    pub fn apply(&self, status: &mut TrainingJobStatus, batch_size: u64, now: Timestamp) {
+    /// Writes the latest report into a status; `batch_size` is the per-worker batch and
+    /// `output_uri` the job's spec.output.uri (a report's files are recorded under it only).
+    pub fn apply(
+        &self,
+        status: &mut TrainingJobStatus,
+        batch_size: u64,
+        output_uri: Option<&str>,
+        now: Timestamp,
+    ) {
+        if let (Some(uri), Some((step, files))) = (output_uri, &self.output) {
+            status.output = Some(OutputStatus {
+                uri: uri.to_string(),
+                files: files.clone(),
+                step: *step as i64,
+            });
+        }
         let Some(report) = &self.latest else { return };
         let samples_per_step = (batch_size * u64::from(report.world_size)) as f64;
         let remaining = report.total_steps.saturating_sub(report.step);
@@ -389,7 +412,7 @@ mod tests {
             Ok(())
         );
         let mut status = TrainingJobStatus::default();
-        t.apply(&mut status, 64, at(0));
+        t.apply(&mut status, 64, None, at(0));
         let checkpoint = status.checkpoint.clone().expect("checkpoint status");
         assert_eq!(checkpoint.rejected, Some(3));
         assert_eq!(
@@ -399,7 +422,7 @@ mod tests {
             )
         );
         assert_eq!(t.accept(Some("k"), "k", &body(2, 10), 2, at(5)), Ok(()));
-        t.apply(&mut status, 64, at(5));
+        t.apply(&mut status, 64, None, at(5));
         let checkpoint = status.checkpoint.expect("checkpoint status");
         assert_eq!((checkpoint.rejected, checkpoint.message), (None, None));
     }
@@ -501,7 +524,7 @@ mod tests {
         t.accept(Some("k"), "k", &body(1, 200), 1, at(10))
             .expect("ok");
         let mut status = TrainingJobStatus::default();
-        t.apply(&mut status, 32, at(10));
+        t.apply(&mut status, 32, None, at(10));
         let p = status.progress.clone().expect("progress");
         assert_eq!(p.step, 200);
         assert_eq!(p.percent, Some(20.0));
@@ -515,7 +538,7 @@ mod tests {
         // The next sample moves the average by alpha.
         t.accept(Some("k"), "k", &body(1, 400), 1, at(20))
             .expect("ok");
-        t.apply(&mut status, 32, at(20));
+        t.apply(&mut status, 32, None, at(20));
         assert_eq!(
             status.progress.and_then(|p| p.samples_per_second),
             Some(((0.3 * 20.0 + 0.7 * 10.0) * 64.0_f64).round())
@@ -577,9 +600,77 @@ mod tests {
             .expect("ok");
         }
         let mut status = TrainingJobStatus::default();
-        t.apply(&mut status, 1, at(30));
+        t.apply(&mut status, 1, None, at(30));
         let c = status.checkpoint.expect("checkpoint");
         assert_eq!((c.step, c.count), (Some(20), Some(2)));
+    }
+
+    fn done_with_output(attempt: u32, files: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&ProgressReport {
+            attempt,
+            world_size: 1,
+            step: 100,
+            total_steps: 100,
+            done: true,
+            output: files
+                .iter()
+                .map(|name| OutputFile {
+                    name: name.to_string(),
+                    bytes: 1234,
+                })
+                .collect(),
+            ..ProgressReport::default()
+        })
+        .expect("json")
+    }
+
+    /// The files of the last report land in status.output under the spec's URI (a pod names
+    /// files, never where they are), and stay there through a later attempt.
+    #[test]
+    fn an_output_is_recorded_under_the_spec_uri_and_kept() {
+        let mut t = ProgressTracker::default();
+        t.accept(
+            Some("k"),
+            "k",
+            &done_with_output(1, &["model.json", "model.onnx"]),
+            1,
+            at(1),
+        )
+        .expect("ok");
+        t.accept(Some("k"), "k", &body(2, 5), 2, at(2)).expect("ok");
+        let mut status = TrainingJobStatus::default();
+        t.apply(&mut status, 1, Some("s3://models/mnist"), at(3));
+        let output = status.output.expect("output");
+        assert_eq!(output.uri, "s3://models/mnist");
+        assert_eq!(output.step, 100);
+        let names: Vec<&str> = output.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["model.json", "model.onnx"]);
+        // A job without spec.output records nothing a pod claims.
+        let mut status = TrainingJobStatus::default();
+        t.apply(&mut status, 1, None, at(3));
+        assert_eq!(status.output, None);
+    }
+
+    #[test]
+    fn output_files_are_the_known_ones_each_once() {
+        let mut t = ProgressTracker::default();
+        for files in [
+            &["../../etc/passwd"][..],
+            &["model.json", "model.json"],
+            &[
+                "model.json",
+                "model.onnx",
+                "model.safetensors",
+                "model.int8.safetensors",
+                "x",
+            ],
+        ] {
+            assert_eq!(
+                t.accept(Some("k"), "k", &done_with_output(1, files), 1, at(1)),
+                Err(Rejection::Malformed),
+                "{files:?}"
+            );
+        }
     }
 
     #[test]

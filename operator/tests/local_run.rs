@@ -89,6 +89,14 @@ fn a_small_job_succeeds_with_a_complete_status() {
     let s = Scratch::new("small");
     let ckpt = s.0.join("ckpt");
     let manifest = s.manifest("small", &format!("file://{}", ckpt.display()), "");
+    // The trained model is exported where spec.output says when the run succeeds.
+    let out = s.0.join("model");
+    let mut text = std::fs::read_to_string(&manifest).expect("manifest");
+    text.push_str(&format!(
+        "  output: {{uri: \"file://{}\"}}\n",
+        out.display()
+    ));
+    std::fs::write(&manifest, text).expect("manifest with an output");
     let output = s
         .ferrotrain(&["run", &manifest.display().to_string(), "--output", "json"])
         .output()
@@ -120,6 +128,20 @@ fn a_small_job_succeeds_with_a_complete_status() {
     assert_eq!(status["restarts"]["app"].as_i64(), Some(0));
     assert!(status["startTime"].is_string() && status["completionTime"].is_string());
     assert!(s.0.join(".ferrotrain/small/status.yaml").exists());
+    assert_eq!(status["output"]["step"].as_i64(), Some(1200), "{status:?}");
+    let files = status["output"]["files"]
+        .as_sequence()
+        .expect("output files");
+    assert_eq!(
+        files.len(),
+        3,
+        "model card, safetensors and ONNX: {files:?}"
+    );
+    for file in files {
+        let name = file["name"].as_str().expect("name");
+        let bytes = std::fs::metadata(out.join(name)).expect("written").len();
+        assert_eq!(file["bytes"].as_u64(), Some(bytes), "{name}");
+    }
     let curve = std::fs::read(s.0.join(".ferrotrain/small/curve.png"))
         .expect("the training curve is written");
     assert_eq!(&curve[1..4], b"PNG");

@@ -51,10 +51,12 @@ const TRAINER_ROOMS: &[(&str, &[&str])] = &[
             "data",
             "dist",
             "engine",
+            "export",
             "nn",
             "optim",
             "progress",
             "rng",
+            "storage",
         ],
     ),
 ];

@@ -7,9 +7,11 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ferrotrain_crds::env::WorkerEnv;
-use ferrotrain_crds::{CheckpointSpec, DistillationSpec, InitFromSpec, ResumePolicy, TrainerSpec};
+use ferrotrain_crds::{
+    CheckpointSpec, DistillationSpec, InitFromSpec, OutputSpec, ResumePolicy, TrainerSpec,
+};
 
-use crate::checkpoint::layout::{Trained, sha256_hex, split_manifest_uri};
+use crate::checkpoint::layout::{sha256_hex, split_manifest_uri};
 use crate::checkpoint::lease::{Holder, Lease, LeaseError, LeaseTerms};
 use crate::checkpoint::store::{CheckpointError, CheckpointStore};
 use crate::data::load::{self, Splits};
@@ -20,7 +22,7 @@ use crate::engine::device::{self, Compute};
 use crate::nn::model::Network;
 use crate::progress::{Endpoint, Reporter};
 use crate::storage::{self, S3Options};
-use crate::train::job::{CheckpointPlan, Job, Outcome, Teacher, TrainError, WarmStart};
+use crate::train::job::{CheckpointPlan, Job, Outcome, OutputPlan, Teacher, TrainError, WarmStart};
 use crate::train::steps::train;
 use crate::{config, exit};
 
@@ -87,7 +89,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             return exit::INTERNAL;
         }
     };
-    let (spec, checkpoint, rendezvous, attempt, progress, holder) = match role {
+    let (spec, checkpoint, output, rendezvous, attempt, progress, holder) = match role {
         Role::Worker(env) => {
             let key = match gang_key(&env) {
                 Ok(key) => key,
@@ -130,6 +132,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             (
                 env.trainer,
                 env.checkpoint,
+                env.output,
                 Some(rendezvous),
                 env.attempt,
                 progress,
@@ -142,23 +145,31 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
                 job: format!("a standalone trainer (pid {})", std::process::id()),
                 attempt: 1,
             };
-            (*spec, checkpoint.map(|c| *c), None, 1, None, Some(holder))
+            (
+                *spec,
+                checkpoint.map(|c| *c),
+                None,
+                None,
+                1,
+                None,
+                Some(holder),
+            )
         }
     };
-    // Distillation runs on the CPU engine, so `auto` means the CPU for it (validation refuses
-    // `cuda` with a teacher).
+    // Distillation and batch normalisation run on the CPU engine, so `auto` means the CPU for
+    // them (validation refuses `cuda` with either).
     let device = match spec.device_or_default() {
-        ferrotrain_crds::Device::Auto if spec.distillation.is_some() => {
-            tracing::info!("device auto: the CPU, as knowledge distillation runs on the CPU engine");
+        ferrotrain_crds::Device::Auto
+            if spec.distillation.is_some() || spec.model.batch_norm_or_default() =>
+        {
+            tracing::info!(
+                "device auto: the CPU, as distillation and batch normalisation run on the CPU engine"
+            );
             ferrotrain_crds::Device::Cpu
         }
         device => device,
     };
-    let compute = match device::select(
-        device,
-        spec.precision_or_default(),
-        &device::probe(),
-    ) {
+    let compute = match device::select(device, spec.precision_or_default(), &device::probe()) {
         Ok((compute, line)) => {
             let reduced = spec.precision_or_default() != ferrotrain_crds::Precision::Fp32;
             if compute == Compute::Cpu && reduced {
@@ -265,6 +276,18 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
             return exit::BAD_CONFIG;
         }
     };
+    // Only rank 0 writes the output, so only rank 0 opens its store.
+    let output = match output
+        .filter(|_| ring.rank() == 0)
+        .map(|o| output_plan(&o, checkpoint.as_ref()))
+        .transpose()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            tracing::error!(error = %e, "spec.output.uri");
+            return exit::BAD_CONFIG;
+        }
+    };
     let reporter = (ring.rank() == 0).then(|| Reporter::new(runtime.handle().clone(), progress));
     let job = Job {
         spec,
@@ -272,6 +295,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
         teacher,
         checkpoint: plan,
         warm_start,
+        output,
         reporter,
         report_every: options.report_every,
         stop,
@@ -305,6 +329,7 @@ pub fn run(role: Role, options: &Options, stop: Arc<AtomicBool>) -> u8 {
                     "resumedFrom": summary.resumed_from,
                     "checkpoint": summary.checkpoint.as_ref().map(|c| &c.manifest_uri),
                     "checkpointStallSeconds": summary.checkpoint_stats.stall_seconds,
+                    "output": summary.output,
                     "wallSeconds": summary.wall_seconds,
                 })
             );
@@ -334,7 +359,9 @@ pub fn exit_code_of(error: &TrainError) -> u8 {
     match error {
         TrainError::Comm(_) => exit::PEER_LOST,
         TrainError::Checkpoint(CheckpointError::Incompatible { .. }) => exit::BAD_CONFIG,
-        TrainError::Checkpoint(_) => exit::CHECKPOINT_ERROR,
+        // A store that failed the export may take it on the next attempt, which resumes from
+        // the final checkpoint and exports at once.
+        TrainError::Checkpoint(_) | TrainError::Output { .. } => exit::CHECKPOINT_ERROR,
         TrainError::Model(_) | TrainError::Config(_) | TrainError::Diverged { .. } => {
             exit::BAD_CONFIG
         }
@@ -373,15 +400,28 @@ fn checkpoint_plan(
     Ok(CheckpointPlan {
         store: CheckpointStore::new(location, c.keep_or_default(), config_hash(spec, data))
             .with_model(model)
-            .with_trained(Trained {
-                trainer: spec.clone(),
-                features: data.train.dim,
-                classes: data.classes(),
-                image: data.train.image.map(|i| [i.height, i.width, i.channels]),
-            }),
+            .with_trained(crate::train::output::trained(spec, data)),
         every_steps: c.every_steps.map(|s| s.max(1) as u64),
         every_seconds: c.every_seconds.map(|s| s.max(1) as u64),
         resume: c.resume_or_default() == ResumePolicy::Auto,
+    })
+}
+
+/// The output location, written with the job's checkpoint endpoint and region.
+fn output_plan(
+    output: &OutputSpec,
+    checkpoint: Option<&CheckpointSpec>,
+) -> Result<OutputPlan, storage::StorageError> {
+    let location = storage::open(
+        &output.uri,
+        &S3Options {
+            endpoint: checkpoint.and_then(|c| c.endpoint.clone()),
+            region: checkpoint.and_then(|c| c.region.clone()),
+        },
+    )?;
+    Ok(OutputPlan {
+        location,
+        formats: output.formats_or_default(),
     })
 }
 

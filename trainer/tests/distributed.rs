@@ -57,6 +57,7 @@ fn worker_env(rank: u32, world: u32, port: u16, trainer_yaml: &str) -> WorkerEnv
         job_uid: None,
         trainer: serde_yaml::from_str(trainer_yaml).expect("trainer yaml"),
         checkpoint: None,
+        output: None,
         progress_url: None,
         progress_token_path: None,
         gang_key_path: None,
@@ -150,15 +151,31 @@ fn three_ranks_reach_the_accuracy_target_on_a_reduced_budget() {
 #[test]
 fn asynchronous_local_sgd_converges() {
     // With an L1 penalty (each rank applies it in its own updates between averages), augmented
-    // images (each rank draws its own transformations) and pruning (its rounds, every 50 steps,
-    // fall between averages and force one, so that every rank prunes the same weights).
-    let yaml = "model: {type: mlp, hidden: [256, 128]}\ndataset: {type: mnist, augment: {shiftPixels: 1, rotationDegrees: 5}}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001, l1: 0.00001}\nmode: {type: async, maxStaleness: 3}\ncompression: {pruning: {sparsity: 0.5, startStep: 100, endStep: 500, everySteps: 50}}\n";
+    // images (each rank draws its own transformations), batch normalisation (each rank's running
+    // statistics follow its own batches and are averaged with the parameters) and pruning (its
+    // rounds, every 50 steps, fall between averages and force one, so that every rank prunes the
+    // same weights).
+    let yaml = "model: {type: mlp, hidden: [256, 128], batchNorm: true}\ndataset: {type: mnist, augment: {shiftPixels: 1, rotationDegrees: 5}}\nbatchSize: 64\nmaxSteps: 700\noptimizer: {type: adam, lr: 0.001, l1: 0.00001}\nmode: {type: async, maxStaleness: 3}\ncompression: {pruning: {sparsity: 0.5, startStep: 100, endStep: 500, everySteps: 50}}\n";
     let lines = run_to_completion(yaml);
     let completed = completion_line(&lines);
     let accuracy = completed["metrics"]["valAccuracy"]
         .as_f64()
         .expect("accuracy");
     assert!(accuracy >= 0.95, "local SGD test accuracy {accuracy}");
+}
+
+/// Synchronised batch normalisation: every layer's batch sums go round the ring in the forward and
+/// the backward pass of every step, and the gang still learns.
+#[test]
+fn a_gang_with_synchronised_batch_normalisation_learns() {
+    let yaml = "model: {type: mlp, hidden: [128], batchNorm: true, syncBatchNorm: true}\ndataset: {type: mnist}\nbatchSize: 16\nmaxSteps: 400\noptimizer: {type: adam, lr: 0.002}\nseed: 3\n";
+    let lines = run_to_completion(yaml);
+    let completed = completion_line(&lines);
+    let accuracy = completed["metrics"]["valAccuracy"]
+        .as_f64()
+        .expect("accuracy");
+    assert_eq!(completed["step"], 400);
+    assert!(accuracy >= 0.93, "test accuracy {accuracy}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferrotrain_crds::TrainerSpec;
+use ferrotrain_crds::{OutputFormat, TrainerSpec};
 use ferrotrain_trainer::checkpoint::layout::Trained;
 use ferrotrain_trainer::checkpoint::store::CheckpointStore;
 use ferrotrain_trainer::data::load::{self, Splits};
@@ -13,11 +13,12 @@ use ferrotrain_trainer::dist::ring::Ring;
 use ferrotrain_trainer::export::{self, Model};
 use ferrotrain_trainer::run::config_hash;
 use ferrotrain_trainer::storage::{self, S3Options};
-use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, Summary};
+use ferrotrain_trainer::train::job::{CheckpointPlan, Job, Outcome, OutputPlan, Summary};
 use ferrotrain_trainer::train::steps::train;
 
 const LENET: &str =
     "model: {type: lenet}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 120\nseed: 3\n";
+const LENET_BATCH_NORM: &str = "model: {type: lenet, batchNorm: true}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 120\nseed: 3\n";
 const MLP: &str = "model: {type: mlp, hidden: [64, 32], dropout: 0.2}\ndataset: {type: mnist}\nbatchSize: 64\nmaxSteps: 120\nseed: 3\n";
 
 struct TrainedRun {
@@ -27,10 +28,8 @@ struct TrainedRun {
     model: Model,
 }
 
-/// Trains `yaml` on MNIST with a checkpoint in a scratch directory and exports it from there.
-fn train_and_export(name: &str, yaml: &str) -> TrainedRun {
-    let dir = std::env::temp_dir().join(format!("ferrotrain-export-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A runtime, the spec of `yaml` and its MNIST splits.
+fn mnist(yaml: &str) -> (tokio::runtime::Runtime, TrainerSpec, Splits) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -46,6 +45,14 @@ fn train_and_export(name: &str, yaml: &str) -> TrainedRun {
             &S3Options::default(),
         ))
         .expect("mnist");
+    (runtime, spec, data)
+}
+
+/// Trains `yaml` on MNIST with a checkpoint in a scratch directory and exports it from there.
+fn train_and_export(name: &str, yaml: &str) -> TrainedRun {
+    let dir = std::env::temp_dir().join(format!("ferrotrain-export-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (runtime, spec, data) = mnist(yaml);
     let uri = format!("file://{}", dir.join("ckpt").display());
     let store = CheckpointStore::new(
         storage::open(&uri, &S3Options::default()).expect("store"),
@@ -127,13 +134,79 @@ fn an_exported_model_reads_back_and_predicts_what_it_evaluated_to() {
     }
 }
 
+/// spec.output: a run exports its model when it completes, batch normalisation folded into the
+/// layers before it; the files read back and predict what the run evaluated to.
+#[test]
+fn a_run_with_an_output_exports_its_model_when_it_completes() {
+    let dir = std::env::temp_dir().join(format!("ferrotrain-output-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (runtime, spec, data) = mnist(LENET_BATCH_NORM);
+    let out = dir.join("out");
+    let location = storage::open(&format!("file://{}", out.display()), &S3Options::default())
+        .expect("output location");
+    let job = Job {
+        output: Some(OutputPlan {
+            location,
+            formats: vec![OutputFormat::Safetensors, OutputFormat::Int8],
+        }),
+        ..Job::new(spec)
+    };
+    let Ok(Outcome::Completed(summary)) = train(job, &data, &mut Ring::single(), runtime.handle())
+    else {
+        panic!("training completes")
+    };
+    let mut names: Vec<&str> = summary.output.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["model.int8.safetensors", "model.json", "model.safetensors"],
+        "the formats asked for and the model card; no ONNX"
+    );
+    for file in &summary.output {
+        let on_disk = std::fs::metadata(out.join(&file.name)).expect("written");
+        assert_eq!(on_disk.len(), file.bytes, "{}", file.name);
+    }
+    let read = export::read(&out).expect("reads back");
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.json")).expect("card"))
+            .expect("json");
+    assert_eq!(card["trained"]["trainer"]["model"]["batchNorm"], true);
+    assert!(
+        card["layout"]
+            .as_str()
+            .is_some_and(|l| l.contains("batch normalisation folded")),
+        "{card}"
+    );
+    let eval = &data.eval;
+    let logits = read.logits(&eval.features).expect("logits");
+    let correct = predicted(&logits, 10)
+        .iter()
+        .zip(&eval.labels)
+        .filter(|(p, l)| **p == usize::from(**l))
+        .count();
+    let accuracy = correct as f64 / eval.len() as f64;
+    let evaluated = summary.metrics["valAccuracy"];
+    // Folding rounds differently from normalising: a rare image near a boundary may flip.
+    assert!(
+        (accuracy - evaluated).abs() <= 0.001,
+        "the folded model predicts {accuracy}, the run evaluated {evaluated}"
+    );
+    assert!(accuracy > 0.9, "learnt something: {accuracy}");
+    export::read_int8(&out).expect("the int8 model reads back");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 #[ignore = "needs onnxruntime: FERROTRAIN_ONNXRUNTIME names a Python path that has it"]
 fn onnxruntime_computes_the_logits_ferrotrain_computes() {
     let python_path =
         std::env::var("FERROTRAIN_ONNXRUNTIME").expect("FERROTRAIN_ONNXRUNTIME is set");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx-check.py");
-    for (name, yaml) in [("lenet-onnx", LENET), ("mlp-onnx", MLP)] {
+    for (name, yaml) in [
+        ("lenet-onnx", LENET),
+        ("lenet-batch-norm-onnx", LENET_BATCH_NORM),
+        ("mlp-onnx", MLP),
+    ] {
         let run = train_and_export(name, yaml);
         let eval = &run.data.eval;
         let rows = &eval.features[..1000 * eval.dim];

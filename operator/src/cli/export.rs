@@ -13,9 +13,6 @@ use crate::local::preflight::{load_job, local_checkpoint};
 /// The largest input file `predict` reads.
 const MAX_INPUT_BYTES: u64 = 1 << 30;
 
-/// Training rows the int8 input scales are calibrated on.
-const CALIBRATION_ROWS: usize = 1000;
-
 /// Where `export` reads a model and writes it.
 pub struct ExportOptions {
     /// Directory of local job state, where a manifest without spec.checkpoint checkpoints.
@@ -66,7 +63,7 @@ pub fn export(source: &str, out: &Path, options: ExportOptions) -> Result<String
                     &s3,
                 ))
                 .map_err(doing("reading the training data to calibrate int8 on"))?;
-            let rows = CALIBRATION_ROWS.min(data.train.len()) * data.train.dim;
+            let rows = export::CALIBRATION_ROWS.min(data.train.len()) * data.train.dim;
             Some(data.train.features[..rows].to_vec())
         }
         None => None,

@@ -253,8 +253,8 @@ impl OwnWrites {
 }
 
 /// A hash of everything about a job that the reconciler's decision reads: all of it except the
-/// fields the progress writer owns (`status.progress`, `status.checkpoint`) and bookkeeping
-/// (resourceVersion, managed fields). Used as a kube-runtime predicate: a progress write, every
+/// fields the progress writer owns (`status.progress`, `status.checkpoint`, `status.output`) and
+/// bookkeeping (resourceVersion, managed fields). Used as a kube-runtime predicate: a progress write, every
 /// few seconds per running job, does not wake the reconciler; a spec, annotation, deletion or
 /// status-phase change does. Deadlines that depend on progress are requeued by the decision.
 pub fn decision_inputs(job: &TrainingJob) -> Option<u64> {
@@ -264,6 +264,7 @@ pub fn decision_inputs(job: &TrainingJob) -> Option<u64> {
     if let Some(status) = job.status.as_mut() {
         status.progress = None;
         status.checkpoint = None;
+        status.output = None;
     }
     let text = serde_json::to_string(&job).ok()?;
     let mut hasher = DefaultHasher::new();

@@ -107,6 +107,7 @@ pub fn worker_pod(
         job_uid: job.metadata.uid.clone(),
         trainer: job.spec.trainer.clone(),
         checkpoint: job.spec.checkpoint.clone(),
+        output: job.spec.output.clone(),
         progress_url: Some(format!(
             "{}/v1/namespaces/{namespace}/trainingjobs/{name}/progress",
             settings.progress_base_url.trim_end_matches('/')

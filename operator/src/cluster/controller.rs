@@ -82,7 +82,11 @@ pub async fn write_progress(client: Client, hub: Arc<ProgressHub>) {
                         "apiVersion": "ferrotrain.io/v1alpha1",
                         "kind": "TrainingJob",
                         "metadata": {"uid": uid},
-                        "status": {"progress": status.progress, "checkpoint": status.checkpoint},
+                        "status": {
+                            "progress": status.progress,
+                            "checkpoint": status.checkpoint,
+                            "output": status.output,
+                        },
                     });
                     if let Err(e) = jobs
                         .patch_status(
@@ -123,6 +127,7 @@ impl JobDirectory for KubeDirectory {
             token_sha256: job_secret::token_sha256_of(&job)?.to_string(),
             attempt: crate::decide::status::current_attempt(&job),
             batch_size: job.spec.trainer.batch_size.max(1) as u64,
+            output_uri: job.spec.output.as_ref().map(|o| o.uri.clone()),
         })
     }
 }

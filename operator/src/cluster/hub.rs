@@ -38,6 +38,8 @@ pub struct JobInfo {
     pub attempt: u32,
     /// Per-worker batch size.
     pub batch_size: u64,
+    /// spec.output.uri: what status.output names.
+    pub output_uri: Option<String>,
 }
 
 #[derive(Default)]
@@ -48,6 +50,7 @@ struct JobProgress {
     /// When the last report was accepted, and of which attempt.
     received: Option<(u32, Timestamp)>,
     batch_size: u64,
+    output_uri: Option<String>,
     dirty: bool,
     last_write: Option<Timestamp>,
 }
@@ -219,6 +222,7 @@ impl ProgressHub {
                         };
                     }
                     entry.batch_size = info.batch_size;
+                    entry.output_uri = info.output_uri.clone();
                     let attempt = report.attempt;
                     let result = entry.tracker.admit(report, info.attempt, now);
                     if result.is_ok() {
@@ -262,7 +266,8 @@ impl ProgressHub {
             });
             if job.dirty && waited {
                 let mut status = TrainingJobStatus::default();
-                job.tracker.apply(&mut status, job.batch_size, now);
+                job.tracker
+                    .apply(&mut status, job.batch_size, job.output_uri.as_deref(), now);
                 job.dirty = false;
                 job.last_write = Some(now);
                 due.push(((key.0.clone(), key.1.clone(), job.uid.clone()), status));

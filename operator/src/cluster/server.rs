@@ -198,12 +198,14 @@ mod tests {
                     token_sha256: crate::progress::token_sha256("mnist-token"),
                     attempt: 2,
                     batch_size: 32,
+                    output_uri: None,
                 }),
                 ("ml", "other") => Some(JobInfo {
                     uid: "other-uid".into(),
                     token_sha256: crate::progress::token_sha256("other-token"),
                     attempt: 1,
                     batch_size: 32,
+                    output_uri: None,
                 }),
                 _ => None,
             }
@@ -318,6 +320,7 @@ mod tests {
                 token_sha256: crate::progress::token_sha256("t"),
                 attempt: 1,
                 batch_size: 8,
+                output_uri: None,
             }),
             Some("t"),
             &report(1, 5),
@@ -357,6 +360,7 @@ mod tests {
             token_sha256: crate::progress::token_sha256("t"),
             attempt: 1,
             batch_size: 8,
+            output_uri: None,
         };
         let later = since + jiff::SignedDuration::from_secs(60);
         hub.accept(key.clone(), Some(&info), Some("t"), &report(1, 5), later);
@@ -385,6 +389,7 @@ mod tests {
             token_sha256: crate::progress::token_sha256(token),
             attempt,
             batch_size: 32,
+            output_uri: None,
         };
         let old = info("old-uid", "old-token", 2);
         let accepted = hub.accept(

@@ -269,7 +269,8 @@ pub fn run(
             let status = job.status.get_or_insert_with(TrainingJobStatus::default);
             let rejected_before = status.checkpoint.as_ref().and_then(|c| c.message.clone());
             if let Ok(inbox) = inbox.lock() {
-                inbox.tracker.apply(status, batch_size, now);
+                let output_uri = job.spec.output.as_ref().map(|o| o.uri.as_str());
+                inbox.tracker.apply(status, batch_size, output_uri, now);
             }
             let rejected = status.checkpoint.as_ref().and_then(|c| c.message.as_ref());
             if let Some(message) = rejected.filter(|m| Some(*m) != rejected_before.as_ref()) {
@@ -312,6 +313,7 @@ pub fn run(
                             job_uid: Some(job_uid.clone()),
                             trainer: job.spec.trainer.clone(),
                             checkpoint: Some(checkpoint.clone()),
+                            output: job.spec.output.clone(),
                             progress_url: Some(progress_url.clone()),
                             progress_token_path: Some(token_path.display().to_string()),
                             gang_key_path: Some(gang_key_path.display().to_string()),

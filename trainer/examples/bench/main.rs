@@ -73,8 +73,9 @@ fn main() -> anyhow::Result<()> {
         "transfer" => techniques::transfer(&mnist()?, &rt),
         "quantisation" => techniques::quantisation(&mnist()?, &rt),
         "distillation" => techniques::distillation(&mnist()?, &rt),
+        "batchnorm" => techniques::batch_norm(&mnist()?),
         _ => anyhow::bail!(
-            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer|quantisation|distillation"
+            "usage: bench throughput|allreduce|scaling|checkpoint|accuracy|compression|sparsity|augmentation|pruning|transfer|quantisation|distillation|batchnorm"
         ),
     }
 }

@@ -158,6 +158,8 @@ impl<B: AutodiffBackend> BurnEngine<B> {
                     let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
                     Activation::Images(module::conv2d(images, w, Some(b), options))
                 }
+                // `cuda` refuses batch-normalised networks.
+                Layer::BatchNorm { .. } => x,
                 Layer::MaxPool {
                     height,
                     width,
@@ -277,6 +279,11 @@ pub fn cuda(
     use burn::tensor::{bf16, f16};
     use ferrotrain_crds::Precision;
 
+    if net.has_batch_norm() {
+        return Err(EngineError(
+            "batch normalisation runs on the CPU engine".into(),
+        ));
+    }
     let device = CudaDevice::new(index);
     let mut engine: Box<dyn Engine> = match precision {
         Precision::Fp32 => Box::new(BurnEngine::<Autodiff<Cuda<f32>>>::new(
@@ -330,6 +337,8 @@ mod tests {
             kind,
             hidden,
             dropout,
+            batch_norm: None,
+            sync_batch_norm: None,
         };
         let inputs = if kind == ModelKind::Lenet { 784 } else { 20 };
         Network::new(&spec, inputs, 10).expect("builds")

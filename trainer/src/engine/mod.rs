@@ -12,6 +12,7 @@ pub mod scaler;
 pub mod select;
 
 use crate::engine::scaler::LossScaler;
+use crate::nn::batch_norm::Reduce;
 use crate::nn::loss::Targets;
 use crate::nn::model::BatchStats;
 use crate::rng::Rng;
@@ -46,6 +47,23 @@ pub trait Engine: Send {
                     .into(),
             )),
         }
+    }
+
+    /// [`Engine::train_step_towards`] with batch normalisation's sums passed through `reduce`, an
+    /// all-reduce over the gang (synchronised batch normalisation; only the native engine).
+    fn train_step_reduced(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        targets: Targets,
+        dropout: &mut Rng,
+        reduce: Reduce<'_>,
+    ) -> Result<BatchStats, EngineError> {
+        let _ = (params, grads, inputs, targets, dropout, reduce);
+        Err(EngineError(
+            "batch normalisation runs on the CPU engine; set spec.trainer.device: cpu".into(),
+        ))
     }
 
     /// Loss and accuracy of a batch without dropout or gradients.

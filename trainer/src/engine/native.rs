@@ -1,6 +1,7 @@
 //! The native engine: Ferrotrain's own CPU kernels behind the [`Engine`] contract.
 
 use crate::engine::{Engine, EngineError};
+use crate::nn::batch_norm::Reduce;
 use crate::nn::loss::Targets;
 use crate::nn::model::{BatchStats, Network, Workspace};
 use crate::rng::Rng;
@@ -46,6 +47,26 @@ impl Engine for Native {
         Ok(self
             .net
             .train_step_towards(params, grads, inputs, targets, dropout, &mut self.ws))
+    }
+
+    fn train_step_reduced(
+        &mut self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        targets: Targets,
+        dropout: &mut Rng,
+        reduce: Reduce<'_>,
+    ) -> Result<BatchStats, EngineError> {
+        Ok(self.net.train_step_reduced(
+            params,
+            grads,
+            inputs,
+            targets,
+            dropout,
+            &mut self.ws,
+            reduce,
+        ))
     }
 
     fn evaluate(

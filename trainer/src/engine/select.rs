@@ -43,6 +43,8 @@ mod tests {
             kind: ferrotrain_crds::ModelKind::Logistic,
             hidden: None,
             dropout: None,
+            batch_norm: None,
+            sync_batch_norm: None,
         };
         let net = Network::new(&spec, 4, 2).expect("builds");
         assert!(build(&net, Compute::Cpu).is_ok());

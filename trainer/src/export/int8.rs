@@ -95,7 +95,8 @@ fn ops_of(net: &Network) -> Vec<Op> {
                 outputs,
             },
             Layer::Relu => Op::Relu,
-            Layer::Dropout { .. } => continue,
+            // `quantise` refuses unfolded batch normalisation.
+            Layer::Dropout { .. } | Layer::BatchNorm { .. } => continue,
         });
     }
     ops
@@ -249,6 +250,9 @@ impl Int8Model {
         image: Option<[usize; 3]>,
         calibration: &[f32],
     ) -> Result<Self, String> {
+        if net.has_batch_norm() {
+            return Err("batch normalisation is folded into the layers before it ahead of export (export::fold)".into());
+        }
         let ops = ops_of(net);
         let find = |name: String| {
             tensors
@@ -446,6 +450,8 @@ mod tests {
             kind: ModelKind::Lenet,
             hidden: None,
             dropout: None,
+            batch_norm: None,
+            sync_batch_norm: None,
         };
         Network::new(&spec, 784, 10).expect("lenet")
     }

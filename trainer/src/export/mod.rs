@@ -3,6 +3,7 @@
 //! optionally `model.int8.safetensors` (post-training int8) and `model.json` (the model card:
 //! architecture, data, metrics, the job's `spec.trainer`); and predictions from an exported model.
 
+pub mod fold;
 pub mod int8;
 pub mod onnx;
 pub mod safetensors;
@@ -11,7 +12,8 @@ pub mod tensors;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ferrotrain_crds::DatasetKind;
+use ferrotrain_crds::output::MODEL_CARD_FILE;
+use ferrotrain_crds::{DatasetKind, ModelSpec, OutputFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::layout::{Trained, split_manifest_uri};
@@ -102,8 +104,11 @@ pub struct Int8Card {
     pub scheme: String,
 }
 
+/// Training rows the int8 input scales are calibrated on.
+pub const CALIBRATION_ROWS: usize = 1000;
+
 /// The int8 model's file.
-pub const INT8_FILE: &str = "model.int8.safetensors";
+pub const INT8_FILE: &str = OutputFormat::Int8.file();
 
 /// The files `write` made.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,14 +118,47 @@ pub struct Written {
 }
 
 impl Model {
-    /// The network of this model.
+    /// The network of this model: the trained architecture with any batch normalisation folded
+    /// into the layers before it.
     pub fn network(&self) -> Result<Network, String> {
-        Network::new(
-            &self.trained.trainer.model,
-            self.trained.features,
-            self.trained.classes,
-        )
-        .map_err(|e| e.to_string())
+        let plain = ModelSpec {
+            batch_norm: None,
+            sync_batch_norm: None,
+            ..self.trained.trainer.model.clone()
+        };
+        Network::new(&plain, self.trained.features, self.trained.classes).map_err(|e| e.to_string())
+    }
+
+    /// The model of a run's flat parameters (its running statistics included); batch
+    /// normalisation is folded into the layers before it.
+    pub fn from_parameters(
+        trained: Trained,
+        params: Vec<f32>,
+        step: u64,
+        metrics: BTreeMap<String, f64>,
+        source: String,
+    ) -> Result<Self, String> {
+        let trained_net = Network::new(&trained.trainer.model, trained.features, trained.classes)
+            .map_err(|e| e.to_string())?;
+        if trained_net.num_params != params.len() {
+            return Err(format!(
+                "{} parameters, its model has {}",
+                params.len(),
+                trained_net.num_params
+            ));
+        }
+        let mut model = Model {
+            trained,
+            params,
+            step,
+            metrics,
+            source,
+        };
+        if trained_net.has_batch_norm() {
+            let plain = model.network()?;
+            model.params = fold::fold(&trained_net, &model.params, &plain);
+        }
+        Ok(model)
     }
 
     /// The logits of `rows` (each `features` values, as the trainer reads them), row-major.
@@ -180,22 +218,14 @@ pub async fn from_checkpoint(uri: &str, s3: &S3Options) -> Result<Model, ExportE
                 .to_string(),
         ));
     }
-    let model = Model {
+    Model::from_parameters(
         trained,
-        params: snapshot.params,
-        step: manifest.step,
-        metrics: manifest.state.metrics,
-        source: uri.to_string(),
-    };
-    let net = model.network().map_err(&problem)?;
-    if net.num_params != model.params.len() {
-        return Err(problem(format!(
-            "{} parameters, its model has {}",
-            model.params.len(),
-            net.num_params
-        )));
-    }
-    Ok(model)
+        snapshot.params,
+        manifest.step,
+        manifest.state.metrics,
+        uri.to_string(),
+    )
+    .map_err(problem)
 }
 
 /// Writes `model.safetensors`, `model.onnx` and `model.json` into `dir`, and with
@@ -205,6 +235,29 @@ pub fn write(
     dir: &Path,
     int8_calibration: Option<&[f32]>,
 ) -> Result<Written, ExportError> {
+    let outputs = encode(model, int8_calibration)?;
+    std::fs::create_dir_all(dir).map_err(|e| ExportError::File {
+        file: dir.to_path_buf(),
+        problem: e.to_string(),
+    })?;
+    let mut files = Vec::new();
+    for (name, bytes) in outputs {
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).map_err(|e| ExportError::File {
+            file: path.clone(),
+            problem: e.to_string(),
+        })?;
+        files.push((path, bytes.len() as u64));
+    }
+    Ok(Written { files })
+}
+
+/// The files of an export by name: `model.safetensors`, `model.onnx`, `model.json` and, with
+/// `int8_calibration`, `model.int8.safetensors`.
+pub fn encode(
+    model: &Model,
+    int8_calibration: Option<&[f32]>,
+) -> Result<Vec<(&'static str, Vec<u8>)>, ExportError> {
     let net = model.network().map_err(ExportError::Input)?;
     let tensors = tensors::to_standard(&net, &model.params);
     let quantised = int8_calibration
@@ -233,9 +286,15 @@ pub fn write(
             .iter()
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect(),
-        layout: "dense weights [out, in]; convolution weights [out, in, kH, kW] over NCHW images; \
-                 the first dense layer after a convolution reads the CHW flattening"
-            .into(),
+        layout: format!(
+            "dense weights [out, in]; convolution weights [out, in, kH, kW] over NCHW images; \
+             the first dense layer after a convolution reads the CHW flattening{}",
+            if model.trained.trainer.model.batch_norm_or_default() {
+                "; batch normalisation folded into the weights and biases of the layer before it"
+            } else {
+                ""
+            }
+        ),
         step: model.step,
         metrics: model.metrics.clone(),
         source: model.source.clone(),
@@ -261,17 +320,13 @@ pub fn write(
     )
     .map_err(ExportError::Input)?;
     let json = serde_json::to_vec_pretty(&card).map_err(|e| ExportError::Input(e.to_string()))?;
-    std::fs::create_dir_all(dir).map_err(|e| ExportError::File {
-        file: dir.to_path_buf(),
-        problem: e.to_string(),
-    })?;
     let mut outputs = vec![
         (
-            "model.safetensors",
+            OutputFormat::Safetensors.file(),
             safetensors::encode(&tensors, &metadata),
         ),
-        ("model.onnx", onnx),
-        ("model.json", json),
+        (OutputFormat::Onnx.file(), onnx),
+        (MODEL_CARD_FILE, json),
     ];
     if let Some((quantised, _)) = &quantised {
         let (floats, bytes) = quantised.to_tensors();
@@ -280,16 +335,7 @@ pub fn write(
             safetensors::encode_mixed(&floats, &bytes, &metadata),
         ));
     }
-    let mut files = Vec::new();
-    for (name, bytes) in outputs {
-        let path = dir.join(name);
-        std::fs::write(&path, &bytes).map_err(|e| ExportError::File {
-            file: path.clone(),
-            problem: e.to_string(),
-        })?;
-        files.push((path, bytes.len() as u64));
-    }
-    Ok(Written { files })
+    Ok(outputs)
 }
 
 /// The largest model file read back.

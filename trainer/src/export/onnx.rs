@@ -140,6 +140,9 @@ pub fn model(
     image: Option<[usize; 3]>,
     producer_version: &str,
 ) -> Result<Vec<u8>, String> {
+    if net.has_batch_norm() {
+        return Err("batch normalisation is folded into the layers before it ahead of export (export::fold)".into());
+    }
     let mut g = Graph {
         graph: Message::default(),
         last: "input".into(),
@@ -195,7 +198,8 @@ pub fn model(
                 g.node("Gemm", &[&weight, &bias], vec![int("transB", 1)]);
             }
             Layer::Relu => g.node("Relu", &[], vec![]),
-            Layer::Dropout { .. } => {}
+            // `model` refuses unfolded batch normalisation.
+            Layer::Dropout { .. } | Layer::BatchNorm { .. } => {}
         }
     }
     // The last node's output is renamed by an Identity so that the graph's output has a name a

@@ -100,7 +100,8 @@ fn weight_layouts(net: &Network) -> Vec<(Weights, std::ops::Range<usize>)> {
                     bias..bias + outputs,
                 ));
             }
-            Layer::Relu | Layer::Dropout { .. } => {}
+            // Exported networks have it folded into the layer before (`fold`).
+            Layer::Relu | Layer::Dropout { .. } | Layer::BatchNorm { .. } => {}
         }
     }
     out
@@ -166,6 +167,8 @@ mod tests {
             kind: ModelKind::Lenet,
             hidden: None,
             dropout: None,
+            batch_norm: None,
+            sync_batch_norm: None,
         };
         let net = Network::new(&spec, 784, 10).expect("lenet");
         let params: Vec<f32> = (0..net.num_params).map(|i| i as f32).collect();

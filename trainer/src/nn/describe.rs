@@ -16,11 +16,16 @@ pub fn describe(spec: &ModelSpec, net: &Network) -> String {
     )
 }
 
-/// The architecture alone: `mlp [256, 128]`, `lenet`.
+/// The architecture alone: `mlp [256, 128]`, `lenet with batch normalisation`.
 pub fn kind(spec: &ModelSpec) -> String {
-    match spec.kind {
+    let kind = match spec.kind {
         ModelKind::Logistic => "logistic".to_string(),
         ModelKind::Mlp => format!("mlp {:?}", spec.hidden_or_default()),
         ModelKind::Lenet => "lenet".to_string(),
+    };
+    if spec.batch_norm_or_default() {
+        format!("{kind} with batch normalisation")
+    } else {
+        kind
     }
 }

@@ -1,6 +1,7 @@
 //! The layers of a network that hold parameters, by name and place in the flat parameters: what
 //! `freeze` and `initFrom.layers` name, and what pruning masks. Names count the layers of each
-//! kind from the input (`conv1`, `conv2`, `fc1` …), as `ModelSpec::layer_names` lists them.
+//! kind from the input (`conv1`, `conv2`, `fc1` …), as `ModelSpec::layer_names` lists them. A
+//! layer's batch normalisation belongs to it.
 
 use std::ops::Range;
 
@@ -15,12 +16,29 @@ pub struct ParameterLayer {
     pub weights: Range<usize>,
     /// Its biases, which follow the weights.
     pub biases: Range<usize>,
+    /// The batch normalisation of its outputs, when the model has it.
+    pub normalisation: Option<Normalisation>,
+}
+
+/// Where a layer's batch normalisation lives in the flat parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Normalisation {
+    /// The learned scale per channel, after the layer's biases.
+    pub scale: Range<usize>,
+    /// The learned shift per channel, after the scale.
+    pub shift: Range<usize>,
+    /// The running mean and then the running variance, after every trained parameter.
+    pub running: Range<usize>,
 }
 
 impl ParameterLayer {
-    /// Weights and biases together.
+    /// The trained parameters together: weights, biases and the normalisation's scale and shift.
     pub fn all(&self) -> Range<usize> {
-        self.weights.start..self.biases.end
+        let end = self
+            .normalisation
+            .as_ref()
+            .map_or(self.biases.end, |n| n.shift.end);
+        self.weights.start..end
     }
 }
 
@@ -28,7 +46,8 @@ impl Network {
     /// The layers with parameters, from the input to the classifier head.
     pub fn parameter_layers(&self) -> Vec<ParameterLayer> {
         let (mut convolutions, mut fully_connected) = (0, 0);
-        let named = self.layers.iter().filter_map(|layer| {
+        let mut layers: Vec<ParameterLayer> = Vec::new();
+        for layer in &self.layers {
             let (name, weight, bias, outputs) = match *layer {
                 Layer::Linear {
                     weight,
@@ -48,15 +67,32 @@ impl Network {
                     convolutions += 1;
                     (format!("conv{convolutions}"), weight, bias, out_channels)
                 }
-                _ => return None,
+                Layer::BatchNorm {
+                    channels,
+                    scale,
+                    shift,
+                    mean,
+                    ..
+                } => {
+                    if let Some(normalised) = layers.last_mut() {
+                        normalised.normalisation = Some(Normalisation {
+                            scale: scale..scale + channels,
+                            shift: shift..shift + channels,
+                            running: mean..mean + 2 * channels,
+                        });
+                    }
+                    continue;
+                }
+                _ => continue,
             };
-            Some(ParameterLayer {
+            layers.push(ParameterLayer {
                 name,
                 weights: weight..bias,
                 biases: bias..bias + outputs,
-            })
-        });
-        named.collect()
+                normalisation: None,
+            });
+        }
+        layers
     }
 }
 
@@ -68,15 +104,19 @@ mod tests {
 
     #[test]
     fn the_layers_are_named_as_the_api_names_them_and_tile_the_parameters() {
-        for (kind, hidden, inputs) in [
-            (ModelKind::Logistic, None, 20),
-            (ModelKind::Mlp, Some(vec![32, 16, 8]), 20),
-            (ModelKind::Lenet, None, 784),
+        for (kind, hidden, inputs, batch_norm) in [
+            (ModelKind::Logistic, None, 20, None),
+            (ModelKind::Mlp, Some(vec![32, 16, 8]), 20, None),
+            (ModelKind::Mlp, Some(vec![32, 16, 8]), 20, Some(true)),
+            (ModelKind::Lenet, None, 784, None),
+            (ModelKind::Lenet, None, 784, Some(true)),
         ] {
             let spec = ModelSpec {
                 kind,
                 hidden,
                 dropout: None,
+                batch_norm,
+                sync_batch_norm: None,
             };
             let net = Network::new(&spec, inputs, 10).expect("builds");
             let layers = net.parameter_layers();
@@ -94,9 +134,24 @@ mod tests {
                 next = layer.all().end;
             }
             assert_eq!(
-                next, net.num_params,
-                "{kind:?}: every parameter in one layer"
+                next, net.trainable,
+                "{kind:?}: every trained parameter in one layer"
             );
+            // Every hidden layer normalised, its running statistics tiling the rest.
+            let running: Vec<_> = layers
+                .iter()
+                .filter_map(|l| l.normalisation.as_ref().map(|n| n.running.clone()))
+                .collect();
+            let expected = if batch_norm.is_some() {
+                layers.len() - 1
+            } else {
+                0
+            };
+            assert_eq!(running.len(), expected, "{kind:?}");
+            let tiled = running
+                .iter()
+                .try_fold(net.trainable, |at, r| (r.start == at).then_some(r.end));
+            assert_eq!(tiled, Some(net.num_params), "{kind:?}");
         }
     }
 }

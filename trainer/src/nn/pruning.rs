@@ -138,6 +138,8 @@ mod tests {
             kind: ModelKind::Mlp,
             hidden: Some(vec![16]),
             dropout: None,
+            batch_norm: None,
+            sync_batch_norm: None,
         };
         Network::new(&model, 8, 3).expect("builds")
     }

@@ -117,5 +117,6 @@ pub(crate) fn progress(
         done,
         rejected_checkpoints: reported.rejected_checkpoints.clone(),
         evaluations: reported.evaluations.iter().cloned().collect(),
+        output: Vec::new(),
     }
 }

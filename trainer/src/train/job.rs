@@ -58,6 +58,14 @@ pub struct Teacher {
     pub alpha: f32,
 }
 
+/// Where a successful run exports its trained model (`spec.output`; rank 0 writes it).
+pub struct OutputPlan {
+    /// The output location.
+    pub location: crate::storage::Location,
+    /// The formats to write besides the model card.
+    pub formats: Vec<ferrotrain_crds::OutputFormat>,
+}
+
 /// Everything one rank needs to train.
 pub struct Job {
     /// What to train.
@@ -70,6 +78,8 @@ pub struct Job {
     pub teacher: Option<Teacher>,
     /// Where to start from when the job has no checkpoint of its own yet.
     pub warm_start: Option<WarmStart>,
+    /// Where to export the trained model, if anywhere.
+    pub output: Option<OutputPlan>,
     /// Progress reports (rank 0).
     pub reporter: Option<Reporter>,
     /// Minimum seconds between progress reports.
@@ -99,6 +109,7 @@ impl Job {
             checkpoint: None,
             teacher: None,
             warm_start: None,
+            output: None,
             reporter: None,
             report_every: Duration::from_secs(3600),
             stop: Arc::new(AtomicBool::new(false)),
@@ -125,6 +136,8 @@ pub enum Outcome {
 pub struct Summary {
     /// Global step reached.
     pub step: u64,
+    /// The files exported to spec.output (rank 0 of a completed run with an output).
+    pub output: Vec<ferrotrain_crds::OutputFile>,
     /// Epoch reached.
     pub epoch: u64,
     /// Total steps planned.
@@ -184,6 +197,14 @@ pub enum TrainError {
     /// The compute device failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The trained model could not be exported to spec.output.
+    #[error("spec.output.uri {uri}: {problem}")]
+    Output {
+        /// The output location.
+        uri: String,
+        /// What failed.
+        problem: String,
+    },
     /// The compute threads could not start.
     #[error("cannot start the compute threads: {0}")]
     Threads(#[from] rayon::ThreadPoolBuildError),

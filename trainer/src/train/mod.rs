@@ -3,6 +3,7 @@
 pub mod distill;
 pub mod evaluation;
 pub mod job;
+pub mod output;
 pub mod resume;
 pub mod steps;
 pub mod transfer;

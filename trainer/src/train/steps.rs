@@ -72,7 +72,10 @@ fn train_on_pool(
     let n = net.num_params;
     let optimizer_spec = spec.optimizer_or_default();
     let mut params = net.init_params(seed);
-    let mut optimizer = Optimizer::new(&optimizer_spec, n);
+    // Batch normalisation's running statistics, after the trained parameters, are not stepped.
+    let trainable = net.trainable;
+    let sync_batch_norm = spec.model.sync_batch_norm_or_default() && world > 1;
+    let mut optimizer = Optimizer::new(&optimizer_spec, trainable);
     let mut state = TrainingState {
         world_size: world as u32,
         ..TrainingState::default()
@@ -288,7 +291,38 @@ fn train_on_pool(
                 }
                 None => Targets::Labels(&batch_y),
             };
-            engine.train_step_towards(&params, &mut grads[..n], &batch_x, targets, &mut dropout)
+            if !sync_batch_norm {
+                return engine.train_step_towards(
+                    &params,
+                    &mut grads[..n],
+                    &batch_x,
+                    targets,
+                    &mut dropout,
+                );
+            }
+            // Synchronised batch normalisation: the sums of every layer go round the ring.
+            let mut ring_failure = None;
+            let mut reduce = |values: &mut [f32]| {
+                if ring_failure.is_none()
+                    && let Err(e) = ring.all_reduce_sum(values)
+                {
+                    ring_failure = Some(e);
+                }
+            };
+            let stats = engine.train_step_reduced(
+                &params,
+                &mut grads[..n],
+                &batch_x,
+                targets,
+                &mut dropout,
+                &mut reduce,
+            )?;
+            match ring_failure {
+                None => Ok(stats),
+                Some(e) => Err(EngineError(format!(
+                    "synchronised batch normalisation: {e}"
+                ))),
+            }
         }) {
             Ok(stats) => stats,
             Err(failure) => {
@@ -336,17 +370,18 @@ fn train_on_pool(
             ring.all_reduce_sum(&mut grads)?;
             grads[..n].iter_mut().for_each(|g| *g *= scale);
         } else {
-            // The control values stay exact.
-            let (model_grads, control) = grads.split_at_mut(n);
+            // The batch statistics and the control values stay exact.
+            let (model_grads, exact) = grads.split_at_mut(trainable);
             ring.all_reduce(model_grads, compression)?;
-            ring.all_reduce_sum(control)?;
+            ring.all_reduce_sum(exact)?;
             model_grads.iter_mut().for_each(|g| *g *= scale);
+            exact[..n - trainable].iter_mut().for_each(|g| *g *= scale);
         }
         if let Some(frozen) = &frozen {
             frozen.mask_gradients(&mut grads[..n]);
         }
         if let Some(max_norm) = spec.grad_clip_norm {
-            clip_grad_norm(&mut grads[..n], max_norm as f32);
+            clip_grad_norm(&mut grads[..trainable], max_norm as f32);
         }
         // fp16: a step in which any rank's gradients overflowed is skipped on every rank and the
         // loss scale backs off, so the ranks' scales never diverge (in asynchronous mode each
@@ -360,11 +395,12 @@ fn train_on_pool(
         }
         if apply {
             optimizer.step(
-                &mut params,
-                &grads[..n],
+                &mut params[..trainable],
+                &grads[..trainable],
                 learning_rate(base_lr, &schedule, state.step, total_steps),
             );
         }
+        net.update_running_statistics(&mut params, &grads);
         if let Some(pruner) = &pruner {
             // The optimiser's momentum would move pruned weights again.
             pruner.apply(&mut params);
@@ -500,13 +536,20 @@ fn train_on_pool(
         }
         uploader.stats.final_seconds += wait_started.elapsed().as_secs_f64();
     }
+    let output = match (&job.output, rank, stopped) {
+        (Some(plan), 0, false) => {
+            let trained = crate::train::output::trained(spec, data);
+            crate::train::output::publish(plan, trained, &params, &state, data, runtime)?
+        }
+        _ => Vec::new(),
+    };
     let samples_per_second = if train_seconds > 0.0 {
         trained_samples as f64 / train_seconds
     } else {
         0.0
     };
     if let Some(reporter) = job.reporter.as_mut() {
-        reporter.report(&progress(
+        let mut last = progress(
             &reported,
             &state,
             total_steps,
@@ -514,7 +557,9 @@ fn train_on_pool(
             train_seconds,
             uploader.latest.as_ref(),
             !stopped,
-        ));
+        );
+        last.output = output.clone();
+        reporter.report(&last);
         reporter.flush();
     }
     let summary = Summary {
@@ -530,6 +575,7 @@ fn train_on_pool(
         checkpoint: uploader.latest.clone(),
         checkpoint_stats: uploader.stats.clone(),
         wall_seconds: started.elapsed().as_secs_f64(),
+        output,
         params,
     };
     Ok(if stopped {

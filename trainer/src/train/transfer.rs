@@ -54,6 +54,9 @@ pub(crate) fn take_layers(
             )));
         }
         params[to.all()].copy_from_slice(&source[from.all()]);
+        if let (Some(to), Some(from)) = (&to.normalisation, &from.normalisation) {
+            params[to.running.clone()].copy_from_slice(&source[from.running.clone()]);
+        }
     }
     Ok(())
 }
@@ -116,6 +119,8 @@ mod tests {
             kind: ModelKind::Mlp,
             hidden: Some(vec![8, 4]),
             dropout: None,
+            batch_norm: None,
+            sync_batch_norm: None,
         }
     }
 

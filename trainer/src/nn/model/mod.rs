@@ -1,6 +1,7 @@
-//! The models (softmax regression, MLP, LeNet-5) with hand-written forward and backward passes over
-//! one flat parameter vector. Flat parameters and gradients are what the ring all-reduce, the
-//! fused optimiser and the checkpoint writer work on, with no copies in between.
+//! The models (softmax regression, MLP, LeNet-5, optionally batch-normalised) with hand-written
+//! forward and backward passes over one flat parameter vector. Flat parameters and gradients are
+//! what the ring all-reduce, the fused optimiser and the checkpoint writer work on, with no copies
+//! in between.
 //!
 //! Activations are batch-major and channels-last (`[batch, height, width, channels]`). The forward
 //! products and the convolutions run on the kernels of `conv`; the fully connected gradients go
@@ -11,6 +12,7 @@
 use ferrotrain_crds::{ModelKind, ModelSpec};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
+use crate::nn::batch_norm::{self, Reduce};
 use crate::nn::conv::{self, ConvGeometry};
 use crate::nn::kernels::gemm;
 pub use crate::nn::loss::BatchStats;
@@ -48,13 +50,22 @@ pub(crate) enum Layer {
         width: usize,
         channels: usize,
     },
+    /// Batch normalisation of `channels` channels: a learned scale and shift, and running
+    /// statistics kept after the trained parameters (they are not trained: see `trainable`).
+    BatchNorm {
+        channels: usize,
+        scale: usize,
+        shift: usize,
+        mean: usize,
+        var: usize,
+    },
 }
 
 impl Layer {
     fn output_size(&self, input: usize) -> usize {
         match *self {
             Layer::Linear { outputs, .. } => outputs,
-            Layer::Relu | Layer::Dropout { .. } => input,
+            Layer::Relu | Layer::Dropout { .. } | Layer::BatchNorm { .. } => input,
             Layer::Conv {
                 height,
                 width,
@@ -87,8 +98,13 @@ pub enum ModelError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Network {
     pub(crate) layers: Vec<Layer>,
-    /// Total number of parameters.
+    /// Length of the flat parameters: the trained ones, then batch normalisation's running
+    /// statistics.
     pub num_params: usize,
+    /// The trained parameters, `params[..trainable]`: what the optimiser steps. The values after
+    /// them are running statistics, which a training step's "gradients" carry as the batch's own
+    /// (see [`Network::update_running_statistics`]).
+    pub trainable: usize,
     /// Features per input row.
     pub inputs: usize,
     /// Output classes.
@@ -145,6 +161,37 @@ impl Builder {
         });
         self.offset += weights + out_channels;
     }
+
+    /// Batch normalisation of `channels` channels (its statistics are placed by `finish`).
+    fn batch_norm(&mut self, channels: usize) {
+        self.layers.push(Layer::BatchNorm {
+            channels,
+            scale: self.offset,
+            shift: self.offset + channels,
+            mean: 0,
+            var: 0,
+        });
+        self.offset += 2 * channels;
+    }
+
+    /// Places the running statistics after the trained parameters: `(trainable, total)`.
+    fn finish(&mut self) -> (usize, usize) {
+        let trainable = self.offset;
+        for layer in &mut self.layers {
+            if let Layer::BatchNorm {
+                channels,
+                mean,
+                var,
+                ..
+            } = layer
+            {
+                *mean = self.offset;
+                *var = self.offset + *channels;
+                self.offset += 2 * *channels;
+            }
+        }
+        (trainable, self.offset)
+    }
 }
 
 impl Network {
@@ -154,6 +201,7 @@ impl Network {
             return Err(ModelError::Classes(classes));
         }
         let dropout = spec.dropout_or_default() as f32;
+        let normalised = spec.batch_norm_or_default();
         let mut b = Builder::default();
         match spec.kind {
             ModelKind::Logistic => b.linear(inputs, classes),
@@ -162,6 +210,9 @@ impl Network {
                 for hidden in spec.hidden_or_default() {
                     let hidden = usize::try_from(hidden).unwrap_or(1);
                     b.linear(width, hidden);
+                    if normalised {
+                        b.batch_norm(hidden);
+                    }
                     b.layers.push(Layer::Relu);
                     if dropout > 0.0 {
                         b.layers.push(Layer::Dropout { p: dropout });
@@ -175,6 +226,9 @@ impl Network {
                     return Err(ModelError::LenetInput(inputs));
                 }
                 b.conv(28, 1, 6, 2);
+                if normalised {
+                    b.batch_norm(6);
+                }
                 b.layers.push(Layer::Relu);
                 b.layers.push(Layer::MaxPool {
                     height: 28,
@@ -182,6 +236,9 @@ impl Network {
                     channels: 6,
                 });
                 b.conv(14, 6, 16, 0);
+                if normalised {
+                    b.batch_norm(16);
+                }
                 b.layers.push(Layer::Relu);
                 b.layers.push(Layer::MaxPool {
                     height: 10,
@@ -194,16 +251,20 @@ impl Network {
                         b.layers.push(Layer::Dropout { p: dropout });
                     }
                     b.linear(width, hidden);
+                    if normalised {
+                        b.batch_norm(hidden);
+                    }
                     b.layers.push(Layer::Relu);
                     width = hidden;
                 }
                 b.linear(width, classes);
             }
         }
-        let Builder { layers, offset } = b;
+        let (trainable, num_params) = b.finish();
         Ok(Self {
-            layers,
-            num_params: offset,
+            layers: b.layers,
+            num_params,
+            trainable,
             inputs,
             classes,
         })
@@ -215,12 +276,37 @@ impl Network {
         &self.layers
     }
 
-    /// Initial parameters: uniform in ±1/√fan_in for weights and biases, as PyTorch does.
+    /// Whether any layer is batch-normalised.
+    pub fn has_batch_norm(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| matches!(l, Layer::BatchNorm { .. }))
+    }
+
+    /// Moves the running statistics in `params` towards the batch statistics a training step
+    /// wrote after the gradients in `grads` (averaged over the gang by the all-reduce).
+    pub fn update_running_statistics(&self, params: &mut [f32], grads: &[f32]) {
+        let statistics = self.trainable..self.num_params;
+        batch_norm::update_running(&mut params[statistics.clone()], &grads[statistics]);
+    }
+
+    /// Initial parameters: uniform in ±1/√fan_in for weights and biases, as PyTorch does; batch
+    /// normalisation starts as the identity (scale 1, shift 0, running mean 0 and variance 1).
     pub fn init_params(&self, seed: u64) -> Vec<f32> {
         let mut params = vec![0.0; self.num_params];
         let mut rng = Rng::derive(seed, Stream::Init, &[]);
         for layer in &self.layers {
             let (start, end, fan_in) = match *layer {
+                Layer::BatchNorm {
+                    channels,
+                    scale,
+                    var,
+                    ..
+                } => {
+                    params[scale..scale + channels].fill(1.0);
+                    params[var..var + channels].fill(1.0);
+                    continue;
+                }
                 Layer::Linear {
                     inputs,
                     outputs,
@@ -276,11 +362,28 @@ impl Network {
         dropout_rng: &mut Rng,
         ws: &mut Workspace,
     ) -> BatchStats {
+        self.train_step_reduced(params, grads, inputs, targets, dropout_rng, ws, &mut |_| {})
+    }
+
+    /// [`Network::train_step_towards`] with batch normalisation's sums passed through `reduce`:
+    /// an all-reduce over the gang normalises with the whole gang's batch. After the gradients,
+    /// `grads` holds the batch statistics for the running ones (`params[trainable..]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_reduced(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        inputs: &[f32],
+        targets: Targets,
+        dropout_rng: &mut Rng,
+        ws: &mut Workspace,
+        reduce: Reduce<'_>,
+    ) -> BatchStats {
         let batch = targets.labels().len();
-        self.forward(params, inputs, batch, Some(dropout_rng), ws);
+        self.forward(params, inputs, batch, Some((dropout_rng, &mut *reduce)), ws);
         let logits = ws.activations.last().map(Vec::as_slice).unwrap_or_default();
         let stats = loss_and_grad(logits, self.classes, targets, &mut ws.grad_out);
-        self.backward(params, grads, batch, ws);
+        self.backward(params, grads, batch, ws, reduce);
         stats
     }
 
@@ -309,12 +412,14 @@ impl Network {
         logit_stats(logits, self.classes, labels)
     }
 
+    /// With `training` (the dropout draws and batch normalisation's reduction), a training
+    /// pass; without, evaluation.
     fn forward(
         &self,
         params: &[f32],
         inputs: &[f32],
         batch: usize,
-        mut dropout_rng: Option<&mut Rng>,
+        mut training: Option<(&mut Rng, Reduce<'_>)>,
         ws: &mut Workspace,
     ) {
         let n = self.layers.len();
@@ -351,8 +456,8 @@ impl Network {
                         *o = v.max(0.0);
                     }
                 }
-                Layer::Dropout { p } => match dropout_rng.as_deref_mut() {
-                    Some(rng) => {
+                Layer::Dropout { p } => match training.as_mut() {
+                    Some((rng, _)) => {
                         let mask = &mut ws.masks[i];
                         mask.resize(x.len(), 0.0);
                         let scale = 1.0 / (1.0 - p);
@@ -399,12 +504,50 @@ impl Network {
                 } => {
                     conv::max_pool(x, batch, height, width, channels, y, &mut ws.argmax[i]);
                 }
+                Layer::BatchNorm {
+                    channels,
+                    scale,
+                    shift,
+                    mean,
+                    var,
+                } => {
+                    let (scale, shift) = (
+                        &params[scale..scale + channels],
+                        &params[shift..shift + channels],
+                    );
+                    match training.as_mut() {
+                        Some((_, reduce)) => batch_norm::forward_train(
+                            x,
+                            scale,
+                            shift,
+                            y,
+                            &mut ws.columns[i],
+                            &mut ws.masks[i],
+                            &mut **reduce,
+                        ),
+                        None => batch_norm::forward_eval(
+                            x,
+                            scale,
+                            shift,
+                            &params[mean..mean + channels],
+                            &params[var..var + channels],
+                            y,
+                        ),
+                    }
+                }
             }
             size = out_size;
         }
     }
 
-    fn backward(&self, params: &[f32], grads: &mut [f32], batch: usize, ws: &mut Workspace) {
+    fn backward(
+        &self,
+        params: &[f32],
+        grads: &mut [f32],
+        batch: usize,
+        ws: &mut Workspace,
+        reduce: Reduce<'_>,
+    ) {
         let mut size_in: Vec<usize> = Vec::with_capacity(self.layers.len());
         let mut size = self.inputs;
         for layer in &self.layers {
@@ -485,6 +628,30 @@ impl Network {
                         dx[src as usize] += g;
                     }
                 }
+                Layer::BatchNorm {
+                    channels,
+                    scale,
+                    shift,
+                    mean,
+                    var,
+                } => {
+                    let saved = &ws.masks[i];
+                    let (grad_scale, grad_shift) =
+                        grads[scale..shift + channels].split_at_mut(channels);
+                    batch_norm::backward(
+                        dy,
+                        &ws.columns[i],
+                        &saved[..channels],
+                        &params[scale..scale + channels],
+                        grad_scale,
+                        grad_shift,
+                        dx,
+                        &mut *reduce,
+                    );
+                    // The batch's statistics ride after the gradients to the running ones.
+                    grads[mean..mean + channels].copy_from_slice(&saved[channels..2 * channels]);
+                    grads[var..var + channels].copy_from_slice(&saved[2 * channels..]);
+                }
             }
             if need_input_grad {
                 std::mem::swap(&mut ws.grad_out, &mut ws.grad_in);
@@ -504,139 +671,4 @@ fn view_mut(data: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(kind: ModelKind, hidden: Option<Vec<i32>>, dropout: Option<f64>) -> ModelSpec {
-        ModelSpec {
-            kind,
-            hidden,
-            dropout,
-        }
-    }
-
-    /// Central differences against the analytic gradient on a few coordinates of every layer.
-    fn check_gradients(net: &Network, inputs: usize, batch: usize) {
-        let params = net.init_params(3);
-        let mut rng = Rng::new(9);
-        let x: Vec<f32> = (0..batch * inputs).map(|_| rng.next_f32()).collect();
-        let labels: Vec<u8> = (0..batch).map(|i| (i % net.classes) as u8).collect();
-        let mut grads = vec![0.0; net.num_params];
-        let mut ws = Workspace::default();
-        net.train_step(&params, &mut grads, &x, &labels, &mut Rng::new(1), &mut ws);
-        let loss_at = |p: &[f32], ws: &mut Workspace| {
-            let mut g = vec![0.0; net.num_params];
-            let s = net.train_step(p, &mut g, &x, &labels, &mut Rng::new(1), ws);
-            s.loss_sum / batch as f64
-        };
-        let stride = (net.num_params / 60).max(1);
-        for i in (0..net.num_params).step_by(stride) {
-            let eps = 1e-3_f32;
-            let mut plus = params.clone();
-            plus[i] += eps;
-            let mut minus = params.clone();
-            minus[i] -= eps;
-            let numeric =
-                (loss_at(&plus, &mut ws) - loss_at(&minus, &mut ws)) / (2.0 * f64::from(eps));
-            let analytic = f64::from(grads[i]);
-            assert!(
-                (numeric - analytic).abs() <= 2e-3 + 2e-2 * analytic.abs(),
-                "param {i}: numeric {numeric} analytic {analytic}"
-            );
-        }
-    }
-
-    #[test]
-    fn logistic_gradients_match_finite_differences() {
-        let net = Network::new(&spec(ModelKind::Logistic, None, None), 12, 3).expect("builds");
-        assert_eq!(net.num_params, 12 * 3 + 3);
-        check_gradients(&net, 12, 5);
-    }
-
-    #[test]
-    fn mlp_gradients_match_finite_differences() {
-        let net =
-            Network::new(&spec(ModelKind::Mlp, Some(vec![16, 8]), None), 10, 4).expect("builds");
-        check_gradients(&net, 10, 6);
-    }
-
-    #[test]
-    fn lenet_gradients_match_finite_differences() {
-        let net = Network::new(&spec(ModelKind::Lenet, None, None), 784, 10).expect("builds");
-        assert_eq!(net.num_params, 156 + 2416 + 48120 + 10164 + 850);
-        check_gradients(&net, 784, 2);
-    }
-
-    /// Gradients and a few optimiser steps on pools of 1, 2 and 3 threads are bit-for-bit equal.
-    #[test]
-    fn results_do_not_depend_on_the_thread_count() {
-        let models = [
-            (spec(ModelKind::Mlp, Some(vec![256, 128]), Some(0.1)), 784),
-            (spec(ModelKind::Lenet, None, None), 784),
-        ];
-        for (model, inputs) in models {
-            let net = Network::new(&model, inputs, 10).expect("builds");
-            let mut rng = Rng::new(5);
-            let batch = 64;
-            let x: Vec<f32> = (0..batch * inputs).map(|_| rng.next_f32()).collect();
-            let labels: Vec<u8> = (0..batch).map(|i| (i % 10) as u8).collect();
-            let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .expect("pool");
-                pool.install(|| {
-                    let optimizer_spec: ferrotrain_crds::OptimizerSpec =
-                        serde_yaml::from_str("type: adam").expect("spec");
-                    let mut optimizer =
-                        crate::optim::Optimizer::new(&optimizer_spec, net.num_params);
-                    let mut params = net.init_params(7);
-                    let mut grads = vec![0.0; net.num_params];
-                    let mut ws = Workspace::default();
-                    for step in 0..3 {
-                        let mut dropout = Rng::new(step);
-                        net.train_step(&params, &mut grads, &x, &labels, &mut dropout, &mut ws);
-                        optimizer.step(&mut params, &grads, 1e-3);
-                    }
-                    (params, grads)
-                })
-            };
-            let one = run(1);
-            assert_eq!(run(2), one, "{:?} on 2 threads", model.kind);
-            assert_eq!(run(3), one, "{:?} on 3 threads", model.kind);
-        }
-    }
-
-    #[test]
-    fn dropout_masks_follow_the_rng_and_vanish_in_evaluation() {
-        let net =
-            Network::new(&spec(ModelKind::Mlp, Some(vec![32]), Some(0.5)), 8, 2).expect("builds");
-        let params = net.init_params(1);
-        let x = vec![0.5; 4 * 8];
-        let labels = [0, 1, 0, 1];
-        let mut ws = Workspace::default();
-        let mut g1 = vec![0.0; net.num_params];
-        let mut g2 = vec![0.0; net.num_params];
-        let a = net.train_step(&params, &mut g1, &x, &labels, &mut Rng::new(5), &mut ws);
-        let b = net.train_step(&params, &mut g2, &x, &labels, &mut Rng::new(5), &mut ws);
-        assert_eq!(a, b);
-        assert_eq!(g1, g2);
-        let c = net.train_step(&params, &mut g2, &x, &labels, &mut Rng::new(6), &mut ws);
-        assert_ne!(a.loss_sum, c.loss_sum);
-        let e1 = net.evaluate(&params, &x, &labels, &mut ws);
-        let e2 = net.evaluate(&params, &x, &labels, &mut ws);
-        assert_eq!(e1, e2);
-    }
-
-    #[test]
-    fn lenet_refuses_other_input_sizes() {
-        assert_eq!(
-            Network::new(&spec(ModelKind::Lenet, None, None), 54, 7),
-            Err(ModelError::LenetInput(54))
-        );
-        assert_eq!(
-            Network::new(&spec(ModelKind::Mlp, None, None), 4, 1),
-            Err(ModelError::Classes(1))
-        );
-    }
-}
+mod tests;
