@@ -182,6 +182,18 @@ fn a_gang_with_synchronised_batch_normalisation_learns() {
 fn a_dead_rank_makes_the_others_exit_with_peer_lost() {
     let yaml =
         "model: {type: mlp, hidden: [64]}\ndataset: {type: mnist}\nbatchSize: 32\nepochs: 50\n";
+    assert_a_dead_rank_makes_the_others_exit_with_peer_lost(yaml);
+}
+
+/// With synchronised batch normalisation the peer is missed inside the forward pass: still a
+/// lost peer (exit 4), not an engine failure.
+#[test]
+fn a_dead_rank_under_synchronised_batch_normalisation_is_a_lost_peer() {
+    let yaml = "model: {type: mlp, hidden: [64], batchNorm: true, syncBatchNorm: true}\ndataset: {type: mnist}\nbatchSize: 32\nepochs: 50\n";
+    assert_a_dead_rank_makes_the_others_exit_with_peer_lost(yaml);
+}
+
+fn assert_a_dead_rank_makes_the_others_exit_with_peer_lost(yaml: &str) {
     let mut gang = spawn_gang(3, yaml, &["--peer-timeout-seconds", "10"]);
     let stdout = gang[0].stdout.take().expect("rank 0 stdout");
     let mut lines = BufReader::new(stdout).lines();

@@ -272,6 +272,8 @@ fn train_on_pool(
         }
         let mut dropout = Rng::derive(seed, Stream::Dropout, &[state.step, rank as u64]);
         let injected_failure = job.fail_after_step == Some(state.step);
+        // A peer lost inside synchronised batch normalisation's collectives.
+        let mut ring_failure = None;
         let stats = match engine::guarded(|| {
             if injected_failure {
                 return Err(EngineError(format!(
@@ -300,8 +302,8 @@ fn train_on_pool(
                     &mut dropout,
                 );
             }
-            // Synchronised batch normalisation: the sums of every layer go round the ring.
-            let mut ring_failure = None;
+            // Synchronised batch normalisation: the sums of every layer go round the ring; after a
+            // failed one the step finishes on this rank's own sums and the run ends below.
             let mut reduce = |values: &mut [f32]| {
                 if ring_failure.is_none()
                     && let Err(e) = ring.all_reduce_sum(values)
@@ -309,20 +311,14 @@ fn train_on_pool(
                     ring_failure = Some(e);
                 }
             };
-            let stats = engine.train_step_reduced(
+            engine.train_step_reduced(
                 &params,
                 &mut grads[..n],
                 &batch_x,
                 targets,
                 &mut dropout,
                 &mut reduce,
-            )?;
-            match ring_failure {
-                None => Ok(stats),
-                Some(e) => Err(EngineError(format!(
-                    "synchronised batch normalisation: {e}"
-                ))),
-            }
+            )
         }) {
             Ok(stats) => stats,
             Err(failure) => {
@@ -350,6 +346,9 @@ fn train_on_pool(
                 return Err(failure.into());
             }
         };
+        if let Some(lost) = ring_failure {
+            return Err(lost.into());
+        }
         let stop_requested =
             job.stop.load(Ordering::Relaxed) || job.stop_after_step == Some(state.step + 1);
         grads[n] = f32::from(u8::from(stop_requested));
