@@ -1,7 +1,7 @@
 //! Progress reports from rank 0 into `status.progress`, `status.checkpoint` and `status.output`:
-//! authentication, validation, and the operator's own throughput and ETA estimate (an
-//! exponentially weighted moving average over the report history, not the trainer's claim). The HTTP servers of the
-//! operator and of `ferrotrain run` both call [`ProgressTracker::accept`].
+//! authentication, validation, and the operator's own throughput and ETA estimate (an exponentially
+//! weighted moving average over the report history, not the trainer's claim). The HTTP servers of
+//! the operator and of `ferrotrain run` both call [`ProgressTracker::accept`].
 
 use ferrotrain_crds::progress::{
     MAX_BODY_BYTES, MAX_REPORTED_EVALUATIONS, ProgressReport, metrics_within_bounds,

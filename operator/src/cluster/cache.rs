@@ -254,9 +254,10 @@ impl OwnWrites {
 
 /// A hash of everything about a job that the reconciler's decision reads: all of it except the
 /// fields the progress writer owns (`status.progress`, `status.checkpoint`, `status.output`) and
-/// bookkeeping (resourceVersion, managed fields). Used as a kube-runtime predicate: a progress write, every
-/// few seconds per running job, does not wake the reconciler; a spec, annotation, deletion or
-/// status-phase change does. Deadlines that depend on progress are requeued by the decision.
+/// bookkeeping (resourceVersion, managed fields). Used as a kube-runtime predicate: a progress
+/// write, every few seconds per running job, does not wake the reconciler; a spec, annotation,
+/// deletion or status-phase change does. Deadlines that depend on progress are requeued by the
+/// decision.
 pub fn decision_inputs(job: &TrainingJob) -> Option<u64> {
     let mut job = job.clone();
     job.metadata.resource_version = None;
