@@ -101,6 +101,18 @@ fn predicted(logits: &[f32], classes: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The share of the evaluation images `model` predicts right.
+fn test_accuracy(model: &Model, data: &Splits) -> f64 {
+    let eval = &data.eval;
+    let logits = model.logits(&eval.features).expect("logits");
+    let correct = predicted(&logits, 10)
+        .iter()
+        .zip(&eval.labels)
+        .filter(|(p, l)| **p == usize::from(**l))
+        .count();
+    correct as f64 / eval.len() as f64
+}
+
 #[test]
 fn an_exported_model_reads_back_and_predicts_what_it_evaluated_to() {
     for (name, yaml) in [("lenet", LENET), ("mlp", MLP)] {
@@ -116,14 +128,7 @@ fn an_exported_model_reads_back_and_predicts_what_it_evaluated_to() {
                 .expect("json");
         assert_eq!(card["trained"]["trainer"]["maxSteps"], 120);
         assert_eq!(card["step"], 120);
-        let eval = &run.data.eval;
-        let logits = read.logits(&eval.features).expect("logits");
-        let correct = predicted(&logits, 10)
-            .iter()
-            .zip(&eval.labels)
-            .filter(|(p, l)| **p == usize::from(**l))
-            .count();
-        let accuracy = correct as f64 / eval.len() as f64;
+        let accuracy = test_accuracy(&read, &run.data);
         let evaluated = run.summary.metrics["valAccuracy"];
         assert!(
             (accuracy - evaluated).abs() < 1e-9,
@@ -177,14 +182,7 @@ fn a_run_with_an_output_exports_its_model_when_it_completes() {
             .is_some_and(|l| l.contains("batch normalisation folded")),
         "{card}"
     );
-    let eval = &data.eval;
-    let logits = read.logits(&eval.features).expect("logits");
-    let correct = predicted(&logits, 10)
-        .iter()
-        .zip(&eval.labels)
-        .filter(|(p, l)| **p == usize::from(**l))
-        .count();
-    let accuracy = correct as f64 / eval.len() as f64;
+    let accuracy = test_accuracy(&read, &data);
     let evaluated = summary.metrics["valAccuracy"];
     // Folding rounds differently from normalising: a rare image near a boundary may flip.
     assert!(
