@@ -448,6 +448,11 @@ impl Operator {
     /// The API writes (POST, PUT, PATCH, DELETE) it has sent through its rate-limited clients,
     /// as its `/metrics` counts them (the Lease's own client is not among them).
     pub fn api_writes(&self) -> u64 {
+        self.metric_sum("ferrotrain_api_requests_total{", "kind=\"write\"")
+    }
+
+    /// The sum of the `/metrics` samples whose line starts with `name` and contains `matching`.
+    pub fn metric_sum(&self, name: &str, matching: &str) -> u64 {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(&self.address).expect("connect to operator");
         let request = format!(
@@ -459,9 +464,7 @@ impl Operator {
         let _ = stream.read_to_string(&mut response);
         response
             .lines()
-            .filter(|l| {
-                l.starts_with("ferrotrain_api_requests_total{") && l.contains("kind=\"write\"")
-            })
+            .filter(|l| l.starts_with(name) && l.contains(matching))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     }

@@ -63,6 +63,7 @@ struct Counters {
     rejected: BTreeMap<&'static str, u64>,
     reconcile_errors: BTreeMap<&'static str, u64>,
     reconciles: u64,
+    sweep_reconciles: u64,
     reconcile_seconds: f64,
     /// Reconciles that took at most each of [`RECONCILE_BUCKETS`] (not cumulative).
     reconcile_buckets: [u64; RECONCILE_BUCKETS.len()],
@@ -290,6 +291,14 @@ impl ProgressHub {
             .retain(|(namespace, name), _| live(&format!("{namespace}/{name}")));
     }
 
+    /// Counts a sweep reconcile that decides (one the pacer let through).
+    pub fn observe_sweep_reconcile(&self) {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sweep_reconciles += 1;
+    }
+
     /// Records a reconcile for `/metrics`.
     pub fn observe_reconcile(
         &self,
@@ -352,6 +361,11 @@ impl ProgressHub {
         }
         out.push_str("# HELP ferrotrain_reconciles_total Reconciles run.\n# TYPE ferrotrain_reconciles_total counter\n");
         out.push_str(&format!("ferrotrain_reconciles_total {}\n", c.reconciles));
+        out.push_str("# HELP ferrotrain_sweep_reconciles_total Sweep reconciles run (past the pacer).\n# TYPE ferrotrain_sweep_reconciles_total counter\n");
+        out.push_str(&format!(
+            "ferrotrain_sweep_reconciles_total {}\n",
+            c.sweep_reconciles
+        ));
         out.push_str("# HELP ferrotrain_reconcile_seconds_total Time spent reconciling.\n# TYPE ferrotrain_reconcile_seconds_total counter\n");
         out.push_str(&format!(
             "ferrotrain_reconcile_seconds_total {}\n",

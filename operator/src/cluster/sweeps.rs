@@ -17,18 +17,21 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::hub::ProgressHub;
 use crate::cluster::ownership::{controlled_by, held_by_another};
-use crate::cluster::sweep_watch::TrialIndex;
+use crate::cluster::sweep_watch::{MIN_RECONCILE_INTERVAL, Pacer, TrialIndex};
 use crate::decide::job::Event as Note;
 use crate::decide::sweep::{SWEEP_LABEL, SweepAction, TrialObservation, decide};
 use crate::manifest::Admission;
 
 /// The field manager of the sweep controller's writes.
 pub const SWEEP_MANAGER: &str = "ferrotrain-sweep";
+
+/// How often a sweep is reconciled when nothing wakes it.
+const PERIODIC_PASS: Duration = Duration::from_secs(30);
 
 /// A reconcile failure.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,7 @@ pub struct Context {
     hub: Arc<ProgressHub>,
     trials: Store<TrainingJob>,
     index: Arc<TrialIndex>,
+    pacer: Pacer,
 }
 
 /// What a trial's TrainingJob says, for the decision.
@@ -96,6 +100,10 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         .ok_or(Error::Incomplete("metadata.namespace"))?;
     let name = sweep.name_any();
     let sweep_uid = sweep.uid().unwrap_or_default();
+    if let Some(wait) = ctx.pacer.wait_before(&sweep_uid, std::time::Instant::now()) {
+        return Ok(Requeue::requeue(wait));
+    }
+    ctx.hub.observe_sweep_reconcile();
     if tokio::time::timeout(Duration::from_secs(5), ctx.trials.wait_until_ready())
         .await
         .is_err()
@@ -210,8 +218,33 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
     if sweep.status.as_ref() != Some(&decision.status) {
         write_status(&sweeps, &sweep, &decision.status).await?;
     }
-    // Trial changes trigger reconciles through the watch; this only bounds a missed event.
-    Ok(Requeue::requeue(Duration::from_secs(60)))
+    // Trial changes the decision reads wake the sweep through the watch, and its own status
+    // writes do not (they would feed back: each write would find the trials' steps moved on). A
+    // pass that changed more than the trials' step counts looks again soon, as its write's wake
+    // used to; otherwise the periodic pass brings the steps into the status and bounds a missed
+    // event.
+    let changed = sweep
+        .status
+        .as_ref()
+        .is_none_or(|before| !same_apart_from_steps(before, &decision.status));
+    Ok(Requeue::requeue(if changed {
+        MIN_RECONCILE_INTERVAL
+    } else {
+        PERIODIC_PASS
+    }))
+}
+
+/// Whether two statuses differ in nothing but the trials' step counts.
+fn same_apart_from_steps(a: &TrainingSweepStatus, b: &TrainingSweepStatus) -> bool {
+    let without_steps = |status: &TrainingSweepStatus| {
+        let mut status = status.clone();
+        status.trained_steps = None;
+        for trial in &mut status.trials {
+            (trial.steps, trial.trained_steps) = (0, 0);
+        }
+        status
+    };
+    without_steps(a) == without_steps(b)
 }
 
 /// Sets a trial's `spec.runPolicy.suspend`; a trial already gone or finished needs nothing.
@@ -340,7 +373,8 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
         .default_backoff()
         .map_ok(|event| event.modify(|job| job.metadata.managed_fields = None))
         .reflect(writer)
-        .inspect_ok(move |event| indexing.observe(event))
+        // Every trial goes into the cache; only a change the sweep decides on wakes it.
+        .try_filter(move |event| std::future::ready(indexing.observe(event)))
         .touched_objects();
     let recorder = Recorder::new(
         client.clone(),
@@ -363,10 +397,20 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
         hub,
         trials,
         index,
+        pacer: Pacer::default(),
     });
-    Controller::new(sweeps, watcher::Config::default())
+    let (sweep_cache, sweep_writer) = reflector::store();
+    // A sweep's own status writes do not wake it; a new generation (its spec) does.
+    let sweep_changes = watcher(sweeps, watcher::Config::default())
+        .default_backoff()
+        .reflect(sweep_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    Controller::for_stream(sweep_changes, sweep_cache)
         .owns_stream(trial_events)
-        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
+        // No debounce: kube's resets with every event, so a steady stream would starve it; the
+        // pacer bounds the rate instead.
+        .with_config(ControllerConfig::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -380,6 +424,29 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pass that only moved trials' step counts forward is not followed up at once: that is
+    /// what fed the sweep's reconciles back into themselves.
+    #[test]
+    fn only_step_counts_moving_is_no_change_to_follow_up() {
+        use ferrotrain_crds::sweep::{TrialState, TrialStatus};
+        let before = TrainingSweepStatus {
+            trials: vec![TrialStatus {
+                name: "lr-0".into(),
+                state: Some(TrialState::Running),
+                steps: 100,
+                trained_steps: 100,
+                ..TrialStatus::default()
+            }],
+            ..TrainingSweepStatus::default()
+        };
+        let mut later = before.clone();
+        (later.trials[0].steps, later.trials[0].trained_steps) = (400, 400);
+        later.trained_steps = Some(400);
+        assert!(same_apart_from_steps(&before, &later));
+        later.trials[0].state = Some(TrialState::Stopped);
+        assert!(!same_apart_from_steps(&before, &later));
+    }
 
     /// The event recorder folds events with the same reason, object and related object into one
     /// series: each trial is its own related object, so "TrialStopped" of trial 3 never counts

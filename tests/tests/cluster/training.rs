@@ -67,7 +67,7 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_when_deleted() {
-    use ferrotrain_crds::sweep::{SweepPhase, TrainingSweep, TrialState};
+    use ferrotrain_crds::sweep::{SweepPhase, TrialState};
     use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
     let Scenario {
         cluster,
@@ -99,12 +99,7 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
             )
         })
         .collect();
-    let sweeps: Api<TrainingSweep> = Api::namespaced(client.clone(), &namespace);
-    let sweep: TrainingSweep = serde_json::from_value(manifest).expect("sweep");
-    sweeps
-        .create(&PostParams::default(), &sweep)
-        .await
-        .expect("create sweep");
+    let sweeps = create_sweep(&client, &namespace, manifest).await;
     let done = wait_for("the sweep to succeed", Duration::from_secs(600), || async {
         let sweep = sweeps.get("asha").await.ok()?;
         let status = sweep.status.clone()?;
@@ -209,7 +204,7 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_creates_none() {
-    use ferrotrain_crds::sweep::{SweepPhase, TrainingSweep};
+    use ferrotrain_crds::sweep::SweepPhase;
     let Scenario {
         client,
         installed,
@@ -222,15 +217,8 @@ async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_create
     .expect("case");
     let mut manifest: serde_json::Value = serde_yaml::from_str(&text).expect("YAML");
     manifest["metadata"]["namespace"] = serde_json::json!(namespace);
-    let sweeps: Api<TrainingSweep> = Api::namespaced(client.clone(), &namespace);
     // Only Ferrotrain checks the trials: the API server admits the sweep.
-    sweeps
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(manifest).expect("sweep"),
-        )
-        .await
-        .expect("admitted by the API server");
+    let sweeps = create_sweep(&client, &namespace, manifest).await;
     let message = wait_for("the sweep to fail", Duration::from_secs(60), || async {
         let status = sweeps.get("bad").await.ok()?.status?;
         (status.phase == Some(SweepPhase::Failed)).then_some(status.message.unwrap_or_default())
@@ -245,4 +233,103 @@ async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_create
     assert!(trials.items.is_empty(), "no trial was created");
     assert_no_rbac_refusals(&installed);
     delete_namespace(&client, &namespace).await;
+}
+
+/// A trial's progress writes do not wake its sweep: only what the sweep decides on does (a phase,
+/// an evaluation, the end), and a periodic pass. Before, every status write of every trial woke
+/// it, about two reconciles per write (the sweep's own status write woke it once more).
+#[tokio::test]
+#[ignore = "needs the control plane of scripts/cluster.sh"]
+async fn a_trials_progress_writes_do_not_wake_its_sweep() {
+    use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
+    let cluster = Cluster::from_env();
+    let client = cluster.admin().await;
+    install_crd(&client).await;
+    let namespace = test_namespace(&client, "sweep-wake", "restricted").await;
+    // Watching its namespace only, it counts this sweep's reconciles and no other test's.
+    let watch = format!("watchNamespace={namespace}");
+    let installed =
+        install_operator(&cluster, &["--set", &watch], &["--namespace", &namespace]).await;
+    // One trial that reports every two seconds and evaluates only at its end, far away.
+    let mut manifest = asha_sweep("quiet", &namespace, 1);
+    manifest["spec"]["algorithm"] = serde_json::json!({"type": "random", "seed": 1});
+    manifest["spec"]["parallelTrials"] = serde_json::json!(1);
+    manifest["spec"]["template"]["trainer"]["maxSteps"] = serde_json::json!(10_000_000);
+    manifest["spec"]["template"]["trainer"]["evalEverySteps"] = serde_json::json!(10_000_000);
+    let kubelet = Kubelet::start(
+        client.clone(),
+        &namespace,
+        "quiet-000",
+        KubeletConfig {
+            binary: ferrotrain_tests::cluster::ferrotrain_binary(),
+            data_dir: workspace_root().join("data"),
+            work_dir: cluster.dir.join(&namespace),
+            threads: 1,
+        },
+    );
+    create_sweep(&client, &namespace, manifest).await;
+    let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
+    let trial_step = || async {
+        let trials = jobs
+            .list(&kube::api::ListParams::default().labels("ferrotrain.io/sweep=quiet"))
+            .await
+            .ok()?;
+        let trial = trials.items.into_iter().next()?;
+        trial.status?.progress.map(|p| p.step).filter(|s| *s > 0)
+    };
+    let mut step = wait_for(
+        "the trial's first progress",
+        Duration::from_secs(120),
+        &trial_step,
+    )
+    .await;
+    let operator = &installed.operator;
+    let reconciles = || operator.metric_sum("ferrotrain_sweep_reconciles_total", "");
+    let (before, started) = (reconciles(), std::time::Instant::now());
+    // Fifteen progress writes, each seen as a new step in the trial's status.
+    let mut writes = 0;
+    while writes < 15 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "only {writes} progress writes in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some(now) = trial_step().await
+            && now != step
+        {
+            (step, writes) = (now, writes + 1);
+        }
+    }
+    let woken = reconciles() - before;
+    let seconds = started.elapsed().as_secs();
+    // The periodic pass every 30 s (one more for a pass already due as the count began).
+    let allowed = seconds / 30 + 2;
+    println!("{writes} progress writes in {seconds} s woke the sweep {woken} times (≤ {allowed})");
+    assert!(
+        woken <= allowed,
+        "{writes} progress writes in {seconds} s reconciled the sweep {woken} times"
+    );
+    assert_no_rbac_refusals(&installed);
+    // The kubelet ends the trial's pods as the namespace goes.
+    delete_namespace(&client, &namespace).await;
+    tokio::task::spawn_blocking(move || drop(kubelet))
+        .await
+        .expect("kubelet stops");
+}
+
+/// Creates the sweep of `manifest` in `namespace` (the API server admits it) and returns their API.
+async fn create_sweep(
+    client: &Client,
+    namespace: &str,
+    manifest: serde_json::Value,
+) -> Api<ferrotrain_crds::sweep::TrainingSweep> {
+    let sweeps = Api::namespaced(client.clone(), namespace);
+    sweeps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(manifest).expect("sweep"),
+        )
+        .await
+        .expect("the API server admits the sweep");
+    sweeps
 }
