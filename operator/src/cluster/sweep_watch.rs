@@ -35,7 +35,7 @@ pub fn fingerprint(job: &TrainingJob) -> u64 {
         .and_then(|p| p.suspend)
         .hash(&mut hasher);
     if let Some(status) = &job.status {
-        format!("{:?}", status.phase).hash(&mut hasher);
+        status.phase.hash(&mut hasher);
         status.message.hash(&mut hasher);
         status
             .completion_time

@@ -241,7 +241,6 @@ async fn a_sweep_whose_trials_would_be_refused_fails_naming_the_field_and_create
 #[tokio::test]
 #[ignore = "needs the control plane of scripts/cluster.sh"]
 async fn a_trials_progress_writes_do_not_wake_its_sweep() {
-    use ferrotrain_tests::kubelet::{Kubelet, KubeletConfig};
     let cluster = Cluster::from_env();
     let client = cluster.admin().await;
     install_crd(&client).await;
@@ -256,17 +255,7 @@ async fn a_trials_progress_writes_do_not_wake_its_sweep() {
     manifest["spec"]["parallelTrials"] = serde_json::json!(1);
     manifest["spec"]["template"]["trainer"]["maxSteps"] = serde_json::json!(10_000_000);
     manifest["spec"]["template"]["trainer"]["evalEverySteps"] = serde_json::json!(10_000_000);
-    let kubelet = Kubelet::start(
-        client.clone(),
-        &namespace,
-        "quiet-000",
-        KubeletConfig {
-            binary: ferrotrain_tests::cluster::ferrotrain_binary(),
-            data_dir: workspace_root().join("data"),
-            work_dir: cluster.dir.join(&namespace),
-            threads: 1,
-        },
-    );
+    let kubelet = real_kubelet(&cluster, &client, &namespace, "quiet-000");
     create_sweep(&client, &namespace, manifest).await;
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
     let trial_step = || async {
