@@ -9,6 +9,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
+# A hang guard for the long suites: one that runs past its limit (several times its usual time)
+# fails here, naming itself, instead of running into CI's limit unexplained.
+guarded() {
+  local limit=$1
+  shift
+  local rc=0
+  timeout --kill-after=30 "$limit" "$@" || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "hang guard: still running after ${limit}s, stopped: $*" >&2
+  fi
+  return "$rc"
+}
 
 step "toolchain"
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
@@ -82,7 +94,8 @@ eval "$(FERROTRAIN_CLUSTER_ADDRESS=$node_address scripts/cluster.sh start)"
 eval "$(scripts/kueue.sh start)"
 step "cluster suites (the real ferrotrain operator against the control plane, Kueue's queues)"
 # One at a time: the scenarios share the fake nodes, and some take a node away.
-cargo test --workspace --locked "${test_features[@]}" --test cluster -- --ignored --test-threads=1
+guarded 2400 cargo test --workspace --locked "${test_features[@]}" --test cluster -- --ignored \
+  --test-threads=1
 
 step "images: trainer and operator as OCI image tars (no container engine)"
 bash scripts/images.sh
@@ -93,8 +106,8 @@ eval "$(FERROTRAIN_S3_ADDRESS=$node_address scripts/s3-server.sh start)"
 step "real-node suite: helm install, training in containers, kills, OOM, image pull errors"
 # The images agree with their Dockerfiles; then the scenarios, one at a time on the one node
 # (their figures printed: --nocapture).
-cargo test --workspace --locked "${test_features[@]}" --test images --test node -- --ignored --nocapture \
-  --test-threads=1
+guarded 1200 cargo test --workspace --locked "${test_features[@]}" --test images --test node -- --ignored \
+  --nocapture --test-threads=1
 scripts/node.sh stop
 scripts/kueue.sh stop
 scripts/cluster.sh stop

@@ -9,17 +9,16 @@
 //! host name resolves there; and the scratch and token paths are directories of the test.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::cluster::{send_signal, terminate_container, try_terminate_container};
+use crate::cluster::{client_from, send_signal, terminate_container, try_terminate_container};
 use crate::credentials::secret_value;
 
 /// What the kubelet needs to know besides the pods themselves.
@@ -36,8 +35,12 @@ pub struct KubeletConfig {
 }
 
 /// The running kubelet; stops (killing its processes) when dropped.
+///
+/// It has a client and a runtime of its own: a client is driven by the runtime that made it, so
+/// a kubelet sharing the test's client would wait on the test's runtime, which waits for the
+/// kubelet to stop when a test drops it — a deadlock whenever a request is in flight.
 pub struct Kubelet {
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<std::thread::JoinHandle<()>>,
     /// PIDs of the running workers, by pod name.
     pub pids: Arc<std::sync::Mutex<HashMap<String, u32>>>,
@@ -49,24 +52,40 @@ struct Running {
     terminated: bool,
 }
 
+/// However the kubelet stops, its processes go with it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Kubelet {
-    /// Starts serving the pods labelled `ferrotrain.io/job=<job>` in `namespace`.
-    pub fn start(client: Client, namespace: &str, job: &str, config: KubeletConfig) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
+    /// Starts serving the pods labelled `ferrotrain.io/job=<job>` in `namespace`, as the user of
+    /// `kubeconfig`.
+    pub fn start(kubeconfig: &Path, namespace: &str, job: &str, config: KubeletConfig) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let pids = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let (namespace, job) = (namespace.to_string(), job.to_string());
+        let kubeconfig = kubeconfig.to_path_buf();
         let task = {
-            let (stop, pids) = (Arc::clone(&stop), Arc::clone(&pids));
+            let pids = Arc::clone(&pids);
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("kubelet runtime");
-                runtime.block_on(serve(client, namespace, job, config, stop, pids));
+                runtime.block_on(async move {
+                    let client = client_from(&kubeconfig).await;
+                    tokio::select! {
+                        () = serve(client, namespace, job, config, pids) => {}
+                        _ = stopped => {}
+                    }
+                });
             })
         };
         Self {
-            stop,
+            stop: Some(stop),
             task: Some(task),
             pids,
         }
@@ -80,7 +99,9 @@ impl Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(task) = self.task.take() {
             let _ = task.join();
         }
@@ -92,12 +113,11 @@ async fn serve(
     namespace: String,
     job: String,
     config: KubeletConfig,
-    stop: Arc<AtomicBool>,
     pids: Arc<std::sync::Mutex<HashMap<String, u32>>>,
 ) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let mut running: HashMap<String, Running> = HashMap::new();
-    while !stop.load(Ordering::SeqCst) {
+    loop {
         let listed = pods
             .list(&ListParams::default().labels(&format!("ferrotrain.io/job={job}")))
             .await
@@ -174,10 +194,6 @@ async fn serve(
                 .collect();
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for worker in running.values_mut() {
-        let _ = worker.child.kill();
-        let _ = worker.child.wait();
     }
 }
 
@@ -307,4 +323,63 @@ async fn start_worker(client: &Client, pod: &Pod, config: &KubeletConfig) -> Res
         .stderr(log)
         .spawn()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An API server that accepts connections and never answers: every request stays in flight.
+    fn silent_api_server() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        port
+    }
+
+    /// A test drops its kubelet on its own (single-threaded) runtime; that must return even while
+    /// the kubelet waits on the API server, or the test hangs at its end.
+    #[test]
+    fn dropping_a_kubelet_with_a_request_in_flight_returns() {
+        let port = silent_api_server();
+        let kubeconfig = std::env::temp_dir().join(format!("silent-{port}.kubeconfig"));
+        let file = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        );
+        std::fs::write(&kubeconfig, file).expect("kubeconfig");
+        let (done, finished) = std::sync::mpsc::channel();
+        let path = kubeconfig.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let kubelet = Kubelet::start(
+                    &path,
+                    "team",
+                    "job",
+                    KubeletConfig {
+                        binary: PathBuf::from("/bin/false"),
+                        data_dir: PathBuf::from("/nonexistent"),
+                        work_dir: std::env::temp_dir(),
+                        threads: 1,
+                    },
+                );
+                // Long enough for the kubelet's first list to be sent.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                drop(kubelet);
+            });
+            let _ = done.send(());
+        });
+        let returned = finished.recv_timeout(Duration::from_secs(30)).is_ok();
+        let _ = std::fs::remove_file(&kubeconfig);
+        assert!(returned, "dropping the kubelet did not return within 30 s");
+    }
 }

@@ -279,12 +279,11 @@ async fn real_mnist_job(
 /// each, with their files under the cluster's directory.
 fn real_kubelet(
     cluster: &Cluster,
-    client: &Client,
     namespace: &str,
     name: &str,
 ) -> ferrotrain_tests::kubelet::Kubelet {
     ferrotrain_tests::kubelet::Kubelet::start(
-        client.clone(),
+        &cluster.kubeconfig(),
         namespace,
         name,
         ferrotrain_tests::kubelet::KubeletConfig {

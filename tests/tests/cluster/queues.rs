@@ -231,7 +231,7 @@ async fn a_preempted_gang_resumes_from_its_emergency_checkpoint_when_readmitted(
     manifest["spec"]["checkpoint"]["everySteps"] = serde_json::json!(1_000_000);
     manifest["spec"]["checkpoint"]["everySeconds"] = serde_json::json!(100_000);
     create_job(&client, &namespace, &manifest).await;
-    let _kubelet = real_kubelet(&cluster, &client, &namespace, "routine");
+    let _kubelet = real_kubelet(&cluster, &namespace, "routine");
     wait_phase(&client, &namespace, "routine", "Running", 90).await;
     wait_for("routine steps", Duration::from_secs(120), || async {
         let job = job_status(&client, &namespace, "routine").await?;

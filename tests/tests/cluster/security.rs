@@ -390,7 +390,7 @@ async fn workers_report_progress_over_tls() {
     manifest["spec"]["trainer"]["maxSteps"] = serde_json::json!(300);
     create_job(&client, &namespace, &manifest).await;
     let kubelet = Kubelet::start(
-        client.clone(),
+        &cluster.kubeconfig(),
         &namespace,
         "tls",
         KubeletConfig {

@@ -20,7 +20,7 @@ async fn mnist_trains_on_the_cluster_and_resumes_after_a_kill() {
     let manifest = real_mnist_job(&client, &namespace, "mnist", 20).await;
     create_job(&client, &namespace, &manifest).await;
     let work_dir = cluster.dir.join(&namespace);
-    let kubelet = real_kubelet(&cluster, &client, &namespace, "mnist");
+    let kubelet = real_kubelet(&cluster, &namespace, "mnist");
     wait_phase(&client, &namespace, "mnist", "Running", 60).await;
     let checkpointed = wait_for(
         "a checkpoint in status",
@@ -87,7 +87,7 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
     let kubelets: Vec<Kubelet> = (0..4)
         .map(|i| {
             Kubelet::start(
-                client.clone(),
+                &cluster.kubeconfig(),
                 &namespace,
                 &format!("asha-{i:03}"),
                 KubeletConfig {
@@ -112,10 +112,7 @@ async fn a_sweep_runs_its_trials_as_jobs_stops_the_losers_and_takes_them_along_w
         (status.phase == Some(SweepPhase::Succeeded)).then_some(sweep)
     })
     .await;
-    // Off the runtime: the kubelets' last requests go through clients this runtime drives.
-    tokio::task::spawn_blocking(move || drop(kubelets))
-        .await
-        .expect("kubelets stop");
+    drop(kubelets);
     let status = done.status.clone().unwrap_or_default();
     for trial in &status.trials {
         println!(
@@ -255,7 +252,7 @@ async fn a_trials_progress_writes_do_not_wake_its_sweep() {
     manifest["spec"]["parallelTrials"] = serde_json::json!(1);
     manifest["spec"]["template"]["trainer"]["maxSteps"] = serde_json::json!(10_000_000);
     manifest["spec"]["template"]["trainer"]["evalEverySteps"] = serde_json::json!(10_000_000);
-    let kubelet = real_kubelet(&cluster, &client, &namespace, "quiet-000");
+    let kubelet = real_kubelet(&cluster, &namespace, "quiet-000");
     create_sweep(&client, &namespace, manifest).await;
     let jobs: Api<TrainingJob> = Api::namespaced(client.clone(), &namespace);
     let trial_step = || async {
@@ -301,9 +298,7 @@ async fn a_trials_progress_writes_do_not_wake_its_sweep() {
     assert_no_rbac_refusals(&installed);
     // The kubelet ends the trial's pods as the namespace goes.
     delete_namespace(&client, &namespace).await;
-    tokio::task::spawn_blocking(move || drop(kubelet))
-        .await
-        .expect("kubelet stops");
+    drop(kubelet);
 }
 
 /// Creates the sweep of `manifest` in `namespace` (the API server admits it) and returns their API.
