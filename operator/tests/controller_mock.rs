@@ -284,9 +284,10 @@ fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
 }
 
-/// The ownership check before a gang starts: no other object holds the Service's name.
-fn service_name_free() -> Expect {
-    expect(Method::GET, "/api/v1/namespaces/ml/services/mnist").answer(404, not_found())
+/// The Service is created with the gang's first look: a name that is free costs one request.
+fn service_created() -> Expect {
+    expect(Method::POST, "/api/v1/namespaces/ml/services?")
+        .check(|b| assert_eq!(b["spec"]["clusterIP"], "None"))
 }
 
 /// A Volcano PodGroup controlled by the job with `owner_uid`.
@@ -305,14 +306,7 @@ const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 
 #[tokio::test]
 async fn a_new_job_gets_its_service_secret_and_gang() {
-    let mut script = vec![
-        service_name_free(),
-        expect(
-            Method::PATCH,
-            "/api/v1/namespaces/ml/services/mnist?&force=true&fieldManager=ferrotrain-operator",
-        )
-        .check(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
-    ];
+    let mut script = vec![service_created()];
     let new = job(Value::Null);
     script.extend(new_token(&new));
     script.extend([
@@ -337,9 +331,58 @@ async fn a_new_job_gets_its_service_secret_and_gang() {
             // Written onto the annotated job the decision continued from.
             assert_eq!(b["metadata"]["resourceVersion"], "8");
         }),
-        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Scheduling")),
     ]);
     run(new, vec![], script).await;
+}
+
+/// A Service of the job's name that another owner holds: the creation is refused (409), the
+/// holder read once, and nothing is created, changed or deleted.
+#[tokio::test]
+async fn a_service_name_held_by_another_owner_is_left_alone_and_reported() {
+    let script = vec![
+        service_created().answer(409, already_exists()),
+        expect(Method::GET, "/api/v1/namespaces/ml/services/mnist")
+            .answer(200, service_owned_by("someone-else")),
+        expect(Method::PATCH, STATUS).check(|b| {
+            let created = b["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "WorkersCreated").cloned())
+                .expect("WorkersCreated condition");
+            assert_eq!(created["reason"], "NameConflict");
+        }),
+        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "NameConflict")),
+    ];
+    run(job(Value::Null), vec![], script).await;
+}
+
+/// The job's own Service from an earlier attempt (or an earlier look): the gang goes ahead.
+#[tokio::test]
+async fn the_jobs_own_service_is_kept() {
+    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    let job = job(restarting);
+    let mut script = vec![
+        service_created().answer(409, already_exists()),
+        expect(Method::GET, "/api/v1/namespaces/ml/services/mnist")
+            .answer(200, service_owned_by("0b0e")),
+    ];
+    script.extend(rotated_token(&job));
+    script.extend([
+        expect(Method::POST, PODS),
+        expect(Method::POST, PODS),
+        expect(Method::PATCH, STATUS).check(|b| assert_eq!(b["status"]["phase"], "Scheduling")),
+    ]);
+    run(job, vec![], script).await;
+}
+
+fn already_exists() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409,
+        "message": "services \"mnist\" already exists"})
+}
+
+fn service_owned_by(uid: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "mnist", "namespace": "ml", "uid": "service-uid", "ownerReferences": owner(uid)},
+        "spec": {"clusterIP": "None"}})
 }
 
 #[tokio::test]
@@ -371,17 +414,13 @@ async fn a_failed_worker_deletes_the_gang_and_records_the_restart() {
 async fn the_next_attempt_is_created_once_the_old_pods_are_gone() {
     let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
     let job = job(restarting);
-    let mut script = vec![
-        service_name_free(),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-    ];
+    let mut script = vec![service_created()];
     script.extend(rotated_token(&job));
     script.extend([
         expect(Method::POST, PODS)
             .check(|b| assert_eq!(b["metadata"]["labels"]["ferrotrain.io/attempt"], "2")),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS).check(|b| assert_eq!(b["status"]["phase"], "Scheduling")),
-        expect(Method::POST, EVENTS),
     ]);
     run(job, vec![], script).await;
 }
@@ -394,10 +433,7 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         queue: Some("research".into()),
         ..Default::default()
     });
-    let mut script = vec![
-        service_name_free(),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-    ];
+    let mut script = vec![service_created()];
     script.extend(new_token(&job));
     script.extend([
         expect(Method::GET, "/apis/scheduling.volcano.sh/v1beta1/namespaces/ml/podgroups/mnist-1")
@@ -413,7 +449,6 @@ async fn a_volcano_job_gets_its_pod_group_before_its_pods() {
         }),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS),
-        expect(Method::POST, EVENTS),
     ]);
     run(job, vec![], script).await;
 }
@@ -427,7 +462,7 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
         owned_pod(1, 1, "Running", None, "old-uid"),
     ];
     let mut script = vec![
-        service_name_free(),
+        service_created(),
         expect(
             Method::DELETE,
             "/api/v1/namespaces/ml/pods/mnist-worker-0-a1",
@@ -438,7 +473,6 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
             "/api/v1/namespaces/ml/pods/mnist-worker-1-a1",
         )
         .answer(200, owned_pod(1, 1, "Running", None, "old-uid")),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
     ];
     // The predecessor's token Secret has another name (its own digest): never in the way.
     script.extend(new_token(&job(Value::Null)));
@@ -449,14 +483,16 @@ async fn pods_of_an_earlier_job_with_the_same_name_are_not_adopted() {
     run(job(Value::Null), pods, script).await;
 }
 
+/// A ResourceQuota's refusal of a worker pod.
+fn quota_exceeded() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": "pods \"mnist-worker-0-a1\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"})
+}
+
 #[tokio::test]
 async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
-    let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
-        "message": "pods \"mnist-worker-0-a1\" is forbidden: exceeded quota: pods, requested: pods=1, used: pods=2, limited: pods=2"});
-    let mut script = vec![
-        service_name_free(),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-    ];
+    let quota = quota_exceeded();
+    let mut script = vec![service_created()];
     script.extend(new_token(&job(Value::Null)));
     script.extend([
         expect(Method::POST, PODS).answer(403, quota.clone()),
@@ -480,7 +516,6 @@ async fn a_refused_pod_is_reported_and_the_rest_of_the_gang_is_created() {
                     .contains("exceeded quota")
             );
         }),
-        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "Scheduling")),
         expect(Method::POST, EVENTS).check(|b| assert_eq!(b["reason"], "QuotaExceeded")),
     ]);
     run(job(Value::Null), vec![], script).await;
@@ -504,11 +539,14 @@ async fn the_next_attempt_deletes_the_pod_group_of_the_last_one() {
         )
         .check(|b| assert_eq!(b["preconditions"]["uid"], "group-uid"))
         .answer(200, gone),
-        expect(Method::POST, PODS),
+        expect(Method::POST, PODS).answer(403, quota_exceeded()),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS),
         // Events of attempt 2 form their own series (the recorder keys a series on the action).
-        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
+        expect(Method::POST, EVENTS).check(|b| {
+            assert_eq!(b["reason"], "QuotaExceeded");
+            assert_eq!(b["action"], "Attempt2");
+        }),
     ]);
     run(job, vec![], script).await;
 }
@@ -528,10 +566,7 @@ fn restarting_volcano_job() -> TrainingJob {
 /// and applied, attempt 2's token made, the name of attempt 2's group checked and the group
 /// applied.
 fn next_pod_group_applied(job: &TrainingJob) -> Vec<Expect> {
-    let mut script = vec![
-        service_name_free(),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-    ];
+    let mut script = vec![service_created()];
     script.extend(rotated_token(job));
     script.extend([
         expect(
@@ -561,7 +596,6 @@ async fn a_pod_group_of_the_last_attempt_held_by_another_owner_is_left_alone() {
         expect(Method::POST, PODS),
         expect(Method::POST, PODS),
         expect(Method::PATCH, STATUS),
-        expect(Method::POST, EVENTS).check(|b| assert_eq!(b["action"], "Attempt2")),
     ]);
     run(job, vec![], script).await;
 }
@@ -606,10 +640,7 @@ async fn terminating_workers_cost_no_node_reads() {
         pod["spec"]["nodeName"] = json!("n1");
         pod
     };
-    let mut script = vec![
-        service_name_free(),
-        expect(Method::PATCH, "/api/v1/namespaces/ml/services/mnist?"),
-    ];
+    let mut script = vec![service_created()];
     script.extend(rotated_token(&job));
     script.push(expect(Method::PATCH, STATUS));
     run(job, vec![terminating(0), terminating(1)], script).await;

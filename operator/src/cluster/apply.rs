@@ -1,16 +1,13 @@
-//! The writes a reconcile applies: the job's support objects (headless Service, NetworkPolicy,
-//! progress-token Secret, Volcano PodGroup), deletions, and the status, each with the operator's field manager.
+//! The writes a reconcile applies: the attempt's Secret (progress token, gang key), the Volcano
+//! PodGroup, deletions, and the status, each with the operator's field manager.
 
 use ferrotrain_crds::{TrainingJob, TrainingJobStatus};
-use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::cluster::children::{self};
 use crate::cluster::error::{Error, kube_error};
 use crate::cluster::job_secret;
-use crate::cluster::network_policy::worker_network_policy;
 use crate::cluster::ownership::{controlled_by, held_by_another};
 use crate::progress::{random_token, token_sha256};
 
@@ -21,40 +18,15 @@ pub const MANAGER: &str = "ferrotrain-operator";
 /// that the reconciler's status applies and the progress writer never remove each other's fields.
 pub const PROGRESS_MANAGER: &str = "ferrotrain-progress";
 
-/// Applies the headless Service and the NetworkPolicy (where enabled) and, once per attempt,
-/// makes the attempt's Secret (progress token and gang key) and records the token's SHA-256 on
-/// the job for the progress endpoint; the previous attempt's Secret is then deleted. Returns the
-/// job as annotated when a Secret was made.
-pub(crate) async fn ensure_support(
+/// Once per attempt, makes the attempt's Secret (progress token and gang key) and records the
+/// token's SHA-256 on the job for the progress endpoint; the previous attempt's Secret is then
+/// deleted. Returns the job as annotated when a Secret was made.
+pub(crate) async fn ensure_attempt_secret(
     job: &TrainingJob,
     client: &Client,
-    settings: &children::Settings,
     attempt: u32,
 ) -> Result<Option<TrainingJob>, Error> {
     let namespace = job.namespace().unwrap_or_default();
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let service = children::service(job);
-    let service_name = service.name_any();
-    services
-        .patch(
-            &service_name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&service),
-        )
-        .await
-        .map_err(kube_error("apply service"))?;
-    if settings.worker_network_policy {
-        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
-        let policy = worker_network_policy(job);
-        policies
-            .patch(
-                &policy.name_any(),
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&policy),
-            )
-            .await
-            .map_err(kube_error("apply network policy"))?;
-    }
     let current = job_secret::token_sha256_of(job);
     if current.is_some() && job_secret::token_attempt_of(job) == Some(attempt) {
         return Ok(None);

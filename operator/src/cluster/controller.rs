@@ -38,17 +38,13 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("ferrotrain.io", "trainingsweeps", &["list", "watch"]),
     ("ferrotrain.io", "trainingsweeps/status", &["patch"]),
     ("", "pods", &["list", "watch", "create", "delete"]),
-    // get: a name that another owner holds is never written (ownership is checked first).
-    ("", "services", &["get", "create", "patch"]),
+    // Created, never changed; get: only after a refused create, to see who holds the name.
+    ("", "services", &["get", "create"]),
     // Never read: the progress endpoint checks tokens against the digest on the job. delete: the
     // previous attempt's Secret, by its UID.
     ("", "secrets", &["create", "delete"]),
-    // The per-job NetworkPolicy (get: ownership is checked first).
-    (
-        "networking.k8s.io",
-        "networkpolicies",
-        &["get", "create", "patch"],
-    ),
+    // The per-job NetworkPolicy, as the Service.
+    ("networking.k8s.io", "networkpolicies", &["get", "create"]),
     // list, watch: node readiness for pods stuck on lost nodes, from one watch.
     ("", "nodes", &["list", "watch"]),
     (

@@ -2,8 +2,9 @@
 //! carries the job's UID. A name proves nothing: another team's object may already hold it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::Api;
+use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cluster::error::{Error, kube_error};
@@ -36,6 +37,40 @@ where
     Ok(found
         .filter(|object| !controlled_by(object.meta(), uid))
         .map(|object| format!("{kind} {}/{name}", object.namespace().unwrap_or_default())))
+}
+
+/// Creates `object` unless its name is taken: `None` when it was created or already is the job's
+/// (one request where the name is free; the holder is read only when the create is refused),
+/// `Some("Kind namespace/name")` when another owner holds the name, which stays untouched.
+pub async fn create_unless_held<K>(
+    api: &Api<K>,
+    kind: &str,
+    object: &K,
+    uid: &str,
+) -> Result<Option<String>, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.name_any();
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let found = api
+                .get_opt(&name)
+                .await
+                .map_err(kube_error(format!("read {kind} {name}")))?;
+            match found {
+                // Deleted between the two requests: the next look creates it.
+                None => Err(Error::Conflict),
+                Some(held) if controlled_by(held.meta(), uid) => Ok(None),
+                Some(held) => Ok(Some(format!(
+                    "{kind} {}/{name}",
+                    held.namespace().unwrap_or_default()
+                ))),
+            }
+        }
+        Err(e) => Err(kube_error(format!("create {kind} {name}"))(e)),
+    }
 }
 
 #[cfg(test)]

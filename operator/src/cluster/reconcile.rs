@@ -16,15 +16,17 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cluster::apply::{
-    MANAGER, apply_pod_group, delete_if_present, delete_pod_group, ensure_support, write_status,
+    MANAGER, apply_pod_group, delete_if_present, delete_pod_group, ensure_attempt_secret,
+    write_status,
 };
 use crate::cluster::cache::{OwnWrites, PodIndex};
 use crate::cluster::children::{self, Settings};
 use crate::cluster::error::{Error, kube_error};
 use crate::cluster::hub::ProgressHub;
+use crate::cluster::network_policy::worker_network_policy;
 use crate::cluster::nodes::NodeReadiness;
 use crate::cluster::observe;
-use crate::cluster::ownership::held_by_another;
+use crate::cluster::ownership::create_unless_held;
 use crate::decide::job::{Action, Observed, decide};
 
 /// Shared reconcile state.
@@ -151,20 +153,18 @@ async fn reconcile_as_leader(
         .filter(|node| ctx.nodes.is_ready(node) == Some(false))
         .collect();
     let uid = job.metadata.uid.clone().unwrap_or_default();
-    // Before support objects are applied: a name that another owner holds is never written.
-    let starting = matches!(
-        job.status.as_ref().and_then(|s| s.phase),
-        None | Some(Phase::Pending | Phase::Restarting)
-    );
+    // The Service (and NetworkPolicy) are created as a gang is about to start, before deciding:
+    // a name that another owner holds is never written, and the decision waits for it.
     let mut name_conflicts = Vec::new();
-    if starting {
+    if about_to_start(job) {
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-        let service = children::service(job).name_any();
-        name_conflicts.extend(held_by_another(&services, "Service", &service, &uid).await?);
+        let service = children::service(job);
+        name_conflicts.extend(create_unless_held(&services, "Service", &service, &uid).await?);
         if ctx.settings.worker_network_policy {
             let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-            let policy = held_by_another(&policies, "NetworkPolicy", &name, &uid).await?;
-            name_conflicts.extend(policy);
+            let policy = worker_network_policy(job);
+            let held = create_unless_held(&policies, "NetworkPolicy", &policy, &uid).await?;
+            name_conflicts.extend(held);
         }
     }
     let attempt = crate::decide::status::current_attempt(job);
@@ -204,9 +204,7 @@ async fn reconcile_as_leader(
     for action in &decision.actions {
         match action {
             Action::EnsureSupport { attempt } => {
-                if let Some(annotated) =
-                    ensure_support(&job, &ctx.client, &ctx.settings, *attempt).await?
-                {
+                if let Some(annotated) = ensure_attempt_secret(&job, &ctx.client, *attempt).await? {
                     ctx.own_writes.record(key.clone(), &annotated);
                     job = std::borrow::Cow::Owned(annotated);
                 }
@@ -312,7 +310,9 @@ async fn reconcile_as_leader(
         ctx.own_writes.record(key, &written);
     }
     let reference = job.object_ref(&());
-    for event in &decision.events {
+    // A gang being created and running shows in the phase: recording it would cost every job two
+    // event writes. Events are for what a user acts on.
+    for event in decision.events.iter().filter(|e| !e.is_routine()) {
         let event = KubeEvent {
             type_: if event.warning {
                 EventType::Warning
@@ -339,6 +339,21 @@ async fn reconcile_as_leader(
         Requeue::requeue,
     );
     Ok((requeue, Some(decision.status)))
+}
+
+/// Whether the next decision may start a gang: the job is new, restarting, or resuming from a
+/// suspension. Only then are its Service and NetworkPolicy created.
+fn about_to_start(job: &TrainingJob) -> bool {
+    let suspended = job
+        .spec
+        .run_policy
+        .as_ref()
+        .is_some_and(|p| p.suspend_or_default());
+    match job.status.as_ref().and_then(|s| s.phase) {
+        None | Some(Phase::Pending | Phase::Restarting) => true,
+        Some(Phase::Suspended) => !suspended,
+        Some(_) => false,
+    }
 }
 
 /// How soon a gang whose pods the API server refused is tried again.

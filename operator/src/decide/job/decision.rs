@@ -8,8 +8,9 @@ use ferrotrain_crds::TrainingJobStatus;
 /// A change to make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Create or update the headless Service and NetworkPolicy, and make the Secret of `attempt`
-    /// (its progress token and gang key) unless the job has it already.
+    /// Make the Secret of `attempt` (its progress token and gang key) unless the job has it
+    /// already. (On a cluster the headless Service and NetworkPolicy are created before the
+    /// decision, whose `Observed::name_conflicts` says whether their names are the job's.)
     EnsureSupport {
         /// The attempt the Secret is for.
         attempt: u32,
@@ -47,6 +48,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// A routine phase change (a gang created, a gang running): shown where the job runs
+    /// locally, not recorded on a cluster, where the phase says it.
+    pub fn is_routine(&self) -> bool {
+        !self.warning && matches!(self.reason.as_str(), "Scheduling" | "Running")
+    }
+
     /// An event about one of a sweep's trials.
     pub fn about_trial(warning: bool, reason: &str, message: &str, trial: &str) -> Self {
         Self {
