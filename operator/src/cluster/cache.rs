@@ -10,49 +10,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use ferrotrain_crds::TrainingJob;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::Event;
 
+use crate::cluster::kept_pod::KeptPod;
 use crate::cluster::labels::LABEL_JOB;
 
 /// A job, by namespace and name.
 pub type JobKey = (String, String);
 
-type PodsByJob = HashMap<JobKey, BTreeMap<String, KeptPod>>;
+/// A job's pods by name. Boxed: a map node has room for eleven entries, and a job has a few.
+type PodsByJob = HashMap<JobKey, BTreeMap<String, Box<KeptPod>>>;
 
 /// Deleted pods' last states, with when they were deleted.
-type GoneByJob = HashMap<JobKey, BTreeMap<String, (KeptPod, std::time::Instant)>>;
-
-/// What the index keeps of a pod: its metadata, node and status. A `Pod` holds a `PodSpec` inline
-/// (1.4 KiB of a 2.1 KiB struct, nearly all empty options once slimmed); the node name is all of
-/// the spec the lifecycle reads.
-struct KeptPod {
-    metadata: ObjectMeta,
-    node_name: Option<String>,
-    status: Option<PodStatus>,
-}
-
-impl KeptPod {
-    fn new(pod: Pod) -> Self {
-        Self {
-            node_name: pod.spec.and_then(|s| s.node_name),
-            metadata: pod.metadata,
-            status: pod.status,
-        }
-    }
-
-    fn to_pod(&self) -> Pod {
-        Pod {
-            metadata: self.metadata.clone(),
-            spec: self.node_name.as_ref().map(|node| PodSpec {
-                node_name: Some(node.clone()),
-                ..PodSpec::default()
-            }),
-            status: self.status.clone(),
-        }
-    }
-}
+type GoneByJob = HashMap<JobKey, BTreeMap<String, (Box<KeptPod>, std::time::Instant)>>;
 
 /// How long the last state of a deleted pod is kept.
 pub const GONE_FOR: std::time::Duration = std::time::Duration::from_secs(300);
@@ -78,7 +49,9 @@ fn key_of(pod: &Pod) -> Option<(JobKey, String)> {
 
 fn insert(map: &mut PodsByJob, pod: Pod) {
     if let Some((job, name)) = key_of(&pod) {
-        map.entry(job).or_default().insert(name, KeptPod::new(pod));
+        map.entry(job)
+            .or_default()
+            .insert(name, Box::new(KeptPod::new(pod)));
     }
 }
 
@@ -110,7 +83,7 @@ impl PodIndex {
                     });
                     gone.entry(job)
                         .or_default()
-                        .insert(name, (KeptPod::new(pod.clone()), now));
+                        .insert(name, (Box::new(KeptPod::new(pod.clone())), now));
                 }
             }
             Event::Init => *self.relist_mut() = Some(PodsByJob::new()),
@@ -134,13 +107,17 @@ impl PodIndex {
     }
 
     /// The pods labelled as `job`'s in `namespace` (of any job with that name: callers check
-    /// owners), as slimmed by the watch: metadata, node name and status.
+    /// owners), as far as the lifecycle reads them (see [`KeptPod`]).
     pub fn pods_of(&self, namespace: &str, job: &str) -> Vec<Pod> {
         self.pods
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&(namespace.to_string(), job.to_string()))
-            .map(|pods| pods.values().map(KeptPod::to_pod).collect())
+            .map(|pods| {
+                pods.iter()
+                    .map(|(name, pod)| pod.to_pod(namespace, job, name))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -151,9 +128,9 @@ impl PodIndex {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(namespace.to_string(), job.to_string()))
             .map(|pods| {
-                pods.values()
-                    .filter(|(_, at)| at.elapsed() < GONE_FOR)
-                    .map(|(pod, _)| pod.to_pod())
+                pods.iter()
+                    .filter(|(_, (_, at))| at.elapsed() < GONE_FOR)
+                    .map(|(name, (pod, _))| pod.to_pod(namespace, job, name))
                     .collect()
             })
             .unwrap_or_default()
@@ -276,6 +253,7 @@ pub fn decision_inputs(job: &TrainingJob) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::PodSpec;
     use serde_json::json;
 
     fn pod(job: &str, name: &str, phase: &str) -> Pod {

@@ -11,6 +11,7 @@ pub mod error;
 mod fixtures;
 pub mod hub;
 pub mod job_secret;
+pub mod kept_pod;
 pub mod labels;
 pub mod leader;
 pub mod network_policy;
