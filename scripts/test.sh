@@ -40,9 +40,11 @@ test_features=(--features ferrotrain-trainer/burn)
 # its features change.
 step "cargo clippy (default features)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The GPU engine: burn's CUDA backend compiles without a CUDA toolkit.
-step "cargo clippy --features ferrotrain-trainer/cuda (the GPU engine)"
-cargo clippy --workspace --all-targets --locked --features ferrotrain-trainer/cuda -- -D warnings
+# The GPU engine: burn's CUDA backend compiles without a CUDA toolkit. With it, the operator's
+# heap profiler of scripts/bench-scale.sh (FERROTRAIN_SCALE_HEAP_PROFILE=1).
+step "cargo clippy --features ferrotrain-trainer/cuda,ferrotrain/heap-profile (GPU engine, heap profiler)"
+cargo clippy --workspace --all-targets --locked --features ferrotrain-trainer/cuda,ferrotrain/heap-profile \
+  -- -D warnings
 # The operator image is built without the embedded trainer: keep that build compiling and clean.
 step "cargo clippy -p ferrotrain --no-default-features (the operator image's build)"
 cargo clippy -p ferrotrain --no-default-features --locked -- -D warnings

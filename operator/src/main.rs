@@ -197,7 +197,13 @@ enum Command {
     Worker(ferrotrain_trainer::cli::WorkerArgs),
 }
 
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
 fn main() -> anyhow::Result<ExitCode> {
+    #[cfg(feature = "heap-profile")]
+    ferrotrain::cli::heap_profile::start();
     match Args::parse().command {
         Command::Run {
             file,

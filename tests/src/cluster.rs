@@ -445,6 +445,20 @@ impl Operator {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// Stops it as Kubernetes does, with SIGTERM, and waits up to `grace` for it to exit;
+    /// whether it did.
+    pub fn terminate(&mut self, grace: std::time::Duration) -> bool {
+        send_signal(self.pid(), "TERM");
+        let until = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < until {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    }
+
     /// The API writes (POST, PUT, PATCH, DELETE) it has sent through its rate-limited clients,
     /// as its `/metrics` counts them (the Lease's own client is not among them).
     pub fn api_writes(&self) -> u64 {

@@ -1,11 +1,12 @@
 //! Helpers for Ferrotrain's cross-crate integration tests: locating workspace files and checking
 //! a CRD schema against the API server's structural-schema rules; a fault-injecting S3 proxy; the
-//! fuzz targets' properties.
+//! fuzz targets' properties; the benchmarks' tools.
 
 pub mod cluster;
 pub mod credentials;
 pub mod faultproxy;
 pub mod fuzz;
+pub mod heap_profile;
 pub mod kubelet;
 pub mod modgraph;
 pub mod pss;

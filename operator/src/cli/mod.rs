@@ -6,6 +6,8 @@ pub mod checkpoints;
 pub mod error;
 #[cfg(feature = "worker")]
 pub mod export;
+#[cfg(feature = "heap-profile")]
+pub mod heap_profile;
 pub mod local;
 pub mod operator;
 pub mod validate;

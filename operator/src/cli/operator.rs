@@ -110,6 +110,8 @@ pub async fn run(options: OperatorOptions) -> Result<(), CommandError> {
         tls,
     } = options;
     crate::tls::install_crypto_provider();
+    #[cfg(feature = "heap-profile")]
+    crate::cli::heap_profile::write_on_sigterm();
     let tls = match tls {
         Some(files) => Some(serving_tls(&files, &mut settings)?),
         None => None,

@@ -26,8 +26,8 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 mod measure;
 use measure::{
-    api_requests, code_total, print_rates, process_usage, quantile, rate_of, reconcile_histogram,
-    reconciler_throttled,
+    anonymous_rss, api_requests, code_total, print_rates, process_usage, quantile, rate_of,
+    reconcile_histogram, reconciler_throttled,
 };
 
 const WORKERS: u32 = 4;
@@ -142,6 +142,19 @@ fn scheduler_figures(pods: &[Pod]) -> (usize, f64, i64, i64) {
     )
 }
 
+/// When the scheduler bound its last pod (seconds since the epoch, 1 s resolution).
+fn last_binding(pods: &[Pod]) -> Option<i64> {
+    pods.iter()
+        .filter_map(|pod| {
+            let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+            let scheduled = conditions
+                .iter()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "True")?;
+            Some(scheduled.last_transition_time.as_ref()?.0.as_second())
+        })
+        .max()
+}
+
 /// Rank 0 of every job reports progress every 2 s until `stop`; returns nothing, counts answers.
 async fn load_generator(
     address: String,
@@ -221,6 +234,19 @@ async fn bench(jobs: usize, steady: Duration) {
     let histogram_start = reconcile_histogram(&operator.address).await;
     let throttled_start = reconciler_throttled(&operator.address).await;
     let (rss_start, _, cpu_start) = process_usage(operator.pid());
+    let anonymous_start = anonymous_rss(operator.pid());
+    let reconciler_requests = || {
+        let reads = operator.metric_sum(
+            "ferrotrain_api_requests_total{",
+            "client=\"reconciler\",kind=\"read\"",
+        );
+        let writes = operator.metric_sum(
+            "ferrotrain_api_requests_total{",
+            "client=\"reconciler\",kind=\"write\"",
+        );
+        (reads, writes)
+    };
+    let reconciler_start = reconciler_requests();
     let created_from = Instant::now();
     eprintln!("creating {jobs} jobs of {WORKERS} workers in {namespace}");
     futures::stream::iter(0..jobs)
@@ -240,6 +266,9 @@ async fn bench(jobs: usize, steady: Duration) {
         (last_create - created_from).as_secs_f64()
     );
     let running = wait_all(&store, jobs, Phase::Running, Duration::from_secs(1800)).await;
+    let running_at =
+        running.map(|t| jiff::Timestamp::now().as_second() - t.elapsed().as_secs() as i64);
+    let reconciler_burst = reconciler_requests();
     let to_running = running.map(|t| (t - last_create).as_secs_f64());
     let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
         .list(&ListParams::default())
@@ -247,7 +276,9 @@ async fn bench(jobs: usize, steady: Duration) {
         .map(|l| l.items)
         .unwrap_or_default();
     let (scheduled, scheduler_rate, wait_p50, wait_max) = scheduler_figures(&pods);
+    let after_last_binding = running_at.zip(last_binding(&pods)).map(|(r, b)| r - b);
     let (rss_burst, _, cpu_burst) = process_usage(operator.pid());
+    let anonymous_burst = anonymous_rss(operator.pid());
     let histogram_burst = reconcile_histogram(&operator.address).await;
     let throttled_burst = reconciler_throttled(&operator.address).await - throttled_start;
     let requests_burst = api_requests(&client).await;
@@ -324,6 +355,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let requests_steady_end = api_requests(&client).await;
     let histogram_steady_end = reconcile_histogram(&operator.address).await;
     let (rss, _, cpu_steady_end) = process_usage(operator.pid());
+    let anonymous_steady = anonymous_rss(operator.pid());
     let reports = (accepted.load(Ordering::Relaxed) - accepted_steady) as f64 / seconds;
     let stalled_in_window: i32 = store
         .state()
@@ -427,6 +459,23 @@ async fn bench(jobs: usize, steady: Duration) {
         fmt_s(to_running)
     );
     println!(
+        "| scheduler's last binding -> every gang Running | {} |",
+        after_last_binding.map_or("did not finish".to_string(), |s| format!(
+            "{s} s (1 s resolution)"
+        ))
+    );
+    let per_job = |n: u64| n as f64 / jobs as f64;
+    let (reads, writes) = (
+        reconciler_burst.0 - reconciler_start.0,
+        reconciler_burst.1 - reconciler_start.1,
+    );
+    println!(
+        "| reconciler's API requests per new job, first create -> every gang Running | {:.2} ({:.2} writes, {:.2} reads) |",
+        per_job(reads + writes),
+        per_job(writes),
+        per_job(reads)
+    );
+    println!(
         "| scheduler: pods bound a second while binding | {scheduler_rate:.0} pods/s over {scheduled} pods |"
     );
     println!(
@@ -491,6 +540,9 @@ async fn bench(jobs: usize, steady: Duration) {
         "| operator RSS before / after the burst / steady / peak | {rss_start:.1} / {rss_burst:.1} / {rss:.1} / {peak:.1} MiB |"
     );
     println!(
+        "| operator anonymous RSS (heap, stacks) before / after the burst / steady | {anonymous_start:.1} / {anonymous_burst:.1} / {anonymous_steady:.1} MiB |"
+    );
+    println!(
         "| operator CPU burst / steady / completion | {:.2} / {:.2} / {:.2} cores |",
         (cpu_burst - cpu_start) / burst_seconds,
         (cpu_steady_end - cpu_steady) / seconds,
@@ -510,6 +562,11 @@ async fn bench(jobs: usize, steady: Duration) {
         seconds,
         jobs,
     );
+    // Stopped as Kubernetes stops it: a heap-profile build writes its profile as it exits.
+    let mut installed = installed;
+    if !installed.operator.terminate(Duration::from_secs(120)) {
+        eprintln!("the operator did not exit within 120 s of SIGTERM");
+    }
 }
 
 fn main() {

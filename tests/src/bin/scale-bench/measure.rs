@@ -105,16 +105,25 @@ pub(crate) fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (
     (bound, total)
 }
 
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `RssAnon:`, …); 0 when not there.
+fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// The anonymous part of a process's resident set in MiB: its heap and stacks, without the
+/// pages of its binary (file-backed, shared and reclaimable: most of an idle operator's RSS).
+pub(crate) fn anonymous_rss(pid: u32) -> f64 {
+    status_kib(pid, "RssAnon:") / 1024.0
+}
+
 /// Resident set (current, peak) in MiB and CPU seconds (user + system) of a process.
 pub(crate) fn process_usage(pid: u32) -> (f64, f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let kib = |key: &str| status_kib(pid, key);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
     let fields: Vec<&str> = stat
