@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The operator at scale, on a fresh control plane of 100 fake nodes for each size:
-#   scripts/bench-scale.sh [JOBS...]        # default: 1000 3000 5000
+#   scripts/bench-scale.sh [JOBS...]        # default: 1000 3000 5000; 10000 runs too
 # Each size creates JOBS TrainingJobs of 4 workers in a burst, reports progress for every running
 # job every 2 s, then completes them, and prints a report (tests/src/bin/scale-bench.rs).
 # Environment: FERROTRAIN_SCALE_STEADY_SECONDS (steady-state window, default 60),
 # FERROTRAIN_SCALE_OPERATOR_ARGS (extra operator arguments, e.g. "--api-qps 300 --api-burst 500"),
+# FERROTRAIN_SCALE_REPLICAS=2 (a second operator replica beside the leader, reported too),
 # FERROTRAIN_SCALE_HEAP_PROFILE=1 (the operator built with its heap profiler: allocations are slower;
 # the profile, written at the end of each size, is printed by owner; the timings are not comparable).
 set -euo pipefail
@@ -25,12 +26,13 @@ cargo build --locked -p ferrotrain-tests --bin scale-bench --bin heap-owners
 export FERROTRAIN_OPERATOR_BINARY=${FERROTRAIN_OPERATOR_BINARY:-$PWD/target/release/ferrotrain}
 export FERROTRAIN_CLUSTER_DIR=$PWD/.tools/cluster-scale
 export FERROTRAIN_CLUSTER_NODES=100
-# 5,000 jobs are 20,000 pods: 200 a node.
-export FERROTRAIN_CLUSTER_NODE_PODS=256
 trap 'scripts/cluster.sh stop' EXIT
 
 bash scripts/cluster.sh build
 for jobs in "${sizes[@]}"; do
+  # Room for every worker with a quarter to spare: 5,000 jobs are 20,000 pods, 200 a node.
+  node_pods=$((jobs * 4 * 5 / 4 / FERROTRAIN_CLUSTER_NODES))
+  export FERROTRAIN_CLUSTER_NODE_PODS=$((node_pods > 256 ? node_pods : 256))
   environment=$(scripts/cluster.sh start)
   eval "$environment"
   if [ ${#profile_features[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@ pub mod defaults;
 pub mod env;
 pub mod field_error;
 pub mod formats;
+pub mod loopback_port;
 pub mod output;
 pub mod progress;
 pub mod run_policy;

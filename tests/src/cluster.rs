@@ -491,12 +491,20 @@ impl Drop for Operator {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// Who holds the operator's leader Lease in `namespace`, if anyone.
+pub async fn lease_holder(client: &Client, namespace: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
+        .get_opt("ferrotrain-operator")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// A free TCP port on 127.0.0.1 that no outgoing connection can take before it is listened on.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    ferrotrain_crds::loopback_port::pick().expect("free port")
 }
 
 /// The pods of a job, by label.

@@ -3,7 +3,6 @@
 //! rank dies the others exit with "peer lost" instead of hanging.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,10 +11,7 @@ use ferrotrain_crds::env::WorkerEnv;
 use ferrotrain_trainer::exit;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    ferrotrain_crds::loopback_port::pick().expect("free port")
 }
 
 fn spawn_gang(world: u32, trainer_yaml: &str, extra_args: &[&str]) -> Vec<Child> {

@@ -3,7 +3,6 @@
 //! period, and how CPUs and GPUs are shared between workers.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -191,8 +190,9 @@ pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     file.write_all(content.as_bytes())
 }
 
+/// The gang's rendezvous port: one that no outgoing connection can take before rank 0 listens.
 pub(crate) fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    ferrotrain_crds::loopback_port::pick()
 }
 
 /// GPU device nodes (`/dev/nvidiaN`) on this machine, as the trainer's device probe counts them.

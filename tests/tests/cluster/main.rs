@@ -9,8 +9,8 @@ use ferrotrain::manifest::{Admission, Layer, parse_documents};
 use ferrotrain_crds::TrainingJob;
 use ferrotrain_tests::cluster::{
     Cluster, Installed, Operator, dedicated_node, delete_namespace, hold_pod, install_crd,
-    install_operator, job_pods, release_pod, render_chart, send_signal, terminate_container,
-    terminate_container_saying, test_namespace, wait_for,
+    install_operator, job_pods, lease_holder, release_pod, render_chart, send_signal,
+    terminate_container, terminate_container_saying, test_namespace, wait_for,
 };
 use ferrotrain_tests::credentials::{job_token, post_progress, token_secret_name};
 use ferrotrain_tests::workspace_root;

@@ -203,14 +203,3 @@ async fn a_paused_leader_writes_nothing_once_the_other_replica_took_over() {
     assert_eq!(status.attempt, Some(2), "one restart, by the new leader");
     assert_eq!(status.restarts.map(|r| r.app), Some(1));
 }
-
-/// The replica that holds the operator's Lease in `namespace`, if any.
-async fn lease_holder(client: &Client, namespace: &str) -> Option<String> {
-    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
-        .get_opt("ferrotrain-operator")
-        .await
-        .ok()
-        .flatten()
-        .and_then(|l| l.spec?.holder_identity)
-        .filter(|h| !h.is_empty())
-}

@@ -37,7 +37,7 @@ pub fn gang(
     yaml: &str,
 ) -> anyhow::Result<Summary> {
     let spec: TrainerSpec = serde_yaml::from_str(yaml)?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = ferrotrain_crds::loopback_port::pick()?;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..ranks)
             .map(|rank| {

@@ -162,7 +162,7 @@ fn allreduce() -> anyhow::Result<()> {
         }) {
             let floats = bytes / 4;
             let iterations = if bytes < (10 << 20) { 200 } else { 5 };
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = ferrotrain_crds::loopback_port::pick()?;
             let handles: Vec<_> = (0..ranks)
                 .map(|rank| {
                     std::thread::spawn(move || -> anyhow::Result<f64> {

@@ -420,10 +420,7 @@ mod tests {
     use crate::dist::handshake::GangKey;
 
     fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
+        ferrotrain_crds::loopback_port::pick().expect("free port")
     }
 
     fn config(rank: u32, world: u32, attempt: u32, port: u16) -> RendezvousConfig {

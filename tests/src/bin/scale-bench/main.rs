@@ -7,7 +7,9 @@
 //! Usage: `scale-bench JOBS [STEADY_SECONDS]`. With `FERROTRAIN_SCALE_PROGRESS_DEADLINE=S`, every
 //! job gets `progressDeadlineSeconds: S` once it reports progress (before the steady window):
 //! shorter than the interval between two status writes of a job's progress at this many jobs, it
-//! shows whether healthy jobs are taken for stalled.
+//! shows whether healthy jobs are taken for stalled. With `FERROTRAIN_SCALE_REPLICAS=2`, a second
+//! replica runs beside the leader (the chart's `replicas: 2`), and its memory and API requests
+//! are reported too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use ferrotrain_crds::{Phase, TrainingJob};
 use ferrotrain_tests::cluster::{
-    Cluster, install_crd, install_operator, test_namespace, try_terminate_container,
+    Cluster, Operator, install_crd, install_operator, lease_holder, test_namespace,
+    try_terminate_container, wait_for,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -211,6 +214,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let extra: Vec<&str> = extra.split_whitespace().collect();
     let installed = install_operator(&cluster, &[], &extra).await;
     let operator = &installed.operator;
+    let follower = start_follower(&cluster, &client, &installed.namespace, &extra).await;
     let namespace = test_namespace(&client, "scale", "restricted").await;
     let deadline: Option<u32> = std::env::var("FERROTRAIN_SCALE_PROGRESS_DEADLINE")
         .ok()
@@ -247,6 +251,7 @@ async fn bench(jobs: usize, steady: Duration) {
         (reads, writes)
     };
     let reconciler_start = reconciler_requests();
+    let follower_start = follower.as_ref().map(Follower::sample);
     let created_from = Instant::now();
     eprintln!("creating {jobs} jobs of {WORKERS} workers in {namespace}");
     futures::stream::iter(0..jobs)
@@ -265,7 +270,7 @@ async fn bench(jobs: usize, steady: Duration) {
         "created in {:.1}s; waiting for every gang to run",
         (last_create - created_from).as_secs_f64()
     );
-    let running = wait_all(&store, jobs, Phase::Running, Duration::from_secs(1800)).await;
+    let running = wait_all(&store, jobs, Phase::Running, patience(jobs)).await;
     let running_at =
         running.map(|t| jiff::Timestamp::now().as_second() - t.elapsed().as_secs() as i64);
     let reconciler_burst = reconciler_requests();
@@ -279,6 +284,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let after_last_binding = running_at.zip(last_binding(&pods)).map(|(r, b)| r - b);
     let (rss_burst, _, cpu_burst) = process_usage(operator.pid());
     let anonymous_burst = anonymous_rss(operator.pid());
+    let follower_burst = follower.as_ref().map(Follower::sample);
     let histogram_burst = reconcile_histogram(&operator.address).await;
     let throttled_burst = reconciler_throttled(&operator.address).await - throttled_start;
     let requests_burst = api_requests(&client).await;
@@ -356,6 +362,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let histogram_steady_end = reconcile_histogram(&operator.address).await;
     let (rss, _, cpu_steady_end) = process_usage(operator.pid());
     let anonymous_steady = anonymous_rss(operator.pid());
+    let follower_steady = follower.as_ref().map(Follower::sample);
     let reports = (accepted.load(Ordering::Relaxed) - accepted_steady) as f64 / seconds;
     let stalled_in_window: i32 = store
         .state()
@@ -391,7 +398,7 @@ async fn bench(jobs: usize, steady: Duration) {
         {
             break Some(done);
         }
-        if completed_from.elapsed() > Duration::from_secs(1800) {
+        if completed_from.elapsed() > patience(jobs) {
             break None;
         }
     };
@@ -413,6 +420,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let histogram_end = reconcile_histogram(&operator.address).await;
     let requests_end = api_requests(&client).await;
     let (_, peak, cpu_end) = process_usage(operator.pid());
+    let follower_end = follower.as_ref().map(Follower::sample);
 
     let status_writes = rate_of(
         &requests_steady,
@@ -548,6 +556,32 @@ async fn bench(jobs: usize, steady: Duration) {
         (cpu_steady_end - cpu_steady) / seconds,
         (cpu_end - cpu_steady_end) / completed_from.elapsed().as_secs_f64()
     );
+    if let (Some(start), Some(burst), Some(steady), Some(end)) = (
+        follower_start,
+        follower_burst,
+        follower_steady,
+        follower_end,
+    ) {
+        println!(
+            "| follower RSS before / after the burst / steady / peak | {:.1} / {:.1} / {:.1} / {:.1} MiB |",
+            start.rss, burst.rss, steady.rss, end.peak
+        );
+        println!(
+            "| follower anonymous RSS before / after the burst / steady | {:.1} / {:.1} / {:.1} MiB |",
+            start.anonymous, burst.anonymous, steady.anonymous
+        );
+        println!(
+            "| follower's API reads / writes through its clients, burst / rest of the run | {} / {}, {} / {} |",
+            burst.reads - start.reads,
+            burst.writes - start.writes,
+            end.reads - burst.reads,
+            end.writes - burst.writes
+        );
+        println!(
+            "| follower CPU, whole run | {:.2} cores |",
+            (end.cpu - start.cpu) / created_from.elapsed().as_secs_f64()
+        );
+    }
     print_rates(
         "Burst",
         &requests_start,
@@ -567,6 +601,77 @@ async fn bench(jobs: usize, steady: Duration) {
     if !installed.operator.terminate(Duration::from_secs(120)) {
         eprintln!("the operator did not exit within 120 s of SIGTERM");
     }
+}
+
+/// How long a phase of the run may take: the scheduler binds 30–40 pods a second here.
+fn patience(jobs: usize) -> Duration {
+    Duration::from_secs(1800 + jobs as u64 * WORKERS as u64 / 20)
+}
+
+/// A second operator replica, started once the first holds the Lease.
+struct Follower {
+    operator: Operator,
+}
+
+/// What the follower uses at one moment.
+struct FollowerSample {
+    rss: f64,
+    peak: f64,
+    anonymous: f64,
+    cpu: f64,
+    reads: u64,
+    writes: u64,
+}
+
+impl Follower {
+    fn sample(&self) -> FollowerSample {
+        let pid = self.operator.pid();
+        let (rss, peak, cpu) = process_usage(pid);
+        let count = |kind: &str| {
+            self.operator.metric_sum(
+                "ferrotrain_api_requests_total{",
+                &format!("kind=\"{kind}\""),
+            )
+        };
+        FollowerSample {
+            rss,
+            peak,
+            anonymous: anonymous_rss(pid),
+            cpu,
+            reads: count("read"),
+            writes: count("write"),
+        }
+    }
+}
+
+/// With `FERROTRAIN_SCALE_REPLICAS=2`, a second replica beside the installed one, which leads.
+async fn start_follower(
+    cluster: &Cluster,
+    client: &kube::Client,
+    lease_namespace: &str,
+    extra: &[&str],
+) -> Option<Follower> {
+    let replicas: usize = std::env::var("FERROTRAIN_SCALE_REPLICAS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    if replicas < 2 {
+        return None;
+    }
+    wait_for(
+        "the first replica leads",
+        Duration::from_secs(60),
+        || async {
+            (lease_holder(client, lease_namespace).await.as_deref() == Some("operator-0"))
+                .then_some(())
+        },
+    )
+    .await;
+    let kubeconfig = cluster
+        .service_account_kubeconfig(lease_namespace, "ferrotrain")
+        .await;
+    let operator = Operator::start(&kubeconfig, lease_namespace, "operator-1", extra);
+    Some(Follower { operator })
 }
 
 fn main() {
