@@ -1,7 +1,6 @@
 //! Gangs of ranks as threads of the benchmark process, joined by a ring on the loopback
 //! interface: what every benchmark that trains uses.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::Context;
