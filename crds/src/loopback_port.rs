@@ -17,7 +17,7 @@ const DEFAULT_EPHEMERAL_START: u16 = 32_768;
 static PICKS: AtomicU32 = AtomicU32::new(0);
 
 /// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
-pub fn ephemeral_start() -> u16 {
+fn ephemeral_start() -> u16 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse().ok())

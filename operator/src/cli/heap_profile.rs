@@ -17,7 +17,8 @@ pub fn start() {
     }
 }
 
-/// Writes the profile at the first SIGTERM (or when the process ends, whichever comes first).
+/// Writes the profile at the first SIGTERM (only then: the profiler lives in a static, which is
+/// never dropped).
 pub fn write_on_sigterm() {
     tokio::spawn(async {
         let Ok(mut terminate) =

@@ -30,13 +30,9 @@ pub async fn held_by_another<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let found = api
-        .get_opt(name)
-        .await
-        .map_err(kube_error(format!("read {kind} {name}")))?;
-    Ok(found
-        .filter(|object| !controlled_by(object.meta(), uid))
-        .map(|object| format!("{kind} {}/{name}", object.namespace().unwrap_or_default())))
+    Ok(read(api, kind, name)
+        .await?
+        .and_then(|object| holder_other_than(&object, kind, uid)))
 }
 
 /// Creates `object` unless its name is taken: `None` when it was created or already is the job's
@@ -55,22 +51,34 @@ where
     match api.create(&PostParams::default(), object).await {
         Ok(_) => Ok(None),
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            let found = api
-                .get_opt(&name)
-                .await
-                .map_err(kube_error(format!("read {kind} {name}")))?;
-            match found {
+            match read(api, kind, &name).await? {
                 // Deleted between the two requests: the next look creates it.
                 None => Err(Error::Conflict),
-                Some(held) if controlled_by(held.meta(), uid) => Ok(None),
-                Some(held) => Ok(Some(format!(
-                    "{kind} {}/{name}",
-                    held.namespace().unwrap_or_default()
-                ))),
+                Some(held) => Ok(holder_other_than(&held, kind, uid)),
             }
         }
         Err(e) => Err(kube_error(format!("create {kind} {name}"))(e)),
     }
+}
+
+async fn read<K>(api: &Api<K>, kind: &str, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(kube_error(format!("read {kind} {name}")))
+}
+
+/// `Some("Kind namespace/name")` of `object` unless `uid` controls it.
+fn holder_other_than<K: Resource>(object: &K, kind: &str, uid: &str) -> Option<String> {
+    (!controlled_by(object.meta(), uid)).then(|| {
+        format!(
+            "{kind} {}/{}",
+            object.meta().namespace.as_deref().unwrap_or_default(),
+            object.meta().name.as_deref().unwrap_or_default()
+        )
+    })
 }
 
 #[cfg(test)]

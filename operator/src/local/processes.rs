@@ -190,11 +190,6 @@ pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     file.write_all(content.as_bytes())
 }
 
-/// The gang's rendezvous port: one that no outgoing connection can take before rank 0 listens.
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    ferrotrain_crds::loopback_port::pick()
-}
-
 /// GPU device nodes (`/dev/nvidiaN`) on this machine, as the trainer's device probe counts them.
 #[cfg(feature = "worker")]
 pub(crate) fn gpu_device_nodes() -> usize {

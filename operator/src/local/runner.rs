@@ -24,8 +24,8 @@ use crate::local::preflight::{
     worker_memory_estimate,
 };
 use crate::local::processes::{
-    Worker, compute_threads_per_worker, create_state_dir, free_port, gpu_device_nodes,
-    gpu_of_worker, kill_past_grace, lock_job, reap, wait_for_earlier_workers, write_private,
+    Worker, compute_threads_per_worker, create_state_dir, gpu_device_nodes, gpu_of_worker,
+    kill_past_grace, lock_job, reap, wait_for_earlier_workers, write_private,
 };
 use crate::local::progress_server::{Inbox, serve_progress};
 use crate::progress::random_token;
@@ -295,7 +295,8 @@ pub fn run(
                         }
                         last_attempt = *attempt;
                     }
-                    let port = free_port()?;
+                    // One that no outgoing connection can take before rank 0 listens.
+                    let port = ferrotrain_crds::loopback_port::pick()?;
                     for rank in 0..*world_size {
                         if interrupts.load(Ordering::SeqCst) > 0 {
                             // Ctrl-C while starting a large gang: stop starting; the next turn

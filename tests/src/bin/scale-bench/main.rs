@@ -251,7 +251,7 @@ async fn bench(jobs: usize, steady: Duration) {
         (reads, writes)
     };
     let reconciler_start = reconciler_requests();
-    let follower_start = follower.as_ref().map(Follower::sample);
+    let follower_start = follower.as_ref().map(FollowerSample::of);
     let created_from = Instant::now();
     eprintln!("creating {jobs} jobs of {WORKERS} workers in {namespace}");
     futures::stream::iter(0..jobs)
@@ -284,7 +284,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let after_last_binding = running_at.zip(last_binding(&pods)).map(|(r, b)| r - b);
     let (rss_burst, _, cpu_burst) = process_usage(operator.pid());
     let anonymous_burst = anonymous_rss(operator.pid());
-    let follower_burst = follower.as_ref().map(Follower::sample);
+    let follower_burst = follower.as_ref().map(FollowerSample::of);
     let histogram_burst = reconcile_histogram(&operator.address).await;
     let throttled_burst = reconciler_throttled(&operator.address).await - throttled_start;
     let requests_burst = api_requests(&client).await;
@@ -362,7 +362,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let histogram_steady_end = reconcile_histogram(&operator.address).await;
     let (rss, _, cpu_steady_end) = process_usage(operator.pid());
     let anonymous_steady = anonymous_rss(operator.pid());
-    let follower_steady = follower.as_ref().map(Follower::sample);
+    let follower_steady = follower.as_ref().map(FollowerSample::of);
     let reports = (accepted.load(Ordering::Relaxed) - accepted_steady) as f64 / seconds;
     let stalled_in_window: i32 = store
         .state()
@@ -420,7 +420,7 @@ async fn bench(jobs: usize, steady: Duration) {
     let histogram_end = reconcile_histogram(&operator.address).await;
     let requests_end = api_requests(&client).await;
     let (_, peak, cpu_end) = process_usage(operator.pid());
-    let follower_end = follower.as_ref().map(Follower::sample);
+    let follower_end = follower.as_ref().map(FollowerSample::of);
 
     let status_writes = rate_of(
         &requests_steady,
@@ -608,11 +608,6 @@ fn patience(jobs: usize) -> Duration {
     Duration::from_secs(1800 + jobs as u64 * WORKERS as u64 / 20)
 }
 
-/// A second operator replica, started once the first holds the Lease.
-struct Follower {
-    operator: Operator,
-}
-
 /// What the follower uses at one moment.
 struct FollowerSample {
     rss: f64,
@@ -623,12 +618,12 @@ struct FollowerSample {
     writes: u64,
 }
 
-impl Follower {
-    fn sample(&self) -> FollowerSample {
-        let pid = self.operator.pid();
+impl FollowerSample {
+    fn of(follower: &Operator) -> Self {
+        let pid = follower.pid();
         let (rss, peak, cpu) = process_usage(pid);
         let count = |kind: &str| {
-            self.operator.metric_sum(
+            follower.metric_sum(
                 "ferrotrain_api_requests_total{",
                 &format!("kind=\"{kind}\""),
             )
@@ -650,7 +645,7 @@ async fn start_follower(
     client: &kube::Client,
     lease_namespace: &str,
     extra: &[&str],
-) -> Option<Follower> {
+) -> Option<Operator> {
     let replicas: usize = std::env::var("FERROTRAIN_SCALE_REPLICAS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -670,8 +665,12 @@ async fn start_follower(
     let kubeconfig = cluster
         .service_account_kubeconfig(lease_namespace, "ferrotrain")
         .await;
-    let operator = Operator::start(&kubeconfig, lease_namespace, "operator-1", extra);
-    Some(Follower { operator })
+    Some(Operator::start(
+        &kubeconfig,
+        lease_namespace,
+        "operator-1",
+        extra,
+    ))
 }
 
 fn main() {
