@@ -253,7 +253,21 @@ async fn run(job: TrainingJob, pods: Vec<Value>, script: Vec<Expect>) {
 /// [`run`], returning the context for another reconcile (whose calls nothing answers).
 async fn run_with(job: Arc<TrainingJob>, pods: Vec<Value>, script: Vec<Expect>) -> Arc<Context> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let ctx = context(Client::new(service, "default"), pods);
+    let verifier = tokio::spawn(verify(handle, script));
+    let result =
+        tokio::time::timeout(Duration::from_secs(10), reconcile(job, Arc::clone(&ctx))).await;
+    let result = result.expect("reconcile finished: no request was left unanswered");
+    result.expect("reconcile succeeded");
+    tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("every expected request came")
+        .expect("verifier");
+    ctx
+}
+
+/// A leading replica's context on `client`, its pod cache holding `pods`.
+fn context(client: Client, pods: Vec<Value>) -> Arc<Context> {
     let hub = Arc::new(ProgressHub::default());
     hub.leader.store(true, std::sync::atomic::Ordering::SeqCst);
     let settings = Settings {
@@ -267,17 +281,7 @@ async fn run_with(job: Arc<TrainingJob>, pods: Vec<Value>, script: Vec<Expect>) 
         pods.into_iter()
             .map(|p| serde_json::from_value(p).expect("pod")),
     );
-    let ctx = Arc::new(Context::new(client, settings, hub, pods));
-    let verifier = tokio::spawn(verify(handle, script));
-    let result =
-        tokio::time::timeout(Duration::from_secs(10), reconcile(job, Arc::clone(&ctx))).await;
-    let result = result.expect("reconcile finished: no request was left unanswered");
-    result.expect("reconcile succeeded");
-    tokio::time::timeout(Duration::from_secs(10), verifier)
-        .await
-        .expect("every expected request came")
-        .expect("verifier");
-    ctx
+    Arc::new(Context::new(client, settings, hub, pods))
 }
 
 fn not_found() -> Value {
@@ -644,4 +648,49 @@ async fn terminating_workers_cost_no_node_reads() {
     script.extend(rotated_token(&job));
     script.push(expect(Method::PATCH, STATUS));
     run(job, vec![terminating(0), terminating(1)], script).await;
+}
+
+/// A job waiting for its old workers to exit is looked at again and again (every pod event, every
+/// requeue). Its Service is created, or found to be the job's, once for the attempt: not at every
+/// look, a create refused with 409 and a read of the holder each time.
+#[tokio::test]
+async fn a_restarting_jobs_service_is_checked_once_per_attempt() {
+    let restarting = json!({"phase": "Restarting", "attempt": 2, "workers": {"desired": 2, "created": 0, "scheduled": 0, "running": 0, "ready": 0, "succeeded": 0, "failed": 0}});
+    let first = Arc::new(job(restarting.clone()));
+    // The copy the watch delivers after the first look: the token of attempt 2, a later version.
+    let mut next = job_json(restarting);
+    next["metadata"]["resourceVersion"] = json!("10");
+    next["metadata"]["annotations"]["ferrotrain.io/progress-token-attempt"] = json!("2");
+    let next: Arc<TrainingJob> = Arc::new(serde_json::from_value(next.clone()).expect("job"));
+    let terminating = |rank| {
+        let mut pod = pod(rank, 1, "Running", None);
+        pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        pod
+    };
+    let mut script = vec![service_created()];
+    script.extend(rotated_token(&first));
+    script.push(
+        expect(Method::PATCH, STATUS).answer(200, serde_json::to_value(&*next).expect("job")),
+    );
+    // The second look decides the same and writes its status again, and nothing else: a Service
+    // request here fails the script's order.
+    script.push(
+        expect(Method::PATCH, STATUS).answer(200, serde_json::to_value(&*next).expect("job")),
+    );
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(
+        Client::new(service, "default"),
+        vec![terminating(0), terminating(1)],
+    );
+    let verifier = tokio::spawn(verify(handle, script));
+    for copy in [first, next] {
+        tokio::time::timeout(Duration::from_secs(10), reconcile(copy, Arc::clone(&ctx)))
+            .await
+            .expect("reconcile finished: no request was left unanswered")
+            .expect("reconcile succeeded");
+    }
+    tokio::time::timeout(Duration::from_secs(10), verifier)
+        .await
+        .expect("every expected request came")
+        .expect("verifier");
 }

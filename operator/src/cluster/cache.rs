@@ -229,6 +229,42 @@ impl OwnWrites {
     }
 }
 
+/// The attempt for which each job's Service (and NetworkPolicy) was last created or found to be
+/// the job's, by job UID. A job waiting to start its gang (old workers exiting, a backoff, a
+/// queue) is looked at again and again; its support objects are created or checked once for the
+/// attempt, not at every look (a create refused with 409 and a read of the holder, each time).
+/// Only jobs about to start have an entry; a new leader checks each once.
+#[derive(Default)]
+pub struct SupportChecked {
+    attempts: Mutex<HashMap<String, u32>>,
+}
+
+impl SupportChecked {
+    /// Whether the support objects of the job with `uid` were checked for `attempt`.
+    pub fn is_checked(&self, uid: &str, attempt: u32) -> bool {
+        self.lock().get(uid) == Some(&attempt)
+    }
+
+    /// Records that the support objects of the job with `uid` are its own for `attempt`.
+    pub fn record(&self, uid: &str, attempt: u32) {
+        self.lock().insert(uid.to_string(), attempt);
+    }
+
+    /// Forgets the job with `uid`: its gang started, or it no longer exists.
+    pub fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// Drops the entries of jobs that no longer exist.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.lock().retain(|uid, _| live(uid));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A hash of everything about a job that the reconciler's decision reads: all of it except the
 /// fields the progress writer owns (`status.progress`, `status.checkpoint`, `status.output`) and
 /// bookkeeping (resourceVersion, managed fields). Used as a kube-runtime predicate: a progress

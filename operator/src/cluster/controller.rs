@@ -223,14 +223,19 @@ pub async fn run(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            let live: std::collections::HashSet<String> = store
-                .state()
+            let jobs = store.state();
+            let live: std::collections::HashSet<String> = jobs
                 .iter()
                 .map(|j| format!("{}/{}", j.namespace().unwrap_or_default(), j.name_any()))
+                .collect();
+            let uids: std::collections::HashSet<&str> = jobs
+                .iter()
+                .filter_map(|j| j.metadata.uid.as_deref())
                 .collect();
             hub.retain_jobs(|key| live.contains(key));
             own.own_writes
                 .retain(|(namespace, name)| live.contains(&format!("{namespace}/{name}")));
+            own.support_checked.retain(|uid| uids.contains(uid));
         }
     });
     controller

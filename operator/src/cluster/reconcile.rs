@@ -19,7 +19,7 @@ use crate::cluster::apply::{
     MANAGER, apply_pod_group, delete_if_present, delete_pod_group, ensure_attempt_secret,
     write_status,
 };
-use crate::cluster::cache::{OwnWrites, PodIndex};
+use crate::cluster::cache::{OwnWrites, PodIndex, SupportChecked};
 use crate::cluster::children::{self, Settings};
 use crate::cluster::error::{Error, kube_error};
 use crate::cluster::hub::ProgressHub;
@@ -45,6 +45,8 @@ pub struct Context {
     pub nodes: Arc<NodeReadiness>,
     /// The reconciler's latest write of each job, until the job cache shows it.
     pub own_writes: OwnWrites,
+    /// The attempt whose Service and NetworkPolicy each starting job was checked to have.
+    pub support_checked: SupportChecked,
 }
 
 impl Context {
@@ -70,6 +72,7 @@ impl Context {
             pods,
             nodes: Arc::new(NodeReadiness::default()),
             own_writes: OwnWrites::default(),
+            support_checked: SupportChecked::default(),
         }
     }
 }
@@ -153,10 +156,14 @@ async fn reconcile_as_leader(
         .filter(|node| ctx.nodes.is_ready(node) == Some(false))
         .collect();
     let uid = job.metadata.uid.clone().unwrap_or_default();
+    let attempt = crate::decide::status::current_attempt(job);
     // The Service (and NetworkPolicy) are created as a gang is about to start, before deciding:
-    // a name that another owner holds is never written, and the decision waits for it.
+    // a name that another owner holds is never written, and the decision waits for it. Once they
+    // are the job's, the attempt's later looks do not ask again; a conflict is asked at each.
     let mut name_conflicts = Vec::new();
-    if about_to_start(job) {
+    if !about_to_start(job) {
+        ctx.support_checked.forget(&uid);
+    } else if !ctx.support_checked.is_checked(&uid, attempt) {
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
         let service = children::service(job);
         name_conflicts.extend(create_unless_held(&services, "Service", &service, &uid).await?);
@@ -166,8 +173,10 @@ async fn reconcile_as_leader(
             let held = create_unless_held(&policies, "NetworkPolicy", &policy, &uid).await?;
             name_conflicts.extend(held);
         }
+        if name_conflicts.is_empty() {
+            ctx.support_checked.record(&uid, attempt);
+        }
     }
-    let attempt = crate::decide::status::current_attempt(job);
     let key = (namespace.clone(), name.clone());
     let last_report = ctx.hub.last_report(&key, &uid, attempt);
     let step_seconds = ctx.hub.step_seconds(&key, &uid, attempt);
