@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferrotrain_crds::TrainingJob;
-use futures::{StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::controller::{
+    Action as Requeue, Config as ControllerConfig, Controller, Error as ControllerError,
+};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -18,12 +20,14 @@ use kube::{Client, ResourceExt};
 use crate::cluster::apply::PROGRESS_MANAGER;
 use crate::cluster::cache::PodIndex;
 use crate::cluster::children::Settings;
+use crate::cluster::error::Error;
 use crate::cluster::hub::{JobDirectory, JobInfo, ProgressHub};
 use crate::cluster::job_secret;
 use crate::cluster::labels::LABEL_JOB;
 use crate::cluster::nodes::NodeReadiness;
 use crate::cluster::observe;
 use crate::cluster::reconcile::{Context, error_policy, reconcile};
+use crate::cluster::turns::Turns;
 
 /// Every (API group, resource, verb) the operator uses; the chart's ClusterRole must grant
 /// exactly these.
@@ -210,13 +214,7 @@ pub async fn run(
     let mut context = Context::new(client, settings, Arc::clone(&hub), index);
     context.nodes = nodes;
     let context = Arc::new(context);
-    let controller = Controller::for_stream(job_events, store.clone())
-        .owns_stream(pod_events)
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(options.concurrency.max(1))
-                .debounce(RECONCILE_DEBOUNCE),
-        );
+    let controller = Controller::for_stream(job_events, store.clone()).owns_stream(pod_events);
     // Deleted jobs are never reconciled again: drop their metric series and write records
     // against the job cache.
     let own = Arc::clone(&context);
@@ -238,13 +236,136 @@ pub async fn run(
             own.support_checked.retain(|uid| uids.contains(uid));
         }
     });
-    controller
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile error");
+    reconciles(
+        controller.shutdown_on_signal(),
+        options.concurrency,
+        reconcile,
+        error_policy,
+        context,
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "reconcile error");
+        }
+    })
+    .await;
+}
+
+/// The reconciles `controller` triggers, at most `concurrency` at once, each in its turn
+/// ([`Turns`]): kube-runtime's own limit would leave some jobs waiting without end while others
+/// are looked at again and again.
+pub fn reconciles<Ctx, Fut>(
+    controller: Controller<TrainingJob>,
+    concurrency: u16,
+    reconcile: impl Fn(Arc<TrainingJob>, Arc<Ctx>) -> Fut + Clone + Send + 'static,
+    error_policy: impl Fn(Arc<TrainingJob>, &Error, Arc<Ctx>) -> Requeue,
+    context: Arc<Ctx>,
+) -> impl Stream<Item = Result<(ObjectRef<TrainingJob>, Requeue), ControllerError<Error, watcher::Error>>>
+where
+    Fut: Future<Output = Result<Requeue, Error>> + Send + 'static,
+    Ctx: Send + Sync + 'static,
+{
+    let turns = Arc::new(Turns::new(concurrency, controller.store()));
+    let in_turn = move |job: Arc<TrainingJob>, ctx: Arc<Ctx>| {
+        let turns = Arc::clone(&turns);
+        let reconcile = reconcile.clone();
+        async move {
+            let (_slot, latest) = turns.take(&job).await;
+            match latest {
+                // Boxed: a waiting reconcile holds only this small future, not the reconcile's.
+                Some(job) => Box::pin(reconcile(job, ctx)).await,
+                None => Ok(Requeue::await_change()),
             }
-        })
-        .await;
+        }
+    };
+    controller
+        .with_config(ControllerConfig::default().debounce(RECONCILE_DEBOUNCE))
+        .run(in_turn, error_policy, context)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use futures::stream;
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::cluster::fixtures;
+
+    /// Which jobs the test reconciler ran, by name; the `hot` ones ask to run again at once.
+    #[derive(Default)]
+    struct Runs {
+        counts: Mutex<HashMap<String, usize>>,
+    }
+
+    fn named(name: &str) -> TrainingJob {
+        let mut job = fixtures::job("");
+        job.metadata.name = Some(name.into());
+        job.metadata.uid = Some(name.into());
+        job
+    }
+
+    /// The operator at its limit: gangs that restart are looked at again every second and keep
+    /// every slot busy, while new jobs wait. Each new job must still get its turn: the controller
+    /// once kept due reconciles in a hash set and took the first it found, so jobs that hashed
+    /// after the busy ones waited without end (273 of 10,000 jobs never got a phase).
+    #[tokio::test(start_paused = true)]
+    async fn a_saturated_controller_still_reaches_every_waiting_job() {
+        let hot: Vec<TrainingJob> = (0..60).map(|i| named(&format!("hot-{i}"))).collect();
+        let cold: Vec<TrainingJob> = (0..20).map(|i| named(&format!("new-{i}"))).collect();
+        let all: Vec<TrainingJob> = hot.iter().chain(&cold).cloned().collect();
+        let (store, mut writer) = reflector::store::<TrainingJob>();
+        writer.apply_watcher_event(&Event::Init);
+        for job in &all {
+            writer.apply_watcher_event(&Event::InitApply(job.clone()));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let triggers = stream::iter(all.into_iter().map(Ok)).chain(stream::pending());
+        let controller = Controller::for_stream(triggers, store);
+        let runs = Arc::new(Runs::default());
+        let reconcile = |job: Arc<TrainingJob>, runs: Arc<Runs>| async move {
+            // Each reconcile waits on the API server; two at a time make 20 a second.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let name = job.name_any();
+            *runs
+                .counts
+                .lock()
+                .expect("lock")
+                .entry(name.clone())
+                .or_default() += 1;
+            Ok(if name.starts_with("hot") {
+                Requeue::requeue(Duration::from_millis(1))
+            } else {
+                Requeue::await_change()
+            })
+        };
+        let driver = tokio::spawn(
+            reconciles(
+                controller,
+                2,
+                reconcile,
+                |_, _, _| Requeue::await_change(),
+                Arc::clone(&runs),
+            )
+            .for_each(|_| async {}),
+        );
+        // 80 jobs at 20 a second: every one has had its first turn within 4 s, whatever the
+        // busy ones do after; 60 s leaves fifteen times that.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        driver.abort();
+        let counts = runs.counts.lock().expect("lock").clone();
+        let waiting: Vec<&String> = cold
+            .iter()
+            .map(|job| job.metadata.name.as_ref().expect("name"))
+            .filter(|name| !counts.contains_key(*name))
+            .collect();
+        let busy: usize = hot.iter().filter_map(|j| counts.get(&j.name_any())).sum();
+        assert!(
+            busy > 600,
+            "the restarting jobs kept the slots busy: {busy} runs"
+        );
+        assert!(waiting.is_empty(), "never reconciled in 60 s: {waiting:?}");
+    }
 }

@@ -23,3 +23,4 @@ pub mod reconcile;
 pub mod server;
 pub mod sweep_watch;
 pub mod sweeps;
+pub mod turns;
