@@ -15,15 +15,16 @@ sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(1000 3000 5000)
 steady=${FERROTRAIN_SCALE_STEADY_SECONDS:-60}
 
-# The operator as shipped (release, without the trainer); the driver needs no optimisation.
+# The operator as shipped (without the trainer, Cargo.toml's size-optimised `operator` profile);
+# the driver needs no optimisation.
 profile_features=()
 if [ "${FERROTRAIN_SCALE_HEAP_PROFILE:-0}" = 1 ]; then
   profile_features=(--features heap-profile)
 fi
-cargo build --release --locked -p ferrotrain --no-default-features "${profile_features[@]}" --bin ferrotrain
+cargo build --profile operator --locked -p ferrotrain --no-default-features "${profile_features[@]}" --bin ferrotrain
 cargo build --locked -p ferrotrain-tests --bin scale-bench --bin heap-owners
 # Another build to compare: FERROTRAIN_OPERATOR_BINARY.
-export FERROTRAIN_OPERATOR_BINARY=${FERROTRAIN_OPERATOR_BINARY:-$PWD/target/release/ferrotrain}
+export FERROTRAIN_OPERATOR_BINARY=${FERROTRAIN_OPERATOR_BINARY:-$PWD/target/operator/ferrotrain}
 export FERROTRAIN_CLUSTER_DIR=$PWD/.tools/cluster-scale
 export FERROTRAIN_CLUSTER_NODES=100
 trap 'scripts/cluster.sh stop' EXIT

@@ -47,10 +47,10 @@ image() { # name reference, rootfs, config JSON
   rm -f "$out/config.json"
 }
 
-binary() { # package, binary, cargo flags...
-  local package=$1 bin=$2 dir=debug
-  shift 2
-  [ "$profile" = release ] && dir=release
+binary() { # cargo profile, package, binary, cargo flags...
+  local profile=$1 package=$2 bin=$3 dir=$1
+  shift 3
+  [ "$profile" = dev ] && dir=debug
   cargo build --locked --profile "$profile" -p "$package" --bin "$bin" "$@" >&2
   strip -o "$out/$bin" "$target/$dir/$bin"
   echo "$out/$bin"
@@ -58,7 +58,7 @@ binary() { # package, binary, cargo flags...
 
 trainer() {
   local rootfs=$out/trainer-rootfs bin
-  bin=$(binary ferrotrain-trainer ferrotrain-trainer)
+  bin=$(binary "$profile" ferrotrain-trainer ferrotrain-trainer)
   base_rootfs "$rootfs"
   install -m 0755 "$bin" "$rootfs/usr/local/bin/ferrotrain-trainer"
   copy_libraries "$bin" "$rootfs"
@@ -74,8 +74,11 @@ trainer() {
 
 operator() {
   local rootfs=$out/operator-rootfs bin
-  # Without the embedded trainer, as operator/Dockerfile builds it.
-  bin=$(binary ferrotrain ferrotrain --no-default-features)
+  # Without the embedded trainer, and optimised for size where optimised, as operator/Dockerfile
+  # builds it.
+  local build=$profile
+  [ "$profile" = release ] && build=operator
+  bin=$(binary "$build" ferrotrain ferrotrain --no-default-features)
   base_rootfs "$rootfs"
   install -m 0755 "$bin" "$rootfs/usr/local/bin/ferrotrain"
   copy_libraries "$bin" "$rootfs"
