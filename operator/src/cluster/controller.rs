@@ -26,7 +26,7 @@ use crate::cluster::job_secret;
 use crate::cluster::labels::LABEL_JOB;
 use crate::cluster::nodes::NodeReadiness;
 use crate::cluster::observe;
-use crate::cluster::reconcile::{Context, error_policy, reconcile};
+use crate::cluster::reconcile::{Context, about_to_start, error_policy, reconcile};
 use crate::cluster::turns::Turns;
 
 /// Every (API group, resource, verb) the operator uses; the chart's ClusterRole must grant
@@ -252,8 +252,8 @@ pub async fn run(
 }
 
 /// The reconciles `controller` triggers, at most `concurrency` at once, each in its turn
-/// ([`Turns`]): kube-runtime's own limit would leave some jobs waiting without end while others
-/// are looked at again and again.
+/// ([`Turns`]; starts of gangs at most half of them): kube-runtime's own limit would leave some
+/// jobs waiting without end while others are looked at again and again.
 pub fn reconciles<Ctx, Fut>(
     controller: Controller<TrainingJob>,
     concurrency: u16,
@@ -270,7 +270,7 @@ where
         let turns = Arc::clone(&turns);
         let reconcile = reconcile.clone();
         async move {
-            let (_slot, latest) = turns.take(&job).await;
+            let (_turn, latest) = turns.take(&job, about_to_start(&job)).await;
             match latest {
                 // Boxed: a waiting reconcile holds only this small future, not the reconcile's.
                 Some(job) => Box::pin(reconcile(job, ctx)).await,
@@ -307,8 +307,65 @@ mod tests {
         job
     }
 
+    /// A burst of new jobs, each starting a gang (many requests), must not hold back the status
+    /// of the jobs whose gangs run (one write each): the last gangs of a burst were written
+    /// Running 18 s after the scheduler's last binding while every start queued ahead of them.
+    #[tokio::test(start_paused = true)]
+    async fn starting_gangs_leave_slots_to_the_jobs_that_run() {
+        let new: Vec<TrainingJob> = (0..40).map(|i| named(&format!("new-{i}"))).collect();
+        let mut running = named("running");
+        running.status = Some(ferrotrain_crds::TrainingJobStatus {
+            phase: Some(ferrotrain_crds::Phase::Scheduling),
+            ..Default::default()
+        });
+        let (store, mut writer) = reflector::store::<TrainingJob>();
+        writer.apply_watcher_event(&Event::Init);
+        for job in new.iter().chain([&running]) {
+            writer.apply_watcher_event(&Event::InitApply(job.clone()));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        // The running job's pods change a moment after the burst was created.
+        let triggers = stream::iter(new.into_iter().map(Ok))
+            .chain(stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok(running)
+            }))
+            .chain(stream::pending());
+        let controller = Controller::for_stream(triggers, store);
+        let runs = Arc::new(Runs::default());
+        let started = tokio::time::Instant::now();
+        let reconcile = move |job: Arc<TrainingJob>, runs: Arc<Runs>| async move {
+            // A start: a Service, a Secret, four pods; a status write is one request.
+            let starting = job.status.is_none();
+            tokio::time::sleep(Duration::from_millis(if starting { 1000 } else { 100 })).await;
+            if !starting {
+                let at = started.elapsed().as_millis() as usize;
+                runs.counts.lock().expect("lock").insert(job.name_any(), at);
+            }
+            Ok(Requeue::await_change())
+        };
+        let driver = tokio::spawn(
+            reconciles(
+                controller,
+                4,
+                reconcile,
+                |_, _, _| Requeue::await_change(),
+                Arc::clone(&runs),
+            )
+            .for_each(|_| async {}),
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        driver.abort();
+        let at = runs.counts.lock().expect("lock").get("running").copied();
+        // 40 starts at four at a time take 10 s; the status write waits for none of them.
+        assert!(
+            at.is_some_and(|ms| ms < 3000),
+            "the running job's reconcile ended at {at:?} ms"
+        );
+    }
+
     /// The operator at its limit: gangs that restart are looked at again every second and keep
-    /// every slot busy, while new jobs wait. Each new job must still get its turn: the controller
+    /// every slot for starts busy, while new jobs wait. Each new job must still get its turn: the controller
     /// once kept due reconciles in a hash set and took the first it found, so jobs that hashed
     /// after the busy ones waited without end (273 of 10,000 jobs never got a phase).
     #[tokio::test(start_paused = true)]
@@ -326,7 +383,8 @@ mod tests {
         let controller = Controller::for_stream(triggers, store);
         let runs = Arc::new(Runs::default());
         let reconcile = |job: Arc<TrainingJob>, runs: Arc<Runs>| async move {
-            // Each reconcile waits on the API server; two at a time make 20 a second.
+            // Each reconcile waits on the API server; starts two at a time (half of 4 slots)
+            // make 20 a second.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let name = job.name_any();
             *runs
@@ -344,7 +402,7 @@ mod tests {
         let driver = tokio::spawn(
             reconciles(
                 controller,
-                2,
+                4,
                 reconcile,
                 |_, _, _| Requeue::await_change(),
                 Arc::clone(&runs),

@@ -352,7 +352,7 @@ async fn reconcile_as_leader(
 
 /// Whether the next decision may start a gang: the job is new, restarting, or resuming from a
 /// suspension. Only then are its Service and NetworkPolicy created.
-fn about_to_start(job: &TrainingJob) -> bool {
+pub fn about_to_start(job: &TrainingJob) -> bool {
     let suspended = job
         .spec
         .run_policy
