@@ -5,7 +5,7 @@
 //! [`crate::cluster::controller::RBAC`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ferrotrain_crds::sweep::{TrainingSweep, TrainingSweepStatus};
@@ -56,6 +56,9 @@ pub enum Error {
     /// The trial cache has not completed its first list.
     #[error("the trial cache is not yet filled")]
     CacheNotReady,
+    /// The checker of sweep manifests could not be built (a bug in the generated CRDs).
+    #[error(transparent)]
+    Admission(#[from] crate::manifest::SchemaCompileError),
 }
 
 fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -66,12 +69,25 @@ fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 /// Shared reconcile state.
 pub struct Context {
     client: Client,
-    admission: Admission,
+    /// Built at the first sweep: its compiled schemas are a few MiB that an operator without
+    /// sweeps never needs.
+    admission: OnceLock<Admission>,
     recorder: Recorder,
     hub: Arc<ProgressHub>,
     trials: Store<TrainingJob>,
     index: Arc<TrialIndex>,
     pacer: Pacer,
+}
+
+impl Context {
+    /// The checker of sweep manifests, built on first use.
+    fn admission(&self) -> Result<&Admission, Error> {
+        if let Some(admission) = self.admission.get() {
+            return Ok(admission);
+        }
+        let built = Admission::new()?;
+        Ok(self.admission.get_or_init(|| built))
+    }
 }
 
 /// What a trial's TrainingJob says, for the decision.
@@ -123,7 +139,7 @@ pub async fn reconcile(sweep: Arc<TrainingSweep>, ctx: Arc<Context>) -> Result<R
         "metadata": {"name": name, "namespace": namespace},
         "spec": sweep.spec,
     });
-    if let Err(errors) = ctx.admission.admit_sweep(&object) {
+    if let Err(errors) = ctx.admission()?.admit_sweep(&object) {
         let message = errors
             .iter()
             .map(ToString::to_string)
@@ -353,6 +369,8 @@ fn error_policy(_sweep: Arc<TrainingSweep>, error: &Error, _ctx: Arc<Context>) -
         Error::Conflict => Duration::from_millis(500),
         Error::CacheNotReady => Duration::from_secs(1),
         Error::Kube { .. } | Error::Incomplete(_) | Error::Lookup(_) => Duration::from_secs(15),
+        // A bug, not a passing state: looked at again rarely, and logged each time.
+        Error::Admission(_) => Duration::from_secs(300),
     })
 }
 
@@ -383,16 +401,9 @@ pub async fn run(client: Client, namespace: Option<String>, hub: Arc<ProgressHub
             instance: std::env::var("POD_NAME").ok(),
         },
     );
-    let admission = match Admission::new() {
-        Ok(admission) => admission,
-        Err(e) => {
-            tracing::error!(error = %e, "the sweep controller cannot start");
-            return;
-        }
-    };
     let context = Arc::new(Context {
         client,
-        admission,
+        admission: OnceLock::new(),
         recorder,
         hub,
         trials,
