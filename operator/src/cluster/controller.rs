@@ -294,7 +294,7 @@ mod tests {
     use super::*;
     use crate::cluster::fixtures;
 
-    /// Which jobs the test reconciler ran, by name; the `hot` ones ask to run again at once.
+    /// What a test's reconciler recorded, by job name: how often it ran, or when it ended.
     #[derive(Default)]
     struct Runs {
         counts: Mutex<HashMap<String, usize>>,
