@@ -252,7 +252,7 @@ pub async fn run(
 }
 
 /// The reconciles `controller` triggers, at most `concurrency` at once, each in its turn
-/// ([`Turns`]; starts of gangs at most half of them): kube-runtime's own limit would leave some
+/// ([`Turns`]; a quarter of them kept from starts of gangs): kube-runtime's own limit would leave some
 /// jobs waiting without end while others are looked at again and again.
 pub fn reconciles<Ctx, Fut>(
     controller: Controller<TrainingJob>,
@@ -357,7 +357,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         driver.abort();
         let at = runs.counts.lock().expect("lock").get("running").copied();
-        // 40 starts at four at a time take 10 s; the status write waits for none of them.
+        // 40 starts at three at a time take 14 s; the status write waits for none of them.
         assert!(
             at.is_some_and(|ms| ms < 3000),
             "the running job's reconcile ended at {at:?} ms"
@@ -383,8 +383,8 @@ mod tests {
         let controller = Controller::for_stream(triggers, store);
         let runs = Arc::new(Runs::default());
         let reconcile = |job: Arc<TrainingJob>, runs: Arc<Runs>| async move {
-            // Each reconcile waits on the API server; starts two at a time (half of 4 slots)
-            // make 20 a second.
+            // Each reconcile waits on the API server; starts three at a time (4 slots, one kept
+            // from starts) make 30 a second.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let name = job.name_any();
             *runs
@@ -409,8 +409,8 @@ mod tests {
             )
             .for_each(|_| async {}),
         );
-        // 80 jobs at 20 a second: every one has had its first turn within 4 s, whatever the
-        // busy ones do after; 60 s leaves fifteen times that.
+        // 80 jobs at 30 a second: every one has had its first turn within 3 s, whatever the
+        // busy ones do after; 60 s leaves twenty times that.
         tokio::time::sleep(Duration::from_secs(60)).await;
         driver.abort();
         let counts = runs.counts.lock().expect("lock").clone();

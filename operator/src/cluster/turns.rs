@@ -6,8 +6,9 @@
 //! served, then reads the job as the cache holds it at that moment.
 //!
 //! Starting a gang costs many requests (Service, NetworkPolicy, Secret, every pod); following a
-//! started one costs a status write. Starts may hold at most half the slots, so that a burst of
-//! new jobs does not keep the gangs that already run from being written Running.
+//! started one costs a status write. A quarter of the slots (at least one) is kept from starts,
+//! so that a burst of new jobs does not keep the gangs that already run from being written
+//! Running; the rest serve both.
 
 use std::sync::Arc;
 
@@ -29,12 +30,14 @@ pub struct Turn<'a> {
 }
 
 impl Turns {
-    /// `concurrency` slots (at least 1; starts get half, at least 1) over the job cache `jobs`.
+    /// `concurrency` slots (at least 1; starts may hold all but a quarter of them, at least one)
+    /// over the job cache `jobs`.
     pub fn new(concurrency: u16, jobs: Store<TrainingJob>) -> Self {
         let slots = usize::from(concurrency.max(1));
+        let kept_from_starts = (slots / 4).max(1);
         Self {
             slots: Semaphore::new(slots),
-            starts: Semaphore::new((slots / 2).max(1)),
+            starts: Semaphore::new(slots.saturating_sub(kept_from_starts).max(1)),
             jobs,
         }
     }
