@@ -307,6 +307,35 @@ mod tests {
         job
     }
 
+    /// Runs `reconcile` through [`reconciles`] with 4 slots for `seconds` of virtual time, the
+    /// job cache holding `cached` and `triggers` waking the controller; returns what it recorded.
+    async fn drive<Fut>(
+        cached: &[TrainingJob],
+        triggers: impl Stream<Item = Result<TrainingJob, watcher::Error>> + Send + 'static,
+        reconcile: impl Fn(Arc<TrainingJob>, Arc<Runs>) -> Fut + Clone + Send + 'static,
+        seconds: u64,
+    ) -> HashMap<String, usize>
+    where
+        Fut: Future<Output = Result<Requeue, Error>> + Send + 'static,
+    {
+        let (store, mut writer) = reflector::store::<TrainingJob>();
+        writer.apply_watcher_event(&Event::Init);
+        for job in cached {
+            writer.apply_watcher_event(&Event::InitApply(job.clone()));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let controller = Controller::for_stream(triggers, store);
+        let runs = Arc::new(Runs::default());
+        let no_retry = |_: Arc<TrainingJob>, _: &Error, _: Arc<Runs>| Requeue::await_change();
+        let driver = tokio::spawn(
+            reconciles(controller, 4, reconcile, no_retry, Arc::clone(&runs))
+                .for_each(|_| async {}),
+        );
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        driver.abort();
+        runs.counts.lock().expect("lock").clone()
+    }
+
     /// A burst of new jobs, each starting a gang (many requests), must not hold back the status
     /// of the jobs whose gangs run (one write each): the last gangs of a burst were written
     /// Running 18 s after the scheduler's last binding while every start queued ahead of them.
@@ -318,12 +347,7 @@ mod tests {
             phase: Some(ferrotrain_crds::Phase::Scheduling),
             ..Default::default()
         });
-        let (store, mut writer) = reflector::store::<TrainingJob>();
-        writer.apply_watcher_event(&Event::Init);
-        for job in new.iter().chain([&running]) {
-            writer.apply_watcher_event(&Event::InitApply(job.clone()));
-        }
-        writer.apply_watcher_event(&Event::InitDone);
+        let cached: Vec<TrainingJob> = new.iter().chain([&running]).cloned().collect();
         // The running job's pods change a moment after the burst was created.
         let triggers = stream::iter(new.into_iter().map(Ok))
             .chain(stream::once(async move {
@@ -331,8 +355,6 @@ mod tests {
                 Ok(running)
             }))
             .chain(stream::pending());
-        let controller = Controller::for_stream(triggers, store);
-        let runs = Arc::new(Runs::default());
         let started = tokio::time::Instant::now();
         let reconcile = move |job: Arc<TrainingJob>, runs: Arc<Runs>| async move {
             // A start: a Service, a Secret, four pods; a status write is one request.
@@ -344,19 +366,10 @@ mod tests {
             }
             Ok(Requeue::await_change())
         };
-        let driver = tokio::spawn(
-            reconciles(
-                controller,
-                4,
-                reconcile,
-                |_, _, _| Requeue::await_change(),
-                Arc::clone(&runs),
-            )
-            .for_each(|_| async {}),
-        );
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        driver.abort();
-        let at = runs.counts.lock().expect("lock").get("running").copied();
+        let at = drive(&cached, triggers, reconcile, 30)
+            .await
+            .get("running")
+            .copied();
         // 40 starts at three at a time take 14 s; the status write waits for none of them.
         assert!(
             at.is_some_and(|ms| ms < 3000),
@@ -365,23 +378,16 @@ mod tests {
     }
 
     /// The operator at its limit: gangs that restart are looked at again every second and keep
-    /// every slot for starts busy, while new jobs wait. Each new job must still get its turn: the controller
-    /// once kept due reconciles in a hash set and took the first it found, so jobs that hashed
-    /// after the busy ones waited without end (273 of 10,000 jobs never got a phase).
+    /// every slot for starts busy, while new jobs wait. Each new job must still get its turn:
+    /// the controller once kept due reconciles in a hash set and took the first it found, so
+    /// jobs that hashed after the busy ones waited without end (273 of 10,000 jobs never got a
+    /// phase).
     #[tokio::test(start_paused = true)]
     async fn a_saturated_controller_still_reaches_every_waiting_job() {
         let hot: Vec<TrainingJob> = (0..60).map(|i| named(&format!("hot-{i}"))).collect();
         let cold: Vec<TrainingJob> = (0..20).map(|i| named(&format!("new-{i}"))).collect();
         let all: Vec<TrainingJob> = hot.iter().chain(&cold).cloned().collect();
-        let (store, mut writer) = reflector::store::<TrainingJob>();
-        writer.apply_watcher_event(&Event::Init);
-        for job in &all {
-            writer.apply_watcher_event(&Event::InitApply(job.clone()));
-        }
-        writer.apply_watcher_event(&Event::InitDone);
-        let triggers = stream::iter(all.into_iter().map(Ok)).chain(stream::pending());
-        let controller = Controller::for_stream(triggers, store);
-        let runs = Arc::new(Runs::default());
+        let triggers = stream::iter(all.clone().into_iter().map(Ok)).chain(stream::pending());
         let reconcile = |job: Arc<TrainingJob>, runs: Arc<Runs>| async move {
             // Each reconcile waits on the API server; starts three at a time (4 slots, one kept
             // from starts) make 30 a second.
@@ -399,21 +405,9 @@ mod tests {
                 Requeue::await_change()
             })
         };
-        let driver = tokio::spawn(
-            reconciles(
-                controller,
-                4,
-                reconcile,
-                |_, _, _| Requeue::await_change(),
-                Arc::clone(&runs),
-            )
-            .for_each(|_| async {}),
-        );
         // 80 jobs at 30 a second: every one has had its first turn within 3 s, whatever the
         // busy ones do after; 60 s leaves twenty times that.
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        driver.abort();
-        let counts = runs.counts.lock().expect("lock").clone();
+        let counts = drive(&all, triggers, reconcile, 60).await;
         let waiting: Vec<&String> = cold
             .iter()
             .map(|job| job.metadata.name.as_ref().expect("name"))
